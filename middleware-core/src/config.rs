@@ -1,0 +1,587 @@
+//! Configuration: defaults, then a TOML file, then environment variables, then code.
+//!
+//! Every setting has one dotted key (`network.ttl`). In a file it is written as TOML
+//! (`[network]` / `ttl = 3`); in the environment as `MW_` + the key in upper case with dots
+//! replaced by underscores (`MW_NETWORK_TTL=3`); in code as [`Config::set`]. All three go through
+//! the same parser, so a bad value is always reported the same way: the key, where it came from,
+//! the value and what is accepted.
+//!
+//! | key | default | accepted |
+//! |---|---|---|
+//! | `transport` | `socket` | `socket`, `npcap`, `auto` |
+//! | `mode` | `network` | `network` (multicast, cross-host), `local` (broadcast on 127.255.255.255, this host only) |
+//! | `network.group` | `239.0.0.1` | IPv4 multicast address |
+//! | `network.mask` | `255.255.255.240` | IPv4 mask for the topic group hash |
+//! | `network.group_mapping` | `v2` | `v2`, `v1` |
+//! | `network.ttl` | `3` | 0..=255 |
+//! | `network.interface` | (route decides) | interface name or IPv4 address |
+//! | `network.multicast_loopback` | `true` | bool: same-host peers hear us |
+//! | `local.group` | `127.255.255.255` | IPv4 broadcast address |
+//! | `local.ttl` | `1` | 0..=255 |
+//! | `ports.registration` | `14000` | 1..=65535 |
+//! | `ports.data` | `14002` | 1..=65535 |
+//! | `udp.receive_buffer` | `64MiB` | bytes, with optional `KiB`/`MiB`/`GiB` |
+//! | `udp.max_datagram_size` | `65507` | 25..=65507 |
+//! | `reassembly.timeout_ms` | `5000` | 1.. |
+//! | `reassembly.max_message_size` | `128MiB` | bytes |
+//! | `reassembly.max_partial_messages` | `256` | 1.. |
+//! | `reassembly.max_buffered_bytes` | `256MiB` | bytes |
+//! | `registration.refresh_ms` | `1000` | 10.. |
+//! | `registration.timeout_ms` | `10000` | > refresh |
+//! | `registration.loopback` | `true` | bool: see this process's own entities |
+//! | `subscriber.drop_out_of_order` | `true` | bool |
+//! | `subscriber.queue_capacity` | `1024` | 1..: messages held for `recv` before the oldest is dropped |
+//! | `unit_name` | program name | string shown by monitors |
+//! | `host_name` | `gethostname()` | string; eCAL treats equal host names as the same host |
+
+use crate::fragment::ReassemblyConfig;
+use crate::topic_group::GroupMapping;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Prefix of the environment variables that override settings.
+pub const ENV_PREFIX: &str = "MW_";
+/// Environment variable naming a config file.
+pub const ENV_CONFIG_FILE: &str = "MW_CONFIG";
+
+/// Which transport moves the datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// Ordinary UDP sockets.
+    #[default]
+    Socket,
+    /// Receive through packet capture (libpcap / Npcap), send through sockets.
+    Npcap,
+    /// Capture when the library and permission are available, otherwise sockets.
+    Auto,
+}
+
+impl FromStr for TransportKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "socket" => Ok(Self::Socket),
+            "npcap" | "pcap" => Ok(Self::Npcap),
+            "auto" => Ok(Self::Auto),
+            _ => Err("one of socket, npcap, auto".into()),
+        }
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Socket => "socket",
+            Self::Npcap => "npcap",
+            Self::Auto => "auto",
+        })
+    }
+}
+
+/// eCAL's `communication_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Multicast to `network.group`; peers on other hosts.
+    #[default]
+    Network,
+    /// Broadcast on the loopback network; this host only.
+    Local,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "network" => Ok(Self::Network),
+            "local" => Ok(Self::Local),
+            _ => Err("one of network, local".into()),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Network => "network",
+            Self::Local => "local",
+        })
+    }
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    Env(String),
+    Code,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "file {}", p.display()),
+            Self::Env(v) => write!(f, "environment variable {v}"),
+            Self::Code => f.write_str("code"),
+        }
+    }
+}
+
+/// A configuration problem, naming the key and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("config key `{key}` ({origin}): invalid value `{value}`; expected {expected}")]
+    InvalidValue {
+        key: String,
+        origin: Origin,
+        value: String,
+        expected: String,
+    },
+    #[error("unknown config key `{key}` ({origin}); known keys: {known}")]
+    UnknownKey {
+        key: String,
+        origin: Origin,
+        known: String,
+    },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub transport: TransportKind,
+    pub mode: Mode,
+    pub network_group: Ipv4Addr,
+    pub network_mask: Ipv4Addr,
+    pub group_mapping: GroupMapping,
+    pub network_ttl: u32,
+    pub interface: Option<String>,
+    pub multicast_loopback: bool,
+    pub local_group: Ipv4Addr,
+    pub local_ttl: u32,
+    pub registration_port: u16,
+    pub data_port: u16,
+    pub receive_buffer: usize,
+    pub max_datagram_size: usize,
+    pub reassembly: ReassemblyConfig,
+    pub registration_refresh: Duration,
+    pub registration_timeout: Duration,
+    pub registration_loopback: bool,
+    pub drop_out_of_order: bool,
+    pub queue_capacity: usize,
+    pub unit_name: Option<String>,
+    pub host_name: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            transport: TransportKind::Socket,
+            mode: Mode::Network,
+            network_group: Ipv4Addr::new(239, 0, 0, 1),
+            network_mask: Ipv4Addr::new(255, 255, 255, 240),
+            group_mapping: GroupMapping::V2,
+            network_ttl: 3,
+            interface: None,
+            multicast_loopback: true,
+            local_group: Ipv4Addr::new(127, 255, 255, 255),
+            local_ttl: 1,
+            registration_port: 14000,
+            data_port: 14002,
+            receive_buffer: 64 << 20,
+            max_datagram_size: crate::wire::MAX_DATAGRAM_LEN,
+            reassembly: ReassemblyConfig::default(),
+            registration_refresh: Duration::from_secs(1),
+            registration_timeout: Duration::from_secs(10),
+            registration_loopback: true,
+            drop_out_of_order: true,
+            queue_capacity: 1024,
+            unit_name: None,
+            host_name: None,
+        }
+    }
+}
+
+/// All keys, in documentation order.
+pub const KEYS: &[&str] = &[
+    "transport",
+    "mode",
+    "network.group",
+    "network.mask",
+    "network.group_mapping",
+    "network.ttl",
+    "network.interface",
+    "network.multicast_loopback",
+    "local.group",
+    "local.ttl",
+    "ports.registration",
+    "ports.data",
+    "udp.receive_buffer",
+    "udp.max_datagram_size",
+    "reassembly.timeout_ms",
+    "reassembly.max_message_size",
+    "reassembly.max_partial_messages",
+    "reassembly.max_buffered_bytes",
+    "registration.refresh_ms",
+    "registration.timeout_ms",
+    "registration.loopback",
+    "subscriber.drop_out_of_order",
+    "subscriber.queue_capacity",
+    "unit_name",
+    "host_name",
+];
+
+/// Parses a byte size: a plain integer or one with a `KiB`, `MiB`, `GiB` (or `K`, `M`, `G`) suffix.
+pub fn parse_bytes(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mul: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_range<T: FromStr + PartialOrd + Copy>(s: &str, lo: T, hi: T) -> Option<T> {
+    s.trim().parse::<T>().ok().filter(|v| *v >= lo && *v <= hi)
+}
+
+impl Config {
+    /// Defaults, then the file named by `path` (or by `MW_CONFIG` when `path` is `None`), then
+    /// the environment.
+    ///
+    /// # Errors
+    /// The first bad key or value, or an unreadable file.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut c = Self::default();
+        let env_path = std::env::var_os(ENV_CONFIG_FILE).map(PathBuf::from);
+        if let Some(p) = path.map(Path::to_path_buf).or(env_path) {
+            c.apply_file(&p)?;
+        }
+        c.apply_env(std::env::vars())?;
+        Ok(c)
+    }
+
+    /// Applies a TOML file.
+    ///
+    /// # Errors
+    /// Unreadable or unparsable file, unknown key, bad value.
+    pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        self.apply_toml(&text, Origin::File(path.into()))
+    }
+
+    /// Applies TOML text.
+    ///
+    /// # Errors
+    /// Unparsable text, unknown key, bad value.
+    pub fn apply_toml(&mut self, text: &str, origin: Origin) -> Result<(), ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: match &origin {
+                    Origin::File(p) => p.clone(),
+                    _ => PathBuf::from("<text>"),
+                },
+                reason: e.to_string(),
+            })?;
+        let mut leaves = Vec::new();
+        flatten("", &toml::Value::Table(table), &mut leaves);
+        for (key, value) in leaves {
+            self.set_from(&key, &value, origin.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Applies `MW_*` variables from `vars` (pass `std::env::vars()`). `MW_CONFIG` is skipped.
+    ///
+    /// # Errors
+    /// A variable with the prefix that names no key, or a bad value.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if name == ENV_CONFIG_FILE || name == "MW_LOG" {
+                continue;
+            }
+            let wanted = rest.to_ascii_lowercase();
+            let key = KEYS
+                .iter()
+                .find(|k| k.replace('.', "_") == wanted)
+                .copied()
+                .unwrap_or(&wanted);
+            self.set_from(key, &value, Origin::Env(name.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Sets one key from code.
+    ///
+    /// # Errors
+    /// Unknown key or bad value.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        self.set_from(key, value, Origin::Code)
+    }
+
+    fn set_from(&mut self, key: &str, value: &str, origin: Origin) -> Result<(), ConfigError> {
+        let bad = |expected: &str| ConfigError::InvalidValue {
+            key: key.to_string(),
+            origin: origin.clone(),
+            value: value.to_string(),
+            expected: expected.to_string(),
+        };
+        let ipv4 = |v: &str| v.trim().parse::<Ipv4Addr>().ok();
+        let ms =
+            |v: &str, lo: u64| parse_range::<u64>(v, lo, u64::MAX / 2).map(Duration::from_millis);
+        match key {
+            "transport" => self.transport = value.parse().map_err(|e: String| bad(&e))?,
+            "mode" => self.mode = value.parse().map_err(|e: String| bad(&e))?,
+            "network.group" => {
+                self.network_group = ipv4(value)
+                    .filter(Ipv4Addr::is_multicast)
+                    .ok_or_else(|| bad("an IPv4 multicast address"))?
+            }
+            "network.mask" => {
+                self.network_mask =
+                    ipv4(value).ok_or_else(|| bad("an IPv4 mask such as 255.255.255.240"))?
+            }
+            "network.group_mapping" => {
+                self.group_mapping = match value.trim().to_ascii_lowercase().as_str() {
+                    "v2" => GroupMapping::V2,
+                    "v1" => GroupMapping::V1,
+                    _ => return Err(bad("one of v2, v1")),
+                }
+            }
+            "network.ttl" => {
+                self.network_ttl =
+                    parse_range(value, 0, 255).ok_or_else(|| bad("an integer 0..=255"))?
+            }
+            "network.interface" => {
+                let v = value.trim();
+                self.interface = (!v.is_empty()).then(|| v.to_string());
+            }
+            "network.multicast_loopback" => {
+                self.multicast_loopback = parse_bool(value).ok_or_else(|| bad("true or false"))?
+            }
+            "local.group" => {
+                self.local_group = ipv4(value).ok_or_else(|| bad("an IPv4 broadcast address"))?
+            }
+            "local.ttl" => {
+                self.local_ttl =
+                    parse_range(value, 0, 255).ok_or_else(|| bad("an integer 0..=255"))?
+            }
+            "ports.registration" => {
+                self.registration_port =
+                    parse_range(value, 1, 65535).ok_or_else(|| bad("a port 1..=65535"))?
+            }
+            "ports.data" => {
+                self.data_port =
+                    parse_range(value, 1, 65535).ok_or_else(|| bad("a port 1..=65535"))?
+            }
+            "udp.receive_buffer" => {
+                self.receive_buffer = parse_bytes(value)
+                    .filter(|v| *v >= 65536)
+                    .ok_or_else(|| bad("a size of at least 65536 bytes, e.g. 64MiB"))?
+            }
+            "udp.max_datagram_size" => {
+                self.max_datagram_size = parse_range(
+                    value,
+                    crate::wire::HEADER_LEN + 1,
+                    crate::wire::MAX_DATAGRAM_LEN,
+                )
+                .ok_or_else(|| bad("an integer 25..=65507"))?
+            }
+            "reassembly.timeout_ms" => {
+                self.reassembly.timeout =
+                    ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?
+            }
+            "reassembly.max_message_size" => {
+                self.reassembly.max_message_len = parse_bytes(value)
+                    .filter(|v| *v >= 1 && *v <= u32::MAX as usize)
+                    .ok_or_else(|| bad("a size from 1 byte to 4GiB, e.g. 128MiB"))?
+            }
+            "reassembly.max_partial_messages" => {
+                self.reassembly.max_partial_messages =
+                    parse_range(value, 1, 1 << 24).ok_or_else(|| bad("an integer 1..=16777216"))?
+            }
+            "reassembly.max_buffered_bytes" => {
+                self.reassembly.max_buffered_bytes = parse_bytes(value)
+                    .filter(|v| *v >= 65536)
+                    .ok_or_else(|| bad("a size of at least 65536 bytes, e.g. 256MiB"))?
+            }
+            "registration.refresh_ms" => {
+                self.registration_refresh =
+                    ms(value, 10).ok_or_else(|| bad("milliseconds, at least 10"))?
+            }
+            "registration.timeout_ms" => {
+                self.registration_timeout =
+                    ms(value, 20).ok_or_else(|| bad("milliseconds, at least 20"))?
+            }
+            "registration.loopback" => {
+                self.registration_loopback =
+                    parse_bool(value).ok_or_else(|| bad("true or false"))?
+            }
+            "subscriber.drop_out_of_order" => {
+                self.drop_out_of_order = parse_bool(value).ok_or_else(|| bad("true or false"))?
+            }
+            "subscriber.queue_capacity" => {
+                self.queue_capacity =
+                    parse_range(value, 1, 1 << 24).ok_or_else(|| bad("an integer 1..=16777216"))?
+            }
+            "unit_name" => self.unit_name = Some(value.to_string()),
+            "host_name" => self.host_name = Some(value.to_string()),
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    key: key.to_string(),
+                    origin,
+                    known: KEYS.join(", "),
+                });
+            }
+        }
+        if self.registration_timeout <= self.registration_refresh {
+            return Err(bad(
+                "registration.timeout_ms larger than registration.refresh_ms",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The destination group of both channels in the current mode.
+    pub fn destination(&self) -> Ipv4Addr {
+        match self.mode {
+            Mode::Network => self.network_group,
+            Mode::Local => self.local_group,
+        }
+    }
+
+    /// TTL in the current mode.
+    pub fn ttl(&self) -> u32 {
+        match self.mode {
+            Mode::Network => self.network_ttl,
+            Mode::Local => self.local_ttl,
+        }
+    }
+}
+
+fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        toml::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_ecal() {
+        let c = Config::default();
+        assert_eq!(c.destination(), Ipv4Addr::new(239, 0, 0, 1));
+        assert_eq!(
+            (c.registration_port, c.data_port, c.ttl()),
+            (14000, 14002, 3)
+        );
+        assert_eq!(c.max_datagram_size, 65507);
+        assert_eq!(c.reassembly.timeout, Duration::from_secs(5));
+        assert_eq!(c.registration_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn file_then_env() {
+        let mut c = Config::default();
+        c.apply_toml(
+            "transport = \"auto\"\nmode = \"local\"\n[network]\nttl = 5\ninterface = \"veth0\"\n[udp]\nreceive_buffer = \"8MiB\"\n[reassembly]\nmax_partial_messages = 10\n",
+            Origin::Code,
+        )
+        .unwrap();
+        assert_eq!(c.transport, TransportKind::Auto);
+        assert_eq!(c.mode, Mode::Local);
+        assert_eq!(c.network_ttl, 5);
+        assert_eq!(c.interface.as_deref(), Some("veth0"));
+        assert_eq!(c.receive_buffer, 8 << 20);
+        assert_eq!(c.reassembly.max_partial_messages, 10);
+        assert_eq!(c.destination(), Ipv4Addr::new(127, 255, 255, 255));
+        c.apply_env([
+            ("MW_TRANSPORT".to_string(), "npcap".to_string()),
+            ("PATH".into(), "x".into()),
+        ])
+        .unwrap();
+        assert_eq!(c.transport, TransportKind::Npcap);
+        c.apply_env([(
+            "MW_NETWORK_MULTICAST_LOOPBACK".to_string(),
+            "false".to_string(),
+        )])
+        .unwrap();
+        assert!(!c.multicast_loopback);
+    }
+
+    #[test]
+    fn errors_name_key_and_accepted_values() {
+        let mut c = Config::default();
+        let e = c
+            .apply_env([("MW_TRANSPORT".to_string(), "carrier-pigeon".to_string())])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config key `transport` (environment variable MW_TRANSPORT): invalid value `carrier-pigeon`; expected one of socket, npcap, auto"
+        );
+        let e = c.set("network.group", "10.0.0.1").unwrap_err();
+        assert!(e.to_string().contains("multicast"), "{e}");
+        let e = c.set("network.ttl", "300").unwrap_err();
+        assert!(e.to_string().contains("0..=255"), "{e}");
+        let e = c.set("udp.max_datagram_size", "70000").unwrap_err();
+        assert!(e.to_string().contains("25..=65507"), "{e}");
+        let e = c
+            .apply_toml("[network]\ntll = 3\n", Origin::Code)
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::UnknownKey { ref key, .. } if key == "network.tll"));
+        assert!(matches!(
+            c.apply_toml("mode = ", Origin::Code),
+            Err(ConfigError::File { .. })
+        ));
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("64MiB"), Some(64 << 20));
+        assert_eq!(parse_bytes("65536"), Some(65536));
+        assert_eq!(parse_bytes("2 G"), Some(2 << 30));
+        assert_eq!(parse_bytes("12 parsecs"), None);
+        assert_eq!(parse_bytes("99999999999999999999G"), None);
+    }
+}

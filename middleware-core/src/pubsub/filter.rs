@@ -1,0 +1,127 @@
+//! The per-publisher duplicate / order filter of an eCAL subscriber (SPEC §7.2 rule 5).
+//!
+//! For each publisher entity: the highest clock seen and a 1024-wide window of clocks below it.
+//! A clock already in the window, or older than the window, is a duplicate; any other clock
+//! below the highest is out of order (dropped unless reordering is allowed). The first clock of
+//! a publisher is always accepted.
+
+const WINDOW: i64 = 1024;
+
+/// What the filter decided for one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deliver. `gap` clocks were skipped since the previous highest (lost upstream).
+    Accept {
+        gap: u64,
+    },
+    Duplicate,
+    OutOfOrder,
+}
+
+/// State for one publisher entity.
+#[derive(Debug, Clone)]
+pub struct SeqFilter {
+    max: Option<i64>,
+    bits: [u64; (WINDOW / 64) as usize],
+}
+
+impl Default for SeqFilter {
+    fn default() -> Self {
+        Self {
+            max: None,
+            bits: [0; (WINDOW / 64) as usize],
+        }
+    }
+}
+
+impl SeqFilter {
+    fn slot(clock: i64) -> (usize, u64) {
+        let i = clock.rem_euclid(WINDOW) as usize;
+        (i / 64, 1u64 << (i % 64))
+    }
+    fn mark(&mut self, clock: i64) {
+        let (w, b) = Self::slot(clock);
+        self.bits[w] |= b;
+    }
+    fn seen(&self, clock: i64) -> bool {
+        let (w, b) = Self::slot(clock);
+        self.bits[w] & b != 0
+    }
+
+    /// Decides for `clock`; `drop_out_of_order` mirrors eCAL's
+    /// `subscriber.drop_out_of_order_messages` (default true).
+    pub fn check(&mut self, clock: i64, drop_out_of_order: bool) -> Verdict {
+        let Some(max) = self.max else {
+            self.max = Some(clock);
+            self.mark(clock);
+            return Verdict::Accept { gap: 0 };
+        };
+        if clock > max {
+            let advance = clock.saturating_sub(max);
+            if advance >= WINDOW {
+                self.bits = [0; (WINDOW / 64) as usize];
+            } else {
+                for c in max + 1..=clock {
+                    let (w, b) = Self::slot(c);
+                    self.bits[w] &= !b;
+                }
+            }
+            self.max = Some(clock);
+            self.mark(clock);
+            return Verdict::Accept {
+                gap: (advance - 1) as u64,
+            };
+        }
+        if max.saturating_sub(clock) >= WINDOW || self.seen(clock) {
+            return Verdict::Duplicate;
+        }
+        if drop_out_of_order {
+            return Verdict::OutOfOrder;
+        }
+        self.mark(clock);
+        Verdict::Accept { gap: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_with_gap_duplicate_and_late() {
+        let mut f = SeqFilter::default();
+        assert_eq!(f.check(5, true), Verdict::Accept { gap: 0 }); // first may be > 1
+        assert_eq!(f.check(6, true), Verdict::Accept { gap: 0 });
+        assert_eq!(f.check(6, true), Verdict::Duplicate);
+        assert_eq!(f.check(9, true), Verdict::Accept { gap: 2 });
+        assert_eq!(f.check(8, true), Verdict::OutOfOrder);
+        assert_eq!(f.check(5, true), Verdict::Duplicate);
+        assert_eq!(f.check(9 - 1024, true), Verdict::Duplicate); // too old to track
+    }
+
+    #[test]
+    fn reordering_allowed() {
+        let mut f = SeqFilter::default();
+        assert_eq!(f.check(1, false), Verdict::Accept { gap: 0 });
+        assert_eq!(f.check(3, false), Verdict::Accept { gap: 1 });
+        assert_eq!(f.check(2, false), Verdict::Accept { gap: 0 });
+        assert_eq!(f.check(2, false), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn big_jumps_clear_the_window() {
+        let mut f = SeqFilter::default();
+        f.check(1, true);
+        assert_eq!(f.check(1 + 5000, true), Verdict::Accept { gap: 4999 });
+        assert_eq!(
+            f.check(1 + 5000 - 1024 + 1, false),
+            Verdict::Accept { gap: 0 }
+        );
+        assert_eq!(
+            f.check(i64::MAX, true),
+            Verdict::Accept {
+                gap: (i64::MAX - 5001 - 1) as u64
+            }
+        );
+    }
+}

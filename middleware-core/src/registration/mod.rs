@@ -1,0 +1,546 @@
+//! Registration (SPEC §7.3): the samples this process sends about itself, and the table of what
+//! it has heard about others. Pure: time is a parameter.
+
+use crate::pb::{self, CmdType, DataTypeInformation, LayerType, Sample, TransportLayer};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Sample name used on the registration channel.
+pub const REG_SAMPLE_NAME: &str = "reg_sample";
+/// What this implementation reports as `ecal_runtime_version`.
+pub const RUNTIME_VERSION: &str = concat!("v6.1.1 (middleware-rs ", env!("CARGO_PKG_VERSION"), ")");
+
+/// Who this process is, as written into every registration sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub host_name: String,
+    pub process_id: i32,
+    pub process_name: String,
+    pub unit_name: String,
+    pub process_parameter: String,
+}
+
+/// Produces eCAL-style 64-bit entity ids: `(pid & 0xFFFFFF) << 40 | random24 << 16 | counter16`
+/// (SPEC §7.1). The random part is drawn once; the counter makes each id in a process unique.
+#[derive(Debug)]
+pub struct EntityIds {
+    prefix: u64,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl EntityIds {
+    pub fn new(pid: u32, random: u32) -> Self {
+        let prefix = (u64::from(pid) & 0xFF_FFFF) << 40 | (u64::from(random) & 0xFF_FFFF) << 16;
+        Self {
+            prefix,
+            counter: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+    pub fn next(&self) -> u64 {
+        let c = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.prefix | (c & 0xFFFF)
+    }
+}
+
+/// Publisher or subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Publisher,
+    Subscriber,
+}
+
+/// What a local publisher/subscriber reports in its registration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopicReport {
+    pub entity_id: u64,
+    pub topic_name: String,
+    pub datatype: DataTypeInformation,
+    /// The UDP layer has carried data.
+    pub active: bool,
+    pub topic_size: i32,
+    pub connections_local: i32,
+    pub connections_external: i32,
+    pub message_drops: i32,
+    pub data_clock: i64,
+    pub data_frequency_mhz: i32,
+}
+
+fn udp_layer(active: bool) -> TransportLayer {
+    TransportLayer {
+        r#type: LayerType::UdpMc as i32,
+        version: 2,
+        enabled: true,
+        active,
+        par_layer: None,
+    }
+}
+
+/// The cmd 4 (or 14 when `unregister`) sample of this process.
+pub fn process_sample(id: &Identity, unregister: bool) -> Sample {
+    let cmd = if unregister {
+        CmdType::UnregProcess
+    } else {
+        CmdType::RegProcess
+    };
+    let full = !unregister;
+    Sample {
+        cmd_type: cmd as i32,
+        process: Some(pb::Process {
+            process_id: id.process_id,
+            host_name: id.host_name.clone(),
+            process_name: id.process_name.clone(),
+            shm_transport_domain: id.host_name.clone(),
+            unit_name: id.unit_name.clone(),
+            process_parameter: if full {
+                id.process_parameter.clone()
+            } else {
+                String::new()
+            },
+            // eCAL bit mask: publisher | subscriber; info as eCAL formats it.
+            component_init_state: if full { 0x01 | 0x02 } else { 0 },
+            component_init_info: if full {
+                "pub|sub".into()
+            } else {
+                String::new()
+            },
+            ecal_runtime_version: if full {
+                RUNTIME_VERSION.into()
+            } else {
+                String::new()
+            },
+            state: Some(pb::ProcessState {
+                severity: 0,
+                severity_level: 1,
+                info: String::new(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The cmd 2/3 (or 12/13 when `unregister`) sample of one local entity.
+pub fn topic_sample(id: &Identity, dir: Direction, r: &TopicReport, unregister: bool) -> Sample {
+    let cmd = match (dir, unregister) {
+        (Direction::Publisher, false) => CmdType::RegPublisher,
+        (Direction::Subscriber, false) => CmdType::RegSubscriber,
+        (Direction::Publisher, true) => CmdType::UnregPublisher,
+        (Direction::Subscriber, true) => CmdType::UnregSubscriber,
+    };
+    let mut topic = pb::Topic {
+        topic_id: r.entity_id.to_string(),
+        host_name: id.host_name.clone(),
+        process_id: id.process_id,
+        process_name: id.process_name.clone(),
+        topic_name: r.topic_name.clone(),
+        shm_transport_domain: id.host_name.clone(),
+        unit_name: id.unit_name.clone(),
+        ..Default::default()
+    };
+    if !unregister {
+        topic.datatype_information = Some(r.datatype.clone());
+        topic.transport_layer = vec![udp_layer(r.active)];
+        topic.topic_size = r.topic_size;
+        topic.connections_local = r.connections_local;
+        topic.connections_external = r.connections_external;
+        topic.message_drops = r.message_drops;
+        topic.data_clock = r.data_clock;
+        topic.data_frequency = r.data_frequency_mhz;
+        topic.data_latency_us = Some(pb::Statistics {
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            ..Default::default()
+        });
+    }
+    Sample {
+        cmd_type: cmd as i32,
+        topic: Some(topic),
+        ..Default::default()
+    }
+}
+
+/// A publisher or subscriber heard through registration.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RemoteEntity {
+    pub entity_id: u64,
+    pub direction: Direction,
+    pub topic_name: String,
+    pub host_name: String,
+    pub process_id: i32,
+    pub process_name: String,
+    pub unit_name: String,
+    pub datatype_name: String,
+    pub datatype_encoding: String,
+    #[serde(skip)]
+    pub datatype_descriptor: Vec<u8>,
+    /// It lists a usable UDP layer (enabled, or a version < 2 entry; SPEC §7.4).
+    pub udp: bool,
+    /// It lists no transport layer at all (an eCAL publisher before its first subscriber).
+    pub no_layers: bool,
+    pub connections_local: i32,
+    pub connections_external: i32,
+    pub data_clock: i64,
+    pub data_frequency_mhz: i32,
+    pub message_drops: i32,
+    /// Registrations received for this entity.
+    pub samples: u64,
+    #[serde(skip)]
+    pub last_seen: Instant,
+}
+
+/// A process heard through registration.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RemoteProcess {
+    pub host_name: String,
+    pub process_id: i32,
+    pub process_name: String,
+    pub unit_name: String,
+    pub runtime_version: String,
+    #[serde(skip)]
+    pub last_seen: Instant,
+}
+
+/// What a registration sample changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// First sample of a new entity.
+    New(u64),
+    Refreshed(u64),
+    Removed(u64),
+    Process,
+    Ignored,
+}
+
+/// Why a registration sample was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// Local mode accepts only this host's samples.
+    ForeignHost,
+    /// Own process while `registration.loopback` is off.
+    OwnProcess,
+    /// `topic_id` missing or not a decimal u64.
+    BadTopicId,
+    /// No `topic` / `process` part for the command.
+    Incomplete,
+}
+
+/// The acceptance rule of SPEC §7.3.
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    pub host_name: String,
+    pub process_id: i32,
+    pub network_mode: bool,
+    pub loopback: bool,
+}
+
+impl Acceptance {
+    fn check(&self, host: &str, pid: i32) -> Result<(), Rejected> {
+        if host == self.host_name {
+            if pid == self.process_id && !self.loopback {
+                return Err(Rejected::OwnProcess);
+            }
+            Ok(())
+        } else if self.network_mode {
+            Ok(())
+        } else {
+            Err(Rejected::ForeignHost)
+        }
+    }
+}
+
+/// Everything heard through registration, with timeouts.
+#[derive(Debug, Default)]
+pub struct RemoteTable {
+    entities: HashMap<u64, RemoteEntity>,
+    processes: HashMap<(String, i32), RemoteProcess>,
+}
+
+impl RemoteTable {
+    /// Applies one registration sample received at `now`.
+    ///
+    /// # Errors
+    /// Why the sample was not used; the caller counts it.
+    pub fn on_sample(
+        &mut self,
+        now: Instant,
+        s: &Sample,
+        accept: &Acceptance,
+    ) -> Result<Change, Rejected> {
+        let cmd = CmdType::try_from(s.cmd_type).unwrap_or(CmdType::None);
+        match cmd {
+            CmdType::RegProcess | CmdType::UnregProcess => {
+                let p = s.process.as_ref().ok_or(Rejected::Incomplete)?;
+                accept.check(&p.host_name, p.process_id)?;
+                let key = (p.host_name.clone(), p.process_id);
+                if cmd == CmdType::UnregProcess {
+                    self.processes.remove(&key);
+                } else {
+                    self.processes.insert(
+                        key,
+                        RemoteProcess {
+                            host_name: p.host_name.clone(),
+                            process_id: p.process_id,
+                            process_name: p.process_name.clone(),
+                            unit_name: p.unit_name.clone(),
+                            runtime_version: p.ecal_runtime_version.clone(),
+                            last_seen: now,
+                        },
+                    );
+                }
+                Ok(Change::Process)
+            }
+            CmdType::RegPublisher
+            | CmdType::RegSubscriber
+            | CmdType::UnregPublisher
+            | CmdType::UnregSubscriber => {
+                let t = s.topic.as_ref().ok_or(Rejected::Incomplete)?;
+                accept.check(&t.host_name, t.process_id)?;
+                let id: u64 = t.topic_id.parse().map_err(|_| Rejected::BadTopicId)?;
+                if matches!(cmd, CmdType::UnregPublisher | CmdType::UnregSubscriber) {
+                    return Ok(match self.entities.remove(&id) {
+                        Some(_) => Change::Removed(id),
+                        None => Change::Ignored,
+                    });
+                }
+                let direction = if cmd == CmdType::RegPublisher {
+                    Direction::Publisher
+                } else {
+                    Direction::Subscriber
+                };
+                let dt = t.datatype_information.clone().unwrap_or_default();
+                let prev = self.entities.get(&id).map(|e| e.samples).unwrap_or(0);
+                self.entities.insert(
+                    id,
+                    RemoteEntity {
+                        entity_id: id,
+                        direction,
+                        topic_name: t.topic_name.clone(),
+                        host_name: t.host_name.clone(),
+                        process_id: t.process_id,
+                        process_name: t.process_name.clone(),
+                        unit_name: t.unit_name.clone(),
+                        datatype_name: dt.name,
+                        datatype_encoding: dt.encoding,
+                        datatype_descriptor: dt.descriptor_information,
+                        udp: t
+                            .transport_layer
+                            .iter()
+                            .any(|l| l.r#type == LayerType::UdpMc as i32 && l.is_usable()),
+                        no_layers: t.transport_layer.is_empty(),
+                        connections_local: t.connections_local,
+                        connections_external: t.connections_external,
+                        data_clock: t.data_clock,
+                        data_frequency_mhz: t.data_frequency,
+                        message_drops: t.message_drops,
+                        samples: prev + 1,
+                        last_seen: now,
+                    },
+                );
+                Ok(if prev == 0 {
+                    Change::New(id)
+                } else {
+                    Change::Refreshed(id)
+                })
+            }
+            _ => Ok(Change::Ignored),
+        }
+    }
+
+    /// Removes entities and processes not refreshed within `timeout`; returns the removed ids.
+    pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<u64> {
+        let mut gone = Vec::new();
+        self.entities.retain(|id, e| {
+            let keep = now.saturating_duration_since(e.last_seen) < timeout;
+            if !keep {
+                gone.push(*id);
+            }
+            keep
+        });
+        self.processes
+            .retain(|_, p| now.saturating_duration_since(p.last_seen) < timeout);
+        gone
+    }
+
+    pub fn entity(&self, id: u64) -> Option<&RemoteEntity> {
+        self.entities.get(&id)
+    }
+
+    /// Subscribers of `topic` that read UDP, i.e. the connections of a local publisher.
+    pub fn udp_subscribers<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
+        self.entities
+            .values()
+            .filter(move |e| e.direction == Direction::Subscriber && e.topic_name == topic && e.udp)
+    }
+
+    pub fn publishers_of<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
+        self.entities
+            .values()
+            .filter(move |e| e.direction == Direction::Publisher && e.topic_name == topic)
+    }
+
+    pub fn entities(&self) -> impl Iterator<Item = &RemoteEntity> {
+        self.entities.values()
+    }
+
+    pub fn processes(&self) -> impl Iterator<Item = &RemoteProcess> {
+        self.processes.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn ident(host: &str, pid: i32) -> Identity {
+        Identity {
+            host_name: host.into(),
+            process_id: pid,
+            process_name: "/bin/x".into(),
+            unit_name: "unit".into(),
+            process_parameter: "x --y".into(),
+        }
+    }
+
+    fn acc(host: &str, pid: i32, network: bool, loopback: bool) -> Acceptance {
+        Acceptance {
+            host_name: host.into(),
+            process_id: pid,
+            network_mode: network,
+            loopback,
+        }
+    }
+
+    #[test]
+    fn entity_id_layout_matches_spec_example() {
+        // cap1: 14431506724487168 = pid 13125, random 6356963, counter 0.
+        let ids = EntityIds::new(13125, 6356963);
+        assert_eq!(ids.next(), 14431506724487168);
+        assert_eq!(ids.next(), 14431506724487169);
+    }
+
+    #[test]
+    fn subscriber_sample_round_trip_and_table() {
+        let me = ident("hostb", 11120);
+        let r = TopicReport {
+            entity_id: 12227139674636288,
+            topic_name: "wire_idle".into(),
+            ..Default::default()
+        };
+        let s = topic_sample(&me, Direction::Subscriber, &r, false);
+        let bytes = s.encode_to_vec();
+        let d = Sample::decode(&*bytes).unwrap();
+        let mut t = RemoteTable::default();
+        let now = Instant::now();
+        let a = acc("hosta", 1, true, true);
+        assert_eq!(t.on_sample(now, &d, &a), Ok(Change::New(12227139674636288)));
+        assert_eq!(
+            t.on_sample(now, &d, &a),
+            Ok(Change::Refreshed(12227139674636288))
+        );
+        assert_eq!(t.udp_subscribers("wire_idle").count(), 1);
+        assert_eq!(t.udp_subscribers("other").count(), 0);
+        assert!(t
+            .expire(now + Duration::from_secs(9), Duration::from_secs(10))
+            .is_empty());
+        assert_eq!(
+            t.expire(now + Duration::from_secs(10), Duration::from_secs(10)),
+            vec![12227139674636288]
+        );
+        assert_eq!(t.udp_subscribers("wire_idle").count(), 0);
+    }
+
+    #[test]
+    fn unregistration_removes() {
+        let me = ident("hostb", 7);
+        let r = TopicReport {
+            entity_id: 5,
+            topic_name: "t".into(),
+            ..Default::default()
+        };
+        let mut t = RemoteTable::default();
+        let a = acc("hosta", 1, true, true);
+        let now = Instant::now();
+        t.on_sample(now, &topic_sample(&me, Direction::Publisher, &r, false), &a)
+            .unwrap();
+        assert_eq!(t.publishers_of("t").count(), 1);
+        assert_eq!(
+            t.on_sample(now, &topic_sample(&me, Direction::Publisher, &r, true), &a),
+            Ok(Change::Removed(5))
+        );
+        assert_eq!(t.publishers_of("t").count(), 0);
+    }
+
+    #[test]
+    fn acceptance_rules() {
+        let s = topic_sample(
+            &ident("hostb", 7),
+            Direction::Subscriber,
+            &TopicReport {
+                entity_id: 1,
+                topic_name: "t".into(),
+                ..Default::default()
+            },
+            false,
+        );
+        let mut t = RemoteTable::default();
+        let now = Instant::now();
+        assert_eq!(
+            t.on_sample(now, &s, &acc("hosta", 1, false, true)),
+            Err(Rejected::ForeignHost)
+        );
+        assert_eq!(
+            t.on_sample(now, &s, &acc("hostb", 7, false, false)),
+            Err(Rejected::OwnProcess)
+        );
+        assert!(t.on_sample(now, &s, &acc("hostb", 7, false, true)).is_ok());
+        let mut bad = s.clone();
+        bad.topic.as_mut().unwrap().topic_id = "abc".into();
+        assert_eq!(
+            t.on_sample(now, &bad, &acc("hostb", 8, true, true)),
+            Err(Rejected::BadTopicId)
+        );
+    }
+
+    #[test]
+    fn layer_rules() {
+        // A layer entry with version 0 counts as enabled (SPEC §7.4).
+        let mut s = topic_sample(
+            &ident("h", 1),
+            Direction::Subscriber,
+            &TopicReport {
+                entity_id: 1,
+                topic_name: "t".into(),
+                ..Default::default()
+            },
+            false,
+        );
+        let topic = s.topic.as_mut().unwrap();
+        topic.transport_layer = vec![TransportLayer {
+            r#type: 1,
+            ..Default::default()
+        }];
+        let mut t = RemoteTable::default();
+        let a = acc("h", 2, true, true);
+        t.on_sample(Instant::now(), &s, &a).unwrap();
+        assert_eq!(t.udp_subscribers("t").count(), 1);
+        // Only SHM enabled: not a UDP connection.
+        s.topic.as_mut().unwrap().transport_layer = vec![TransportLayer {
+            r#type: 4,
+            version: 2,
+            enabled: true,
+            ..Default::default()
+        }];
+        t.on_sample(Instant::now(), &s, &a).unwrap();
+        assert_eq!(t.udp_subscribers("t").count(), 0);
+    }
+}

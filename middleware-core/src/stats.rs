@@ -1,0 +1,97 @@
+//! Counters for everything that can be dropped. Logs explain, counters prove.
+
+use crate::fragment::ReassemblyStats;
+use crate::transport::TransportStats;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonic counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Receive-path counters of one channel, above the transport.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelCounters {
+    pub bad_frame: Counter,
+    pub bad_protobuf: Counter,
+    pub bad_topic_id: Counter,
+    pub unmatched_topic: Counter,
+    pub wrong_cmd: Counter,
+    pub rejected_registration: Counter,
+}
+
+/// Snapshot of one channel's receive path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelStats {
+    pub transport: TransportStats,
+    pub reassembly: ReassemblyStats,
+    /// Messages whose name prefix was malformed (SPEC §4).
+    pub bad_frame: u64,
+    /// Messages whose protobuf did not decode.
+    pub bad_protobuf: u64,
+    /// Samples whose `topic_id` was not a decimal u64 (eCAL drops those too).
+    pub bad_topic_id: u64,
+    /// Data for topics nobody here subscribes (normal: groups and ports are shared).
+    pub unmatched_topic: u64,
+    /// Samples with an unexpected `cmd_type` or a topic name differing from the frame name.
+    pub wrong_cmd: u64,
+    /// Registrations rejected by the acceptance rule (foreign host in local mode, own process
+    /// without loopback).
+    pub rejected_registration: u64,
+}
+
+impl ChannelCounters {
+    pub fn snapshot(&self, transport: TransportStats, reassembly: ReassemblyStats) -> ChannelStats {
+        ChannelStats {
+            transport,
+            reassembly,
+            bad_frame: self.bad_frame.get(),
+            bad_protobuf: self.bad_protobuf.get(),
+            bad_topic_id: self.bad_topic_id.get(),
+            unmatched_topic: self.unmatched_topic.get(),
+            wrong_cmd: self.wrong_cmd.get(),
+            rejected_registration: self.rejected_registration.get(),
+        }
+    }
+}
+
+/// Per-subscriber delivery counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SubscriberStats {
+    /// Messages handed to the application.
+    pub delivered: u64,
+    pub delivered_bytes: u64,
+    /// Dropped: clock already seen from that publisher.
+    pub duplicates: u64,
+    /// Dropped: clock older than the newest seen (while `drop_out_of_order` is on).
+    pub out_of_order: u64,
+    /// Clocks skipped between consecutive messages of a publisher: messages lost upstream.
+    pub sequence_gaps: u64,
+    /// Dropped: the receive queue was full (the application did not keep up).
+    pub queue_overflow: u64,
+    /// Payloads the typed subscriber could not decode.
+    pub decode_errors: u64,
+}
+
+/// Per-publisher counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PublisherStats {
+    /// `send` calls that went out on the wire.
+    pub sent: u64,
+    pub sent_bytes: u64,
+    /// `send` calls made while no subscriber was connected (not sent, as eCAL does).
+    pub not_connected: u64,
+    /// `send` calls that failed in the transport.
+    pub send_errors: u64,
+}

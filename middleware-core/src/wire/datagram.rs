@@ -1,0 +1,381 @@
+//! The 24-byte ecaludp "v5" datagram header (SPEC §2).
+//!
+//! ```text
+//!  0      4   5       8        12       16       20       24
+//!  +------+---+-------+--------+--------+--------+--------+----------
+//!  | ECAL | 5 | 0 0 0 |  type  |   id   |  num   |  len   | body ...
+//!  +------+---+-------+--------+--------+--------+--------+----------
+//!                      u32 LE   i32 LE   u32 LE   u32 LE
+//! ```
+
+use super::DecodeError;
+use std::fmt;
+
+mod field {
+    use core::ops::Range;
+    pub const MAGIC: Range<usize> = 0..4;
+    pub const VERSION: usize = 4;
+    pub const KIND: Range<usize> = 8..12;
+    pub const ID: Range<usize> = 12..16;
+    pub const NUM: Range<usize> = 16..20;
+    pub const LEN: Range<usize> = 20..24;
+}
+
+/// Length of the header in bytes.
+pub const HEADER_LEN: usize = field::LEN.end;
+/// The magic bytes `ECAL`.
+pub const MAGIC: [u8; 4] = *b"ECAL";
+/// The only header version eCAL 6.1 receivers accept.
+pub const VERSION: u8 = 5;
+/// Largest UDP payload over IPv4 that eCAL sends: 65536 - 20 (IPv4) - 8 (UDP) - 1 (SPEC §3.1).
+pub const MAX_DATAGRAM_LEN: usize = 65507;
+
+/// The `type` field. Unknown values round-trip so they can be logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DatagramKind {
+    /// Type 1: announces a fragmented message (`num` fragments, `len` total bytes).
+    FragmentInfo,
+    /// Type 2: fragment number `num` of message `id`, `len` bytes follow.
+    Fragment,
+    /// Type 3: a whole message of `len` bytes follows.
+    Whole,
+    Unknown(u32),
+}
+
+impl From<u32> for DatagramKind {
+    fn from(v: u32) -> Self {
+        match v {
+            1 => Self::FragmentInfo,
+            2 => Self::Fragment,
+            3 => Self::Whole,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+impl From<DatagramKind> for u32 {
+    fn from(k: DatagramKind) -> u32 {
+        match k {
+            DatagramKind::FragmentInfo => 1,
+            DatagramKind::Fragment => 2,
+            DatagramKind::Whole => 3,
+            DatagramKind::Unknown(v) => v,
+        }
+    }
+}
+
+/// A read/write view over a datagram buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Datagram<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+impl<T: AsRef<[u8]>> Datagram<T> {
+    /// Wraps without checks; only for buffers this process builds.
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Self { buffer }
+    }
+
+    /// Wraps after checking length, magic and version. Use this for anything from the network.
+    ///
+    /// # Errors
+    /// [`DecodeError::Truncated`] when shorter than the header or than `24 + len`,
+    /// [`DecodeError::BadMagic`], [`DecodeError::BadVersion`].
+    pub fn new_checked(buffer: T) -> Result<Self, DecodeError> {
+        let d = Self::new_unchecked(buffer);
+        d.check()?;
+        Ok(d)
+    }
+
+    fn check(&self) -> Result<(), DecodeError> {
+        let b = self.buffer.as_ref();
+        if b.len() < HEADER_LEN {
+            return Err(DecodeError::Truncated {
+                required: HEADER_LEN,
+                len: b.len(),
+            });
+        }
+        let magic = [b[0], b[1], b[2], b[3]];
+        if magic != MAGIC {
+            return Err(DecodeError::BadMagic(magic));
+        }
+        if b[field::VERSION] != VERSION {
+            return Err(DecodeError::BadVersion(b[field::VERSION]));
+        }
+        // Types 1 carries no body; for 2 and 3 the declared body must be present (SPEC §2.1).
+        if matches!(self.kind(), DatagramKind::Fragment | DatagramKind::Whole) {
+            let required = (self.len() as usize).saturating_add(HEADER_LEN);
+            if b.len() < required {
+                return Err(DecodeError::Truncated {
+                    required,
+                    len: b.len(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn kind(&self) -> DatagramKind {
+        le_u32(&self.buffer.as_ref()[field::KIND]).into()
+    }
+    pub fn id(&self) -> i32 {
+        le_u32(&self.buffer.as_ref()[field::ID]) as i32
+    }
+    pub fn num(&self) -> u32 {
+        le_u32(&self.buffer.as_ref()[field::NUM])
+    }
+    pub fn len(&self) -> u32 {
+        le_u32(&self.buffer.as_ref()[field::LEN])
+    }
+    /// The `len` bytes after the header (empty for type 1). Extra trailing bytes are ignored,
+    /// as eCAL does.
+    pub fn body(&self) -> &[u8] {
+        let b = self.buffer.as_ref();
+        match self.kind() {
+            DatagramKind::Fragment | DatagramKind::Whole => {
+                let end = HEADER_LEN.saturating_add(self.len() as usize).min(b.len());
+                &b[HEADER_LEN..end]
+            }
+            _ => &[],
+        }
+    }
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+}
+
+impl<'a> Datagram<&'a [u8]> {
+    /// Like [`Datagram::body`], but borrowing the underlying buffer rather than the view.
+    pub fn into_body(self) -> &'a [u8] {
+        let body = self.body().len();
+        &self.buffer[HEADER_LEN..HEADER_LEN + body]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Datagram<T> {
+    fn put(&mut self, range: core::ops::Range<usize>, v: u32) {
+        self.buffer.as_mut()[range].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn set_magic_and_version(&mut self) {
+        let b = self.buffer.as_mut();
+        b[field::MAGIC].copy_from_slice(&MAGIC);
+        b[field::VERSION] = VERSION;
+        b[5..8].fill(0);
+    }
+    pub fn set_kind(&mut self, k: DatagramKind) {
+        self.put(field::KIND, k.into());
+    }
+    pub fn set_id(&mut self, id: i32) {
+        self.put(field::ID, id as u32);
+    }
+    pub fn set_num(&mut self, n: u32) {
+        self.put(field::NUM, n);
+    }
+    pub fn set_len(&mut self, n: u32) {
+        self.put(field::LEN, n);
+    }
+}
+
+impl<T: AsRef<[u8]>> fmt::Display for Datagram<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match DatagramRepr::parse(self) {
+            Ok(r) => write!(f, "{r}"),
+            Err(e) => write!(f, "ecaludp ({e})"),
+        }
+    }
+}
+
+/// The semantic content of a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatagramRepr {
+    FragmentInfo { id: i32, count: u32, total_len: u32 },
+    Fragment { id: i32, index: u32, len: u32 },
+    Whole { len: u32 },
+}
+
+impl DatagramRepr {
+    /// # Errors
+    /// [`DecodeError::BadKind`] for a type outside 1..=3.
+    pub fn parse<T: AsRef<[u8]>>(d: &Datagram<T>) -> Result<Self, DecodeError> {
+        Ok(match d.kind() {
+            DatagramKind::FragmentInfo => Self::FragmentInfo {
+                id: d.id(),
+                count: d.num(),
+                total_len: d.len(),
+            },
+            DatagramKind::Fragment => Self::Fragment {
+                id: d.id(),
+                index: d.num(),
+                len: d.len(),
+            },
+            DatagramKind::Whole => Self::Whole { len: d.len() },
+            DatagramKind::Unknown(k) => return Err(DecodeError::BadKind(k)),
+        })
+    }
+
+    /// Header bytes only; the body (if any) follows and is written by the caller.
+    pub const fn buffer_len(&self) -> usize {
+        HEADER_LEN
+    }
+
+    /// Writes the 24 header bytes into `d` (which must hold at least [`HEADER_LEN`] bytes).
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, d: &mut Datagram<T>) {
+        d.set_magic_and_version();
+        match *self {
+            Self::FragmentInfo {
+                id,
+                count,
+                total_len,
+            } => {
+                d.set_kind(DatagramKind::FragmentInfo);
+                d.set_id(id);
+                d.set_num(count);
+                d.set_len(total_len);
+            }
+            Self::Fragment { id, index, len } => {
+                d.set_kind(DatagramKind::Fragment);
+                d.set_id(id);
+                d.set_num(index);
+                d.set_len(len);
+            }
+            Self::Whole { len } => {
+                // eCAL writes id -1 and num 1 for whole messages (SPEC §2).
+                d.set_kind(DatagramKind::Whole);
+                d.set_id(-1);
+                d.set_num(1);
+                d.set_len(len);
+            }
+        }
+    }
+
+    /// Convenience: the 24 header bytes as an array.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        self.emit(&mut Datagram::new_unchecked(&mut b[..]));
+        b
+    }
+}
+
+impl fmt::Display for DatagramRepr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FragmentInfo {
+                id,
+                count,
+                total_len,
+            } => {
+                write!(
+                    f,
+                    "ecaludp info id={id} count={count} total_len={total_len}"
+                )
+            }
+            Self::Fragment { id, index, len } => {
+                write!(f, "ecaludp frag id={id} num={index} len={len}")
+            }
+            Self::Whole { len } => write!(f, "ecaludp whole len={len}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // cap2 frame 14 (SPEC §11.2): fragmentation info.
+    const INFO: [u8; 24] = [
+        0x45, 0x43, 0x41, 0x4c, 0x05, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x34, 0x82, 0x27,
+        0x0d, 0x02, 0x00, 0x00, 0x00, 0xe5, 0xff, 0x00, 0x00,
+    ];
+
+    #[test]
+    fn deconstruct() {
+        let d = Datagram::new_checked(&INFO[..]).unwrap();
+        assert_eq!(d.kind(), DatagramKind::FragmentInfo);
+        assert_eq!(d.id(), 220693044);
+        assert_eq!(d.num(), 2);
+        assert_eq!(d.len(), 65509);
+        assert!(d.body().is_empty());
+        assert_eq!(
+            DatagramRepr::parse(&d).unwrap(),
+            DatagramRepr::FragmentInfo {
+                id: 220693044,
+                count: 2,
+                total_len: 65509
+            }
+        );
+    }
+
+    #[test]
+    fn construct() {
+        let r = DatagramRepr::FragmentInfo {
+            id: 220693044,
+            count: 2,
+            total_len: 65509,
+        };
+        assert_eq!(r.to_bytes(), INFO);
+    }
+
+    #[test]
+    fn whole_writes_minus_one_and_one() {
+        let b = DatagramRepr::Whole { len: 97 }.to_bytes();
+        assert_eq!(
+            &b[8..24],
+            &[3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0x61, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert_eq!(
+            Datagram::new_checked(&INFO[..23]).unwrap_err(),
+            DecodeError::Truncated {
+                required: 24,
+                len: 23
+            }
+        );
+        let mut b = INFO;
+        b[0] = b'X';
+        assert!(matches!(
+            Datagram::new_checked(&b[..]),
+            Err(DecodeError::BadMagic(_))
+        ));
+        let mut b = INFO;
+        b[4] = 6;
+        assert_eq!(
+            Datagram::new_checked(&b[..]).unwrap_err(),
+            DecodeError::BadVersion(6)
+        );
+        let mut b = INFO;
+        b[8] = 9;
+        let d = Datagram::new_checked(&b[..]).unwrap();
+        assert_eq!(
+            DatagramRepr::parse(&d).unwrap_err(),
+            DecodeError::BadKind(9)
+        );
+        // A whole message declaring more bytes than present.
+        let mut b = DatagramRepr::Whole { len: 10 }.to_bytes().to_vec();
+        b.extend_from_slice(&[0; 9]);
+        assert_eq!(
+            Datagram::new_checked(&b[..]).unwrap_err(),
+            DecodeError::Truncated {
+                required: 34,
+                len: 33
+            }
+        );
+        // A declared length of u32::MAX never overflows.
+        let b = DatagramRepr::Whole { len: u32::MAX }.to_bytes();
+        assert!(Datagram::new_checked(&b[..]).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_ignored() {
+        let mut b = DatagramRepr::Whole { len: 2 }.to_bytes().to_vec();
+        b.extend_from_slice(&[7, 8, 9]);
+        let d = Datagram::new_checked(&b[..]).unwrap();
+        assert_eq!(d.body(), &[7, 8]);
+    }
+}

@@ -9,7 +9,7 @@
 //! | key | default | accepted |
 //! |---|---|---|
 //! | `transport` | `socket` | `socket`, `npcap`, `auto` |
-//! | `mode` | `network` | `network` (multicast, cross-host), `local` (broadcast on 127.255.255.255, this host only) |
+//! | `mode` | `local` | `local` (broadcast on 127.255.255.255, this host only; eCAL's default), `network` (multicast, cross-host) |
 //! | `network.group` | `239.0.0.1` | IPv4 multicast address |
 //! | `network.mask` | `255.255.255.240` | IPv4 mask for the topic group hash |
 //! | `network.group_mapping` | `v2` | `v2`, `v1` |
@@ -85,9 +85,10 @@ impl fmt::Display for TransportKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     /// Multicast to `network.group`; peers on other hosts.
-    #[default]
     Network,
-    /// Broadcast on the loopback network; this host only.
+    /// Broadcast on the loopback network; this host only. eCAL's default, so nothing leaves
+    /// the host until `mode = "network"` is chosen.
+    #[default]
     Local,
 }
 
@@ -134,18 +135,9 @@ impl fmt::Display for Origin {
 #[non_exhaustive]
 pub enum ConfigError {
     #[error("config key `{key}` ({origin}): invalid value `{value}`; expected {expected}")]
-    InvalidValue {
-        key: String,
-        origin: Origin,
-        value: String,
-        expected: String,
-    },
+    InvalidValue { key: String, origin: Origin, value: String, expected: String },
     #[error("unknown config key `{key}` ({origin}); known keys: {known}")]
-    UnknownKey {
-        key: String,
-        origin: Origin,
-        known: String,
-    },
+    UnknownKey { key: String, origin: Origin, known: String },
     #[error("cannot read config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -181,7 +173,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             transport: TransportKind::Socket,
-            mode: Mode::Network,
+            mode: Mode::Local,
             network_group: Ipv4Addr::new(239, 0, 0, 1),
             network_mask: Ipv4Addr::new(255, 255, 255, 240),
             group_mapping: GroupMapping::V2,
@@ -284,10 +276,8 @@ impl Config {
     /// # Errors
     /// Unreadable or unparsable file, unknown key, bad value.
     pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File { path: path.into(), reason: e.to_string() })?;
         self.apply_toml(&text, Origin::File(path.into()))
     }
 
@@ -296,15 +286,13 @@ impl Config {
     /// # Errors
     /// Unparsable text, unknown key, bad value.
     pub fn apply_toml(&mut self, text: &str, origin: Origin) -> Result<(), ConfigError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::File {
-                path: match &origin {
-                    Origin::File(p) => p.clone(),
-                    _ => PathBuf::from("<text>"),
-                },
-                reason: e.to_string(),
-            })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
+            path: match &origin {
+                Origin::File(p) => p.clone(),
+                _ => PathBuf::from("<text>"),
+            },
+            reason: e.to_string(),
+        })?;
         let mut leaves = Vec::new();
         flatten("", &toml::Value::Table(table), &mut leaves);
         for (key, value) in leaves {
@@ -317,10 +305,7 @@ impl Config {
     ///
     /// # Errors
     /// A variable with the prefix that names no key, or a bad value.
-    pub fn apply_env(
-        &mut self,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<(), ConfigError> {
+    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         for (name, value) in vars {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -329,11 +314,7 @@ impl Config {
                 continue;
             }
             let wanted = rest.to_ascii_lowercase();
-            let key = KEYS
-                .iter()
-                .find(|k| k.replace('.', "_") == wanted)
-                .copied()
-                .unwrap_or(&wanted);
+            let key = KEYS.iter().find(|k| k.replace('.', "_") == wanted).copied().unwrap_or(&wanted);
             self.set_from(key, &value, Origin::Env(name.clone()))?;
         }
         Ok(())
@@ -355,19 +336,16 @@ impl Config {
             expected: expected.to_string(),
         };
         let ipv4 = |v: &str| v.trim().parse::<Ipv4Addr>().ok();
-        let ms =
-            |v: &str, lo: u64| parse_range::<u64>(v, lo, u64::MAX / 2).map(Duration::from_millis);
+        let ms = |v: &str, lo: u64| parse_range::<u64>(v, lo, u64::MAX / 2).map(Duration::from_millis);
         match key {
             "transport" => self.transport = value.parse().map_err(|e: String| bad(&e))?,
             "mode" => self.mode = value.parse().map_err(|e: String| bad(&e))?,
             "network.group" => {
-                self.network_group = ipv4(value)
-                    .filter(Ipv4Addr::is_multicast)
-                    .ok_or_else(|| bad("an IPv4 multicast address"))?
+                self.network_group =
+                    ipv4(value).filter(Ipv4Addr::is_multicast).ok_or_else(|| bad("an IPv4 multicast address"))?
             }
             "network.mask" => {
-                self.network_mask =
-                    ipv4(value).ok_or_else(|| bad("an IPv4 mask such as 255.255.255.240"))?
+                self.network_mask = ipv4(value).ok_or_else(|| bad("an IPv4 mask such as 255.255.255.240"))?
             }
             "network.group_mapping" => {
                 self.group_mapping = match value.trim().to_ascii_lowercase().as_str() {
@@ -376,10 +354,7 @@ impl Config {
                     _ => return Err(bad("one of v2, v1")),
                 }
             }
-            "network.ttl" => {
-                self.network_ttl =
-                    parse_range(value, 0, 255).ok_or_else(|| bad("an integer 0..=255"))?
-            }
+            "network.ttl" => self.network_ttl = parse_range(value, 0, 255).ok_or_else(|| bad("an integer 0..=255"))?,
             "network.interface" => {
                 let v = value.trim();
                 self.interface = (!v.is_empty()).then(|| v.to_string());
@@ -387,37 +362,23 @@ impl Config {
             "network.multicast_loopback" => {
                 self.multicast_loopback = parse_bool(value).ok_or_else(|| bad("true or false"))?
             }
-            "local.group" => {
-                self.local_group = ipv4(value).ok_or_else(|| bad("an IPv4 broadcast address"))?
-            }
-            "local.ttl" => {
-                self.local_ttl =
-                    parse_range(value, 0, 255).ok_or_else(|| bad("an integer 0..=255"))?
-            }
+            "local.group" => self.local_group = ipv4(value).ok_or_else(|| bad("an IPv4 broadcast address"))?,
+            "local.ttl" => self.local_ttl = parse_range(value, 0, 255).ok_or_else(|| bad("an integer 0..=255"))?,
             "ports.registration" => {
-                self.registration_port =
-                    parse_range(value, 1, 65535).ok_or_else(|| bad("a port 1..=65535"))?
+                self.registration_port = parse_range(value, 1, 65535).ok_or_else(|| bad("a port 1..=65535"))?
             }
-            "ports.data" => {
-                self.data_port =
-                    parse_range(value, 1, 65535).ok_or_else(|| bad("a port 1..=65535"))?
-            }
+            "ports.data" => self.data_port = parse_range(value, 1, 65535).ok_or_else(|| bad("a port 1..=65535"))?,
             "udp.receive_buffer" => {
                 self.receive_buffer = parse_bytes(value)
                     .filter(|v| *v >= 65536)
                     .ok_or_else(|| bad("a size of at least 65536 bytes, e.g. 64MiB"))?
             }
             "udp.max_datagram_size" => {
-                self.max_datagram_size = parse_range(
-                    value,
-                    crate::wire::HEADER_LEN + 1,
-                    crate::wire::MAX_DATAGRAM_LEN,
-                )
-                .ok_or_else(|| bad("an integer 25..=65507"))?
+                self.max_datagram_size = parse_range(value, crate::wire::HEADER_LEN + 1, crate::wire::MAX_DATAGRAM_LEN)
+                    .ok_or_else(|| bad("an integer 25..=65507"))?
             }
             "reassembly.timeout_ms" => {
-                self.reassembly.timeout =
-                    ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?
+                self.reassembly.timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?
             }
             "reassembly.max_message_size" => {
                 self.reassembly.max_message_len = parse_bytes(value)
@@ -434,38 +395,28 @@ impl Config {
                     .ok_or_else(|| bad("a size of at least 65536 bytes, e.g. 256MiB"))?
             }
             "registration.refresh_ms" => {
-                self.registration_refresh =
-                    ms(value, 10).ok_or_else(|| bad("milliseconds, at least 10"))?
+                self.registration_refresh = ms(value, 10).ok_or_else(|| bad("milliseconds, at least 10"))?
             }
             "registration.timeout_ms" => {
-                self.registration_timeout =
-                    ms(value, 20).ok_or_else(|| bad("milliseconds, at least 20"))?
+                self.registration_timeout = ms(value, 20).ok_or_else(|| bad("milliseconds, at least 20"))?
             }
             "registration.loopback" => {
-                self.registration_loopback =
-                    parse_bool(value).ok_or_else(|| bad("true or false"))?
+                self.registration_loopback = parse_bool(value).ok_or_else(|| bad("true or false"))?
             }
             "subscriber.drop_out_of_order" => {
                 self.drop_out_of_order = parse_bool(value).ok_or_else(|| bad("true or false"))?
             }
             "subscriber.queue_capacity" => {
-                self.queue_capacity =
-                    parse_range(value, 1, 1 << 24).ok_or_else(|| bad("an integer 1..=16777216"))?
+                self.queue_capacity = parse_range(value, 1, 1 << 24).ok_or_else(|| bad("an integer 1..=16777216"))?
             }
             "unit_name" => self.unit_name = Some(value.to_string()),
             "host_name" => self.host_name = Some(value.to_string()),
             _ => {
-                return Err(ConfigError::UnknownKey {
-                    key: key.to_string(),
-                    origin,
-                    known: KEYS.join(", "),
-                });
+                return Err(ConfigError::UnknownKey { key: key.to_string(), origin, known: KEYS.join(", ") });
             }
         }
         if self.registration_timeout <= self.registration_refresh {
-            return Err(bad(
-                "registration.timeout_ms larger than registration.refresh_ms",
-            ));
+            return Err(bad("registration.timeout_ms larger than registration.refresh_ms"));
         }
         Ok(())
     }
@@ -491,11 +442,7 @@ fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
     match v {
         toml::Value::Table(t) => {
             for (k, v) in t {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                 flatten(&key, v, out);
             }
         }
@@ -510,12 +457,12 @@ mod tests {
 
     #[test]
     fn defaults_match_ecal() {
-        let c = Config::default();
+        let mut c = Config::default();
+        assert_eq!(c.mode, Mode::Local);
+        assert_eq!((c.destination(), c.ttl()), (Ipv4Addr::new(127, 255, 255, 255), 1));
+        c.set("mode", "network").unwrap();
         assert_eq!(c.destination(), Ipv4Addr::new(239, 0, 0, 1));
-        assert_eq!(
-            (c.registration_port, c.data_port, c.ttl()),
-            (14000, 14002, 3)
-        );
+        assert_eq!((c.registration_port, c.data_port, c.ttl()), (14000, 14002, 3));
         assert_eq!(c.max_datagram_size, 65507);
         assert_eq!(c.reassembly.timeout, Duration::from_secs(5));
         assert_eq!(c.registration_timeout, Duration::from_secs(10));
@@ -525,37 +472,27 @@ mod tests {
     fn file_then_env() {
         let mut c = Config::default();
         c.apply_toml(
-            "transport = \"auto\"\nmode = \"local\"\n[network]\nttl = 5\ninterface = \"veth0\"\n[udp]\nreceive_buffer = \"8MiB\"\n[reassembly]\nmax_partial_messages = 10\n",
+            "transport = \"auto\"\nmode = \"network\"\n[network]\nttl = 5\ninterface = \"veth0\"\n[udp]\nreceive_buffer = \"8MiB\"\n[reassembly]\nmax_partial_messages = 10\n",
             Origin::Code,
         )
         .unwrap();
         assert_eq!(c.transport, TransportKind::Auto);
-        assert_eq!(c.mode, Mode::Local);
+        assert_eq!(c.mode, Mode::Network);
         assert_eq!(c.network_ttl, 5);
         assert_eq!(c.interface.as_deref(), Some("veth0"));
         assert_eq!(c.receive_buffer, 8 << 20);
         assert_eq!(c.reassembly.max_partial_messages, 10);
-        assert_eq!(c.destination(), Ipv4Addr::new(127, 255, 255, 255));
-        c.apply_env([
-            ("MW_TRANSPORT".to_string(), "npcap".to_string()),
-            ("PATH".into(), "x".into()),
-        ])
-        .unwrap();
+        assert_eq!(c.destination(), Ipv4Addr::new(239, 0, 0, 1));
+        c.apply_env([("MW_TRANSPORT".to_string(), "npcap".to_string()), ("PATH".into(), "x".into())]).unwrap();
         assert_eq!(c.transport, TransportKind::Npcap);
-        c.apply_env([(
-            "MW_NETWORK_MULTICAST_LOOPBACK".to_string(),
-            "false".to_string(),
-        )])
-        .unwrap();
+        c.apply_env([("MW_NETWORK_MULTICAST_LOOPBACK".to_string(), "false".to_string())]).unwrap();
         assert!(!c.multicast_loopback);
     }
 
     #[test]
     fn errors_name_key_and_accepted_values() {
         let mut c = Config::default();
-        let e = c
-            .apply_env([("MW_TRANSPORT".to_string(), "carrier-pigeon".to_string())])
-            .unwrap_err();
+        let e = c.apply_env([("MW_TRANSPORT".to_string(), "carrier-pigeon".to_string())]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "config key `transport` (environment variable MW_TRANSPORT): invalid value `carrier-pigeon`; expected one of socket, npcap, auto"
@@ -566,14 +503,9 @@ mod tests {
         assert!(e.to_string().contains("0..=255"), "{e}");
         let e = c.set("udp.max_datagram_size", "70000").unwrap_err();
         assert!(e.to_string().contains("25..=65507"), "{e}");
-        let e = c
-            .apply_toml("[network]\ntll = 3\n", Origin::Code)
-            .unwrap_err();
+        let e = c.apply_toml("[network]\ntll = 3\n", Origin::Code).unwrap_err();
         assert!(matches!(e, ConfigError::UnknownKey { ref key, .. } if key == "network.tll"));
-        assert!(matches!(
-            c.apply_toml("mode = ", Origin::Code),
-            Err(ConfigError::File { .. })
-        ));
+        assert!(matches!(c.apply_toml("mode = ", Origin::Code), Err(ConfigError::File { .. })));
     }
 
     #[test]

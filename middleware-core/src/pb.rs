@@ -239,12 +239,11 @@ mod tests {
 
     /// The Sample of SPEC §11.1 (cap1 frame 14), body after the sample name.
     pub(crate) const CAP1_FRAME14_SAMPLE: &[u8] = &[
-        0x08, 0x01, 0x2a, 0x28, 0x3a, 0x0a, b'w', b'i', b'r', b'e', b'_', b's', b'm', b'a', b'l',
-        b'l', 0x32, 0x11, b'1', b'4', b'4', b'3', b'1', b'5', b'0', b'6', b'7', b'2', b'4', b'4',
-        b'8', b'7', b'1', b'6', b'8', 0x18, 0x00, 0x12, 0x05, b'h', b'o', b's', b't', b'a', 0x32,
-        0x24, 0x08, 0x00, 0x10, 0x01, 0x18, 0xbb, 0xf7, 0xe1, 0xcf, 0xd1, 0x9b, 0x98, 0x03, 0x30,
-        0x00, 0x22, 0x0a, b'm', b's', b'g', b'-', b'0', b'0', b'0', b'0', b'0', b'0', 0x38, 0x82,
-        0x80, 0x8c, 0xff, 0x8f, 0xac, 0xd1, 0x19, 0x42, 0x00,
+        0x08, 0x01, 0x2a, 0x28, 0x3a, 0x0a, b'w', b'i', b'r', b'e', b'_', b's', b'm', b'a', b'l', b'l', 0x32, 0x11,
+        b'1', b'4', b'4', b'3', b'1', b'5', b'0', b'6', b'7', b'2', b'4', b'4', b'8', b'7', b'1', b'6', b'8', 0x18,
+        0x00, 0x12, 0x05, b'h', b'o', b's', b't', b'a', 0x32, 0x24, 0x08, 0x00, 0x10, 0x01, 0x18, 0xbb, 0xf7, 0xe1,
+        0xcf, 0xd1, 0x9b, 0x98, 0x03, 0x30, 0x00, 0x22, 0x0a, b'm', b's', b'g', b'-', b'0', b'0', b'0', b'0', b'0',
+        b'0', 0x38, 0x82, 0x80, 0x8c, 0xff, 0x8f, 0xac, 0xd1, 0x19, 0x42, 0x00,
     ];
 
     #[test]
@@ -264,10 +263,7 @@ mod tests {
 
     #[test]
     fn unknown_cmd_type_is_kept() {
-        let s = Sample {
-            cmd_type: 99,
-            ..Default::default()
-        };
+        let s = Sample { cmd_type: 99, ..Default::default() };
         let d = Sample::decode(&*s.encode_to_vec()).unwrap();
         assert_eq!(d.cmd_type, 99);
         assert!(CmdType::try_from(d.cmd_type).is_err());

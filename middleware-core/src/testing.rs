@@ -62,17 +62,8 @@ impl LoopbackBus {
     /// A factory for [`crate::Node::new`].
     pub fn open(&self, ep: &Endpoint) -> Result<Box<dyn Transport>, TransportError> {
         let (tx, rx) = channel();
-        self.state
-            .lock()
-            .expect("poisoned")
-            .ports
-            .entry(ep.port)
-            .or_default()
-            .push(tx);
-        let src = SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            self.next_port.fetch_add(1, Ordering::Relaxed),
-        ));
+        self.state.lock().expect("poisoned").ports.entry(ep.port).or_default().push(tx);
+        let src = SocketAddr::from((Ipv4Addr::LOCALHOST, self.next_port.fetch_add(1, Ordering::Relaxed)));
         Ok(Box::new(LoopbackTransport {
             bus: self.clone(),
             port: ep.port,
@@ -117,11 +108,7 @@ impl Transport for LoopbackTransport {
         if f.drop_permille > 0 && self.bus.roll() < f.drop_permille {
             return Ok(());
         }
-        let copies = if f.duplicate_permille > 0 && self.bus.roll() < f.duplicate_permille {
-            2
-        } else {
-            1
-        };
+        let copies = if f.duplicate_permille > 0 && self.bus.roll() < f.duplicate_permille { 2 } else { 1 };
         for _ in 0..copies {
             self.bus.inject(self.port, self.source, &d);
         }

@@ -20,8 +20,7 @@ pub enum GroupMapping {
 pub fn fnv1_32(name: &str) -> u32 {
     const OFFSET: u32 = 2_166_136_261;
     const PRIME: u32 = 16_777_619;
-    name.bytes()
-        .fold(OFFSET, |h, b| h.wrapping_mul(PRIME) ^ u32::from(b))
+    name.bytes().fold(OFFSET, |h, b| h.wrapping_mul(PRIME) ^ u32::from(b))
 }
 
 /// The group a receiver joins for `topic`, given the base group and mask.
@@ -44,12 +43,7 @@ pub fn topic_group(topic: &str, base: Ipv4Addr, mask: Ipv4Addr, mapping: GroupMa
             if last < 2 {
                 last = 2;
             }
-            Ipv4Addr::new(
-                first,
-                ((h >> 16) as u8) & m[1],
-                ((h >> 8) as u8) & m[2],
-                last,
-            )
+            Ipv4Addr::new(first, ((h >> 16) as u8) & m[1], ((h >> 8) as u8) & m[2], last)
         }
     }
 }
@@ -87,12 +81,7 @@ mod tests {
         let g = topic_group("wire_a", BASE, MASK, GroupMapping::V1);
         assert_eq!(g, Ipv4Addr::new(239, 0xb7, 0x4c, 0x30));
         // A last octet below 2 becomes 2: wire_small's low byte 0xc2 & 0 = 0.
-        let g = topic_group(
-            "wire_small",
-            BASE,
-            Ipv4Addr::new(255, 255, 255, 0),
-            GroupMapping::V1,
-        );
+        let g = topic_group("wire_small", BASE, Ipv4Addr::new(255, 255, 255, 0), GroupMapping::V1);
         assert_eq!(g.octets()[3], 2);
     }
 }

@@ -113,13 +113,7 @@ pub struct Reassembler {
 
 impl Reassembler {
     pub fn new(config: ReassemblyConfig) -> Self {
-        Self {
-            config,
-            partials: HashMap::new(),
-            buffered: 0,
-            stats: ReassemblyStats::default(),
-            last_expire: None,
-        }
+        Self { config, partials: HashMap::new(), buffered: 0, stats: ReassemblyStats::default(), last_expire: None }
     }
 
     pub fn stats(&self) -> ReassemblyStats {
@@ -137,22 +131,12 @@ impl Reassembler {
     }
 
     /// Feeds one UDP payload received from `sender` at `now`.
-    pub fn on_datagram<'a>(
-        &mut self,
-        now: Instant,
-        sender: SocketAddr,
-        datagram: &'a [u8],
-    ) -> Outcome<'a> {
+    pub fn on_datagram<'a>(&mut self, now: Instant, sender: SocketAddr, datagram: &'a [u8]) -> Outcome<'a> {
         // Purge at most every 100 ms; cheap enough to call on every datagram.
-        if self
-            .last_expire
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100))
-        {
+        if self.last_expire.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100)) {
             self.expire(now);
         }
-        let repr = match Datagram::new_checked(datagram)
-            .and_then(|d| DatagramRepr::parse(&d).map(|r| (d, r)))
-        {
+        let repr = match Datagram::new_checked(datagram).and_then(|d| DatagramRepr::parse(&d).map(|r| (d, r))) {
             Ok(v) => v,
             Err(e) => {
                 self.stats.malformed += 1;
@@ -166,24 +150,14 @@ impl Reassembler {
                 self.stats.messages += 1;
                 Outcome::Message(Cow::Borrowed(d.into_body()))
             }
-            DatagramRepr::FragmentInfo {
-                id,
-                count,
-                total_len,
-            } => self.on_info(now, FragKey { sender, id }, count, total_len),
-            DatagramRepr::Fragment { id, index, .. } => {
-                self.on_fragment(now, FragKey { sender, id }, index, d.body())
+            DatagramRepr::FragmentInfo { id, count, total_len } => {
+                self.on_info(now, FragKey { sender, id }, count, total_len)
             }
+            DatagramRepr::Fragment { id, index, .. } => self.on_fragment(now, FragKey { sender, id }, index, d.body()),
         }
     }
 
-    fn on_info(
-        &mut self,
-        now: Instant,
-        key: FragKey,
-        count: u32,
-        total_len: u32,
-    ) -> Outcome<'static> {
+    fn on_info(&mut self, now: Instant, key: FragKey, count: u32, total_len: u32) -> Outcome<'static> {
         let total = total_len as usize;
         // Every fragment carries at least one byte and at most a maximal datagram's worth.
         let plausible = count >= 1
@@ -213,12 +187,7 @@ impl Reassembler {
         }
         p.info = Some((count, total_len));
         // Fragments that arrived early and do not fit the declared shape are dropped now.
-        let bad: Vec<u32> = p
-            .fragments
-            .keys()
-            .copied()
-            .filter(|&i| i >= count)
-            .collect();
+        let bad: Vec<u32> = p.fragments.keys().copied().filter(|&i| i >= count).collect();
         for i in bad {
             if let Some(f) = p.fragments.remove(&i) {
                 p.bytes -= f.len();
@@ -234,13 +203,7 @@ impl Reassembler {
         self.try_complete(key)
     }
 
-    fn on_fragment<'a>(
-        &mut self,
-        now: Instant,
-        key: FragKey,
-        index: u32,
-        body: &[u8],
-    ) -> Outcome<'a> {
+    fn on_fragment<'a>(&mut self, now: Instant, key: FragKey, index: u32, body: &[u8]) -> Outcome<'a> {
         let cap = match self.partials.get(&key).and_then(|p| p.info) {
             Some((count, _)) if index >= count => {
                 self.stats.rejected_fragment += 1;
@@ -320,12 +283,7 @@ impl Reassembler {
         while self.partials.len() >= self.config.max_partial_messages.max(1)
             || self.buffered + extra > self.config.max_buffered_bytes
         {
-            let Some(oldest) = self
-                .partials
-                .iter()
-                .min_by_key(|(_, p)| p.last_touch)
-                .map(|(k, _)| *k)
-            else {
+            let Some(oldest) = self.partials.iter().min_by_key(|(_, p)| p.last_touch).map(|(k, _)| *k) else {
                 break;
             };
             self.remove(&oldest);
@@ -370,10 +328,7 @@ mod tests {
     }
 
     fn datagrams(msg: &[u8], max: usize, id: i32) -> Vec<Vec<u8>> {
-        split(msg, max, id)
-            .unwrap()
-            .map(|p| [&p.header[..], p.body].concat())
-            .collect()
+        split(msg, max, id).unwrap().map(|p| [&p.header[..], p.body].concat()).collect()
     }
 
     fn feed(r: &mut Reassembler, now: Instant, from: SocketAddr, dgs: &[Vec<u8>]) -> Vec<Vec<u8>> {
@@ -389,10 +344,7 @@ mod tests {
     fn whole_message_is_borrowed() {
         let mut r = Reassembler::new(ReassemblyConfig::default());
         let d = &datagrams(b"hello", 65507, 0)[0];
-        assert_eq!(
-            r.on_datagram(Instant::now(), addr(1), d),
-            Outcome::Message(Cow::Borrowed(b"hello"))
-        );
+        assert_eq!(r.on_datagram(Instant::now(), addr(1), d), Outcome::Message(Cow::Borrowed(b"hello")));
     }
 
     #[test]
@@ -432,10 +384,7 @@ mod tests {
         let dgs = datagrams(&msg, 1000, 1);
         let mut r = Reassembler::new(ReassemblyConfig::default());
         let now = Instant::now();
-        let doubled: Vec<_> = dgs[..dgs.len() - 1]
-            .iter()
-            .flat_map(|d| [d.clone(), d.clone()])
-            .collect();
+        let doubled: Vec<_> = dgs[..dgs.len() - 1].iter().flat_map(|d| [d.clone(), d.clone()]).collect();
         assert!(feed(&mut r, now, addr(1), &doubled).is_empty());
         assert_eq!(feed(&mut r, now, addr(1), &dgs[dgs.len() - 1..]), vec![msg]);
         assert_eq!(r.stats().duplicates, (dgs.len() - 1) as u64);
@@ -461,46 +410,20 @@ mod tests {
         let mut r = Reassembler::new(ReassemblyConfig::default());
         let now = Instant::now();
         // 4 GiB total.
-        let info = DatagramRepr::FragmentInfo {
-            id: 1,
-            count: 70_000,
-            total_len: u32::MAX,
-        }
-        .to_bytes();
+        let info = DatagramRepr::FragmentInfo { id: 1, count: 70_000, total_len: u32::MAX }.to_bytes();
         assert_eq!(r.on_datagram(now, addr(1), &info), Outcome::Dropped);
         // 2^31 fragments for 100 bytes.
-        let info = DatagramRepr::FragmentInfo {
-            id: 2,
-            count: 1 << 31,
-            total_len: 100,
-        }
-        .to_bytes();
+        let info = DatagramRepr::FragmentInfo { id: 2, count: 1 << 31, total_len: 100 }.to_bytes();
         assert_eq!(r.on_datagram(now, addr(1), &info), Outcome::Dropped);
         // zero fragments.
-        let info = DatagramRepr::FragmentInfo {
-            id: 3,
-            count: 0,
-            total_len: 0,
-        }
-        .to_bytes();
+        let info = DatagramRepr::FragmentInfo { id: 3, count: 0, total_len: 0 }.to_bytes();
         assert_eq!(r.on_datagram(now, addr(1), &info), Outcome::Dropped);
         assert_eq!(r.stats().rejected_too_large, 3);
         assert_eq!(r.partial_messages(), 0);
         // Fragment index beyond the count.
-        let info = DatagramRepr::FragmentInfo {
-            id: 4,
-            count: 2,
-            total_len: 10,
-        }
-        .to_bytes();
+        let info = DatagramRepr::FragmentInfo { id: 4, count: 2, total_len: 10 }.to_bytes();
         assert_eq!(r.on_datagram(now, addr(1), &info), Outcome::Pending);
-        let mut f = DatagramRepr::Fragment {
-            id: 4,
-            index: 2,
-            len: 1,
-        }
-        .to_bytes()
-        .to_vec();
+        let mut f = DatagramRepr::Fragment { id: 4, index: 2, len: 1 }.to_bytes().to_vec();
         f.push(0);
         assert_eq!(r.on_datagram(now, addr(1), &f), Outcome::Dropped);
         assert_eq!(r.stats().rejected_fragment, 1);
@@ -508,28 +431,10 @@ mod tests {
 
     #[test]
     fn wrong_total_discards_message() {
-        let info = DatagramRepr::FragmentInfo {
-            id: 5,
-            count: 2,
-            total_len: 10,
-        }
-        .to_bytes()
-        .to_vec();
-        let mut f0 = DatagramRepr::Fragment {
-            id: 5,
-            index: 0,
-            len: 3,
-        }
-        .to_bytes()
-        .to_vec();
+        let info = DatagramRepr::FragmentInfo { id: 5, count: 2, total_len: 10 }.to_bytes().to_vec();
+        let mut f0 = DatagramRepr::Fragment { id: 5, index: 0, len: 3 }.to_bytes().to_vec();
         f0.extend_from_slice(&[1, 2, 3]);
-        let mut f1 = DatagramRepr::Fragment {
-            id: 5,
-            index: 1,
-            len: 3,
-        }
-        .to_bytes()
-        .to_vec();
+        let mut f1 = DatagramRepr::Fragment { id: 5, index: 1, len: 3 }.to_bytes().to_vec();
         f1.extend_from_slice(&[4, 5, 6]);
         let mut r = Reassembler::new(ReassemblyConfig::default());
         assert!(feed(&mut r, Instant::now(), addr(1), &[info, f0, f1]).is_empty());
@@ -539,11 +444,7 @@ mod tests {
 
     #[test]
     fn flood_of_partials_stays_bounded_and_valid_message_survives() {
-        let cfg = ReassemblyConfig {
-            max_partial_messages: 16,
-            max_buffered_bytes: 64 << 10,
-            ..Default::default()
-        };
+        let cfg = ReassemblyConfig { max_partial_messages: 16, max_buffered_bytes: 64 << 10, ..Default::default() };
         let mut r = Reassembler::new(cfg);
         let now = Instant::now();
         let msg = vec![3u8; 8000];
@@ -551,13 +452,7 @@ mod tests {
         let mut t = now;
         for id in 1000..3000 {
             // Attacker: first fragment of never-completed messages.
-            let mut f = DatagramRepr::Fragment {
-                id,
-                index: 0,
-                len: 900,
-            }
-            .to_bytes()
-            .to_vec();
+            let mut f = DatagramRepr::Fragment { id, index: 0, len: 900 }.to_bytes().to_vec();
             f.extend_from_slice(&[0; 900]);
             t += Duration::from_micros(1);
             r.on_datagram(t, addr(9), &f);
@@ -570,13 +465,7 @@ mod tests {
         for (i, d) in valid.iter().enumerate() {
             t += Duration::from_micros(1);
             got.extend(feed(&mut r, t, addr(1), std::slice::from_ref(d)));
-            let mut f = DatagramRepr::Fragment {
-                id: 5000 + i as i32,
-                index: 0,
-                len: 900,
-            }
-            .to_bytes()
-            .to_vec();
+            let mut f = DatagramRepr::Fragment { id: 5000 + i as i32, index: 0, len: 900 }.to_bytes().to_vec();
             f.extend_from_slice(&[0; 900]);
             t += Duration::from_micros(1);
             r.on_datagram(t, addr(9), &f);

@@ -29,43 +29,19 @@ pub fn fragment_count(len: usize, max_datagram_len: usize) -> usize {
 /// Cuts `message` into datagrams of at most `max_datagram_len` bytes. A message that fits is one
 /// type-3 datagram; a larger one is one type-1 info datagram followed by type-2 fragments that
 /// all carry `id` (SPEC §3.1). Messages longer than `u32::MAX` cannot be framed and yield `None`.
-pub fn split(
-    message: &[u8],
-    max_datagram_len: usize,
-    id: i32,
-) -> Option<impl Iterator<Item = Piece<'_>>> {
+pub fn split(message: &[u8], max_datagram_len: usize, id: i32) -> Option<impl Iterator<Item = Piece<'_>>> {
     let total = u32::try_from(message.len()).ok()?;
     let n = fragment_count(message.len(), max_datagram_len);
     let per = max_datagram_len - HEADER_LEN;
     let first = if n == 0 {
-        Piece {
-            header: DatagramRepr::Whole { len: total }.to_bytes(),
-            body: message,
-        }
+        Piece { header: DatagramRepr::Whole { len: total }.to_bytes(), body: message }
     } else {
-        Piece {
-            header: DatagramRepr::FragmentInfo {
-                id,
-                count: n as u32,
-                total_len: total,
-            }
-            .to_bytes(),
-            body: &[],
-        }
+        Piece { header: DatagramRepr::FragmentInfo { id, count: n as u32, total_len: total }.to_bytes(), body: &[] }
     };
-    let frags = message
-        .chunks(per)
-        .enumerate()
-        .take(n)
-        .map(move |(i, chunk)| Piece {
-            header: DatagramRepr::Fragment {
-                id,
-                index: i as u32,
-                len: chunk.len() as u32,
-            }
-            .to_bytes(),
-            body: chunk,
-        });
+    let frags = message.chunks(per).enumerate().take(n).map(move |(i, chunk)| Piece {
+        header: DatagramRepr::Fragment { id, index: i as u32, len: chunk.len() as u32 }.to_bytes(),
+        body: chunk,
+    });
     Some(std::iter::once(first).chain(frags))
 }
 
@@ -88,10 +64,7 @@ mod tests {
         let pieces: Vec<_> = split(&msg, MAX_DATAGRAM_LEN, -311886617).unwrap().collect();
         assert_eq!(pieces.len(), 18);
         // SPEC §11.3 info datagram bytes: 01 00 00 00 e7 fc 68 ed 11 00 00 00 57 00 10 00
-        assert_eq!(
-            &pieces[0].header[8..],
-            &[1, 0, 0, 0, 0xe7, 0xfc, 0x68, 0xed, 0x11, 0, 0, 0, 0x57, 0, 0x10, 0]
-        );
+        assert_eq!(&pieces[0].header[8..], &[1, 0, 0, 0, 0xe7, 0xfc, 0x68, 0xed, 0x11, 0, 0, 0, 0x57, 0, 0x10, 0]);
         assert!(pieces[1..17].iter().all(|p| p.body.len() == 65483));
         assert_eq!(pieces[17].body.len(), 935);
         assert_eq!(&pieces[17].header[16..], &[0x10, 0, 0, 0, 0xa7, 0x03, 0, 0]);
@@ -102,10 +75,7 @@ mod tests {
         let msg: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let pieces: Vec<_> = split(&msg, 1472, 5).unwrap().collect();
         assert_eq!(pieces.len(), 1 + 200_000usize.div_ceil(1448));
-        let joined: Vec<u8> = pieces[1..]
-            .iter()
-            .flat_map(|p| p.body.iter().copied())
-            .collect();
+        let joined: Vec<u8> = pieces[1..].iter().flat_map(|p| p.body.iter().copied()).collect();
         assert_eq!(joined, msg);
     }
 }

@@ -35,11 +35,7 @@ impl Codec for Raw {
     type Input = [u8];
     type Output = Vec<u8>;
     fn datatype() -> DataTypeInformation {
-        DataTypeInformation {
-            name: "bytes".into(),
-            encoding: "raw".into(),
-            descriptor_information: Vec::new(),
-        }
+        DataTypeInformation { name: "bytes".into(), encoding: "raw".into(), descriptor_information: Vec::new() }
     }
     fn encoded_len(v: &[u8]) -> usize {
         v.len()
@@ -60,11 +56,7 @@ impl Codec for Text {
     type Input = str;
     type Output = String;
     fn datatype() -> DataTypeInformation {
-        DataTypeInformation {
-            name: "std::string".into(),
-            encoding: "base".into(),
-            descriptor_information: Vec::new(),
-        }
+        DataTypeInformation { name: "std::string".into(), encoding: "base".into(), descriptor_information: Vec::new() }
     }
     fn encoded_len(v: &str) -> usize {
         v.len()
@@ -73,10 +65,7 @@ impl Codec for Text {
         out.extend_from_slice(v.as_bytes());
     }
     fn decode(p: Vec<u8>) -> Result<String, CodecError> {
-        String::from_utf8(p).map_err(|e| CodecError {
-            type_name: "std::string".into(),
-            reason: e.to_string(),
-        })
+        String::from_utf8(p).map_err(|e| CodecError { type_name: "std::string".into(), reason: e.to_string() })
     }
 }
 
@@ -99,11 +88,7 @@ impl<M: ProtoType> Codec for Proto<M> {
     type Input = M;
     type Output = M;
     fn datatype() -> DataTypeInformation {
-        DataTypeInformation {
-            name: M::full_name(),
-            encoding: "proto".into(),
-            descriptor_information: M::descriptor(),
-        }
+        DataTypeInformation { name: M::full_name(), encoding: "proto".into(), descriptor_information: M::descriptor() }
     }
     fn encoded_len(v: &M) -> usize {
         v.encoded_len()
@@ -113,9 +98,6 @@ impl<M: ProtoType> Codec for Proto<M> {
         v.encode_raw(out);
     }
     fn decode(p: Vec<u8>) -> Result<M, CodecError> {
-        M::decode(&*p).map_err(|e| CodecError {
-            type_name: M::full_name(),
-            reason: e.to_string(),
-        })
+        M::decode(&*p).map_err(|e| CodecError { type_name: M::full_name(), reason: e.to_string() })
     }
 }

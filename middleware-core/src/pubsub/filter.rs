@@ -27,10 +27,7 @@ pub struct SeqFilter {
 
 impl Default for SeqFilter {
     fn default() -> Self {
-        Self {
-            max: None,
-            bits: [0; (WINDOW / 64) as usize],
-        }
+        Self { max: None, bits: [0; (WINDOW / 64) as usize] }
     }
 }
 
@@ -68,9 +65,7 @@ impl SeqFilter {
             }
             self.max = Some(clock);
             self.mark(clock);
-            return Verdict::Accept {
-                gap: (advance - 1) as u64,
-            };
+            return Verdict::Accept { gap: (advance - 1) as u64 };
         }
         if max.saturating_sub(clock) >= WINDOW || self.seen(clock) {
             return Verdict::Duplicate;
@@ -113,15 +108,7 @@ mod tests {
         let mut f = SeqFilter::default();
         f.check(1, true);
         assert_eq!(f.check(1 + 5000, true), Verdict::Accept { gap: 4999 });
-        assert_eq!(
-            f.check(1 + 5000 - 1024 + 1, false),
-            Verdict::Accept { gap: 0 }
-        );
-        assert_eq!(
-            f.check(i64::MAX, true),
-            Verdict::Accept {
-                gap: (i64::MAX - 5001 - 1) as u64
-            }
-        );
+        assert_eq!(f.check(1 + 5000 - 1024 + 1, false), Verdict::Accept { gap: 0 });
+        assert_eq!(f.check(i64::MAX, true), Verdict::Accept { gap: (i64::MAX - 5001 - 1) as u64 });
     }
 }

@@ -6,8 +6,8 @@ use crate::config::{Config, Mode};
 use crate::fragment::{split, Outcome, Reassembler, ReassemblyStats};
 use crate::pb::{self, CmdType, DataTypeInformation, Sample};
 use crate::registration::{
-    process_sample, topic_sample, Acceptance, Change, Direction, EntityIds, Identity, RemoteEntity,
-    RemoteProcess, RemoteTable, TopicReport, REG_SAMPLE_NAME,
+    process_sample, topic_sample, Acceptance, Change, Direction, EntityIds, Identity, RemoteEntity, RemoteProcess,
+    RemoteTable, TopicReport, REG_SAMPLE_NAME,
 };
 use crate::stats::{ChannelCounters, ChannelStats, Counter, PublisherStats, SubscriberStats};
 use crate::transport::{Channel, Endpoint, Transport, TransportError, TransportFactory};
@@ -139,41 +139,26 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node")
-            .field("identity", &self.inner.identity)
-            .finish_non_exhaustive()
+        f.debug_struct("Node").field("identity", &self.inner.identity).finish_non_exhaustive()
     }
 }
 
 fn random_u64() -> u64 {
     // RandomState is seeded randomly per process by std; mix in time for good measure.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
+    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
     h.write_u32(std::process::id());
     h.finish()
 }
 
 fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 fn default_identity(config: &Config) -> Identity {
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
     let unit = config.unit_name.clone().unwrap_or_else(|| {
-        std::path::Path::new(&exe)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        std::path::Path::new(&exe).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     });
     Identity {
         host_name: config
@@ -237,10 +222,7 @@ impl Node {
         let mut threads = Vec::new();
         let spawn = |name: &str, f: fn(Arc<Inner>), inner: &Arc<Inner>| {
             let i = Arc::clone(inner);
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || f(i))
-                .expect("spawn thread")
+            std::thread::Builder::new().name(name.into()).spawn(move || f(i)).expect("spawn thread")
         };
         threads.push(spawn("mw-reg-rx", Inner::registration_rx, &inner));
         threads.push(spawn("mw-data-rx", Inner::data_rx, &inner));
@@ -289,19 +271,11 @@ impl Node {
             not_connected: Counter::default(),
             send_errors: Counter::default(),
         });
-        self.inner
-            .publishers
-            .lock()
-            .expect("poisoned")
-            .insert(entity_id, Arc::clone(&shared));
+        self.inner.publishers.lock().expect("poisoned").insert(entity_id, Arc::clone(&shared));
         self.inner.update_connections();
         self.inner.register_now();
         tracing::debug!(topic, entity_id, "publisher created");
-        Ok(Publisher {
-            node: Arc::clone(&self.inner),
-            shared,
-            _codec: PhantomData,
-        })
+        Ok(Publisher { node: Arc::clone(&self.inner), shared, _codec: PhantomData })
     }
 
     /// Creates a subscriber of `topic` with the codec `C`.
@@ -347,11 +321,7 @@ impl Node {
             .push(Arc::clone(&shared));
         self.inner.register_now();
         tracing::debug!(topic, entity_id, "subscriber created");
-        Ok(Subscriber {
-            node: Arc::clone(&self.inner),
-            shared,
-            _codec: PhantomData,
-        })
+        Ok(Subscriber { node: Arc::clone(&self.inner), shared, _codec: PhantomData })
     }
 
     pub fn identity(&self) -> &Identity {
@@ -365,35 +335,19 @@ impl Node {
     /// Publishers and subscribers heard through registration (this process's own included
     /// when `registration.loopback` is on).
     pub fn remote_entities(&self) -> Vec<RemoteEntity> {
-        self.inner
-            .remote
-            .lock()
-            .expect("poisoned")
-            .entities()
-            .cloned()
-            .collect()
+        self.inner.remote.lock().expect("poisoned").entities().cloned().collect()
     }
 
     /// Processes heard through registration.
     pub fn remote_processes(&self) -> Vec<RemoteProcess> {
-        self.inner
-            .remote
-            .lock()
-            .expect("poisoned")
-            .processes()
-            .cloned()
-            .collect()
+        self.inner.remote.lock().expect("poisoned").processes().cloned().collect()
     }
 
     pub fn stats(&self) -> NodeStats {
         let i = &self.inner;
         NodeStats {
-            registration: i
-                .reg_counters
-                .snapshot(i.reg.stats(), *i.reg_reassembly.lock().expect("poisoned")),
-            data: i
-                .data_counters
-                .snapshot(i.data.stats(), *i.data_reassembly.lock().expect("poisoned")),
+            registration: i.reg_counters.snapshot(i.reg.stats(), *i.reg_reassembly.lock().expect("poisoned")),
+            data: i.data_counters.snapshot(i.data.stats(), *i.data_reassembly.lock().expect("poisoned")),
             registrations_sent: i.registrations_sent.get(),
         }
     }
@@ -423,8 +377,7 @@ impl Inner {
     /// Frames `sample` under `name` and sends it through `t`.
     fn send_message(&self, t: &dyn Transport, message: &[u8]) -> Result<(), NodeError> {
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed) as i32;
-        let pieces = split(message, self.config.max_datagram_size, id)
-            .ok_or(NodeError::TooLarge(message.len()))?;
+        let pieces = split(message, self.config.max_datagram_size, id).ok_or(NodeError::TooLarge(message.len()))?;
         for p in pieces {
             t.send(&p.header, p.body)?;
         }
@@ -433,10 +386,7 @@ impl Inner {
 
     fn send_registration(&self, sample: &Sample) {
         let mut buf = Vec::with_capacity(512);
-        SampleFrameRepr {
-            name: REG_SAMPLE_NAME,
-        }
-        .emit_prefix(&mut buf);
+        SampleFrameRepr { name: REG_SAMPLE_NAME }.emit_prefix(&mut buf);
         sample.encode_raw(&mut buf);
         match self.send_message(&*self.reg, &buf) {
             Ok(()) => self.registrations_sent.inc(),
@@ -474,13 +424,7 @@ impl Inner {
 
     fn registration_round(&self, unregister: bool) {
         self.send_registration(&process_sample(&self.identity, false));
-        let pubs: Vec<_> = self
-            .publishers
-            .lock()
-            .expect("poisoned")
-            .values()
-            .cloned()
-            .collect();
+        let pubs: Vec<_> = self.publishers.lock().expect("poisoned").values().cloned().collect();
         for p in pubs {
             self.send_registration(&topic_sample(
                 &self.identity,
@@ -489,14 +433,7 @@ impl Inner {
                 unregister,
             ));
         }
-        let subs: Vec<_> = self
-            .subscribers
-            .read()
-            .expect("poisoned")
-            .values()
-            .flatten()
-            .cloned()
-            .collect();
+        let subs: Vec<_> = self.subscribers.read().expect("poisoned").values().flatten().cloned().collect();
         for s in subs {
             self.send_registration(&topic_sample(
                 &self.identity,
@@ -549,8 +486,7 @@ impl Inner {
                     external += 1;
                 }
             }
-            let before = p.connections_local.load(Ordering::Relaxed)
-                + p.connections_external.load(Ordering::Relaxed);
+            let before = p.connections_local.load(Ordering::Relaxed) + p.connections_external.load(Ordering::Relaxed);
             p.connections_local.store(local, Ordering::Relaxed);
             p.connections_external.store(external, Ordering::Relaxed);
             if before != local + external {
@@ -573,9 +509,7 @@ impl Inner {
             match t.recv(&mut buf, POLL) {
                 Ok(Some(meta)) => {
                     let now = Instant::now();
-                    if let Outcome::Message(m) =
-                        reassembler.on_datagram(now, meta.source, &buf[..meta.len])
-                    {
+                    if let Outcome::Message(m) = reassembler.on_datagram(now, meta.source, &buf[..meta.len]) {
                         on_message(&m);
                     }
                     on_tick(now);
@@ -608,11 +542,7 @@ impl Inner {
             tracing::debug!("undecodable registration sample");
             return;
         };
-        let result =
-            self.remote
-                .lock()
-                .expect("poisoned")
-                .on_sample(Instant::now(), &sample, accept);
+        let result = self.remote.lock().expect("poisoned").on_sample(Instant::now(), &sample, accept);
         match result {
             Ok(Change::New(_) | Change::Removed(_)) => self.update_connections(),
             Ok(_) => {}
@@ -634,11 +564,7 @@ impl Inner {
             |now| {
                 if now.saturating_duration_since(last_expire) >= POLL {
                     last_expire = now;
-                    let gone = self
-                        .remote
-                        .lock()
-                        .expect("poisoned")
-                        .expire(now, self.config.registration_timeout);
+                    let gone = self.remote.lock().expect("poisoned").expire(now, self.config.registration_timeout);
                     if !gone.is_empty() {
                         tracing::info!(count = gone.len(), "remote entities timed out");
                         self.update_connections();
@@ -649,12 +575,7 @@ impl Inner {
     }
 
     fn data_rx(self: Arc<Self>) {
-        self.receive_loop(
-            &*self.data,
-            &self.data_reassembly,
-            |m| self.on_data(m),
-            |_| {},
-        );
+        self.receive_loop(&*self.data, &self.data_reassembly, |m| self.on_data(m), |_| {});
     }
 
     fn on_data(&self, msg: &[u8]) {
@@ -715,20 +636,12 @@ impl Inner {
                     }
                 }
             }
-            let value = if i == last {
-                payload.take().unwrap_or_default()
-            } else {
-                payload.clone().unwrap_or_default()
-            };
+            let value =
+                if i == last { payload.take().unwrap_or_default() } else { payload.clone().unwrap_or_default() };
             s.delivered.inc();
             s.delivered_bytes.add(value.len() as u64);
             s.last_clock.store(content.clock, Ordering::Relaxed);
-            let r = Received {
-                value,
-                publisher_id,
-                clock: content.clock,
-                send_time_us: content.time,
-            };
+            let r = Received { value, publisher_id, clock: content.clock, send_time_us: content.time };
             let cb = s.callback.read().expect("poisoned");
             if let Some(cb) = cb.as_ref() {
                 cb(r);
@@ -755,10 +668,7 @@ pub struct Publisher<C: Codec> {
 
 impl<C: Codec> std::fmt::Debug for Publisher<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher")
-            .field("topic", &self.shared.topic)
-            .field("id", &self.shared.entity_id)
-            .finish()
+        f.debug_struct("Publisher").field("topic", &self.shared.topic).field("id", &self.shared.entity_id).finish()
     }
 }
 
@@ -826,11 +736,7 @@ impl<C: Codec> Publisher<C> {
             payload: Vec::new(),
         }
         .encode_to_vec();
-        let payload_field = if plen > 0 {
-            1 + prost::encoding::encoded_len_varint(plen as u64) + plen
-        } else {
-            0
-        };
+        let payload_field = if plen > 0 { 1 + prost::encoding::encoded_len_varint(plen as u64) + plen } else { 0 };
         let content_len = content_head.len() + payload_field;
         buf.reserve(s.topic.len() + 3 + 2 + 3 + s.topic_header.len() + 11 + content_len + 2);
         SampleFrameRepr { name: &s.topic }.emit_prefix(&mut buf);
@@ -845,11 +751,7 @@ impl<C: Codec> Publisher<C> {
             put_varint(&mut buf, plen as u64);
             let before = buf.len();
             C::encode(value, &mut buf);
-            debug_assert_eq!(
-                buf.len() - before,
-                plen,
-                "Codec::encoded_len disagrees with encode"
-            );
+            debug_assert_eq!(buf.len() - before, plen, "Codec::encoded_len disagrees with encode");
         }
         buf.extend_from_slice(&[0x42, 0x00]);
         match self.node.send_message(&*self.node.data, &buf) {
@@ -879,19 +781,10 @@ impl<C: Codec> Publisher<C> {
 
 impl<C: Codec> Drop for Publisher<C> {
     fn drop(&mut self) {
-        self.node
-            .publishers
-            .lock()
-            .expect("poisoned")
-            .remove(&self.shared.entity_id);
+        self.node.publishers.lock().expect("poisoned").remove(&self.shared.entity_id);
         if !self.node.closed() {
             let r = self.node.pub_report(&self.shared);
-            self.node.send_registration(&topic_sample(
-                &self.node.identity,
-                Direction::Publisher,
-                &r,
-                true,
-            ));
+            self.node.send_registration(&topic_sample(&self.node.identity, Direction::Publisher, &r, true));
         }
     }
 }
@@ -905,10 +798,7 @@ pub struct Subscriber<C: Codec> {
 
 impl<C: Codec> std::fmt::Debug for Subscriber<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscriber")
-            .field("topic", &self.shared.topic)
-            .field("id", &self.shared.entity_id)
-            .finish()
+        f.debug_struct("Subscriber").field("topic", &self.shared.topic).field("id", &self.shared.entity_id).finish()
     }
 }
 
@@ -947,12 +837,7 @@ impl<C: Codec> Subscriber<C> {
             if now >= end {
                 return None;
             }
-            q = self
-                .shared
-                .ready
-                .wait_timeout(q, end - now)
-                .expect("poisoned")
-                .0;
+            q = self.shared.ready.wait_timeout(q, end - now).expect("poisoned").0;
         }
     }
 
@@ -961,12 +846,9 @@ impl<C: Codec> Subscriber<C> {
     pub fn on_receive(&self, f: impl Fn(Received<C::Output>) + Send + Sync + 'static) {
         let shared = Arc::clone(&self.shared);
         let cb: RawCallback = Box::new(move |r: Received<Vec<u8>>| match C::decode(r.value) {
-            Ok(value) => f(Received {
-                value,
-                publisher_id: r.publisher_id,
-                clock: r.clock,
-                send_time_us: r.send_time_us,
-            }),
+            Ok(value) => {
+                f(Received { value, publisher_id: r.publisher_id, clock: r.clock, send_time_us: r.send_time_us })
+            }
             Err(e) => {
                 shared.decode_errors.inc();
                 tracing::debug!(error = %e, "payload decode failed");
@@ -977,13 +859,7 @@ impl<C: Codec> Subscriber<C> {
 
     /// Publishers of this topic heard through registration.
     pub fn publishers(&self) -> Vec<RemoteEntity> {
-        self.node
-            .remote
-            .lock()
-            .expect("poisoned")
-            .publishers_of(&self.shared.topic)
-            .cloned()
-            .collect()
+        self.node.remote.lock().expect("poisoned").publishers_of(&self.shared.topic).cloned().collect()
     }
 
     pub fn stats(&self) -> SubscriberStats {
@@ -993,25 +869,14 @@ impl<C: Codec> Subscriber<C> {
 
 impl<C: Codec> Drop for Subscriber<C> {
     fn drop(&mut self) {
-        if let Some(v) = self
-            .node
-            .subscribers
-            .write()
-            .expect("poisoned")
-            .get_mut(&self.shared.topic)
-        {
+        if let Some(v) = self.node.subscribers.write().expect("poisoned").get_mut(&self.shared.topic) {
             v.retain(|s| !Arc::ptr_eq(s, &self.shared));
         }
         // Break the callback's reference cycle (it holds the shared state).
         *self.shared.callback.write().expect("poisoned") = None;
         if !self.node.closed() {
             let r = self.node.sub_report(&self.shared);
-            self.node.send_registration(&topic_sample(
-                &self.node.identity,
-                Direction::Subscriber,
-                &r,
-                true,
-            ));
+            self.node.send_registration(&topic_sample(&self.node.identity, Direction::Subscriber, &r, true));
         }
     }
 }

@@ -31,15 +31,10 @@ pub struct EntityIds {
 impl EntityIds {
     pub fn new(pid: u32, random: u32) -> Self {
         let prefix = (u64::from(pid) & 0xFF_FFFF) << 40 | (u64::from(random) & 0xFF_FFFF) << 16;
-        Self {
-            prefix,
-            counter: std::sync::atomic::AtomicU64::new(0),
-        }
+        Self { prefix, counter: std::sync::atomic::AtomicU64::new(0) }
     }
     pub fn next(&self) -> u64 {
-        let c = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let c = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.prefix | (c & 0xFFFF)
     }
 }
@@ -69,22 +64,12 @@ pub struct TopicReport {
 }
 
 fn udp_layer(active: bool) -> TransportLayer {
-    TransportLayer {
-        r#type: LayerType::UdpMc as i32,
-        version: 2,
-        enabled: true,
-        active,
-        par_layer: None,
-    }
+    TransportLayer { r#type: LayerType::UdpMc as i32, version: 2, enabled: true, active, par_layer: None }
 }
 
 /// The cmd 4 (or 14 when `unregister`) sample of this process.
 pub fn process_sample(id: &Identity, unregister: bool) -> Sample {
-    let cmd = if unregister {
-        CmdType::UnregProcess
-    } else {
-        CmdType::RegProcess
-    };
+    let cmd = if unregister { CmdType::UnregProcess } else { CmdType::RegProcess };
     let full = !unregister;
     Sample {
         cmd_type: cmd as i32,
@@ -94,28 +79,12 @@ pub fn process_sample(id: &Identity, unregister: bool) -> Sample {
             process_name: id.process_name.clone(),
             shm_transport_domain: id.host_name.clone(),
             unit_name: id.unit_name.clone(),
-            process_parameter: if full {
-                id.process_parameter.clone()
-            } else {
-                String::new()
-            },
+            process_parameter: if full { id.process_parameter.clone() } else { String::new() },
             // eCAL bit mask: publisher | subscriber; info as eCAL formats it.
             component_init_state: if full { 0x01 | 0x02 } else { 0 },
-            component_init_info: if full {
-                "pub|sub".into()
-            } else {
-                String::new()
-            },
-            ecal_runtime_version: if full {
-                RUNTIME_VERSION.into()
-            } else {
-                String::new()
-            },
-            state: Some(pb::ProcessState {
-                severity: 0,
-                severity_level: 1,
-                info: String::new(),
-            }),
+            component_init_info: if full { "pub|sub".into() } else { String::new() },
+            ecal_runtime_version: if full { RUNTIME_VERSION.into() } else { String::new() },
+            state: Some(pb::ProcessState { severity: 0, severity_level: 1, info: String::new() }),
             ..Default::default()
         }),
         ..Default::default()
@@ -149,17 +118,10 @@ pub fn topic_sample(id: &Identity, dir: Direction, r: &TopicReport, unregister: 
         topic.message_drops = r.message_drops;
         topic.data_clock = r.data_clock;
         topic.data_frequency = r.data_frequency_mhz;
-        topic.data_latency_us = Some(pb::Statistics {
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-            ..Default::default()
-        });
+        topic.data_latency_us =
+            Some(pb::Statistics { min: f64::INFINITY, max: f64::NEG_INFINITY, ..Default::default() });
     }
-    Sample {
-        cmd_type: cmd as i32,
-        topic: Some(topic),
-        ..Default::default()
-    }
+    Sample { cmd_type: cmd as i32, topic: Some(topic), ..Default::default() }
 }
 
 /// A publisher or subscriber heard through registration.
@@ -263,12 +225,7 @@ impl RemoteTable {
     ///
     /// # Errors
     /// Why the sample was not used; the caller counts it.
-    pub fn on_sample(
-        &mut self,
-        now: Instant,
-        s: &Sample,
-        accept: &Acceptance,
-    ) -> Result<Change, Rejected> {
+    pub fn on_sample(&mut self, now: Instant, s: &Sample, accept: &Acceptance) -> Result<Change, Rejected> {
         let cmd = CmdType::try_from(s.cmd_type).unwrap_or(CmdType::None);
         match cmd {
             CmdType::RegProcess | CmdType::UnregProcess => {
@@ -292,10 +249,7 @@ impl RemoteTable {
                 }
                 Ok(Change::Process)
             }
-            CmdType::RegPublisher
-            | CmdType::RegSubscriber
-            | CmdType::UnregPublisher
-            | CmdType::UnregSubscriber => {
+            CmdType::RegPublisher | CmdType::RegSubscriber | CmdType::UnregPublisher | CmdType::UnregSubscriber => {
                 let t = s.topic.as_ref().ok_or(Rejected::Incomplete)?;
                 accept.check(&t.host_name, t.process_id)?;
                 let id: u64 = t.topic_id.parse().map_err(|_| Rejected::BadTopicId)?;
@@ -305,11 +259,7 @@ impl RemoteTable {
                         None => Change::Ignored,
                     });
                 }
-                let direction = if cmd == CmdType::RegPublisher {
-                    Direction::Publisher
-                } else {
-                    Direction::Subscriber
-                };
+                let direction = if cmd == CmdType::RegPublisher { Direction::Publisher } else { Direction::Subscriber };
                 let dt = t.datatype_information.clone().unwrap_or_default();
                 let prev = self.entities.get(&id).map(|e| e.samples).unwrap_or(0);
                 self.entities.insert(
@@ -325,10 +275,7 @@ impl RemoteTable {
                         datatype_name: dt.name,
                         datatype_encoding: dt.encoding,
                         datatype_descriptor: dt.descriptor_information,
-                        udp: t
-                            .transport_layer
-                            .iter()
-                            .any(|l| l.r#type == LayerType::UdpMc as i32 && l.is_usable()),
+                        udp: t.transport_layer.iter().any(|l| l.r#type == LayerType::UdpMc as i32 && l.is_usable()),
                         no_layers: t.transport_layer.is_empty(),
                         connections_local: t.connections_local,
                         connections_external: t.connections_external,
@@ -339,11 +286,7 @@ impl RemoteTable {
                         last_seen: now,
                     },
                 );
-                Ok(if prev == 0 {
-                    Change::New(id)
-                } else {
-                    Change::Refreshed(id)
-                })
+                Ok(if prev == 0 { Change::New(id) } else { Change::Refreshed(id) })
             }
             _ => Ok(Change::Ignored),
         }
@@ -359,8 +302,7 @@ impl RemoteTable {
             }
             keep
         });
-        self.processes
-            .retain(|_, p| now.saturating_duration_since(p.last_seen) < timeout);
+        self.processes.retain(|_, p| now.saturating_duration_since(p.last_seen) < timeout);
         gone
     }
 
@@ -369,22 +311,12 @@ impl RemoteTable {
     }
 
     /// Subscribers of `topic` that read UDP, i.e. the connections of a local publisher.
-    pub fn udp_subscribers<'a>(
-        &'a self,
-        topic: &'a str,
-    ) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
-        self.entities
-            .values()
-            .filter(move |e| e.direction == Direction::Subscriber && e.topic_name == topic && e.udp)
+    pub fn udp_subscribers<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
+        self.entities.values().filter(move |e| e.direction == Direction::Subscriber && e.topic_name == topic && e.udp)
     }
 
-    pub fn publishers_of<'a>(
-        &'a self,
-        topic: &'a str,
-    ) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
-        self.entities
-            .values()
-            .filter(move |e| e.direction == Direction::Publisher && e.topic_name == topic)
+    pub fn publishers_of<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
+        self.entities.values().filter(move |e| e.direction == Direction::Publisher && e.topic_name == topic)
     }
 
     pub fn entities(&self) -> impl Iterator<Item = &RemoteEntity> {
@@ -412,12 +344,7 @@ mod tests {
     }
 
     fn acc(host: &str, pid: i32, network: bool, loopback: bool) -> Acceptance {
-        Acceptance {
-            host_name: host.into(),
-            process_id: pid,
-            network_mode: network,
-            loopback,
-        }
+        Acceptance { host_name: host.into(), process_id: pid, network_mode: network, loopback }
     }
 
     #[test]
@@ -431,11 +358,7 @@ mod tests {
     #[test]
     fn subscriber_sample_round_trip_and_table() {
         let me = ident("hostb", 11120);
-        let r = TopicReport {
-            entity_id: 12227139674636288,
-            topic_name: "wire_idle".into(),
-            ..Default::default()
-        };
+        let r = TopicReport { entity_id: 12227139674636288, topic_name: "wire_idle".into(), ..Default::default() };
         let s = topic_sample(&me, Direction::Subscriber, &r, false);
         let bytes = s.encode_to_vec();
         let d = Sample::decode(&*bytes).unwrap();
@@ -443,40 +366,24 @@ mod tests {
         let now = Instant::now();
         let a = acc("hosta", 1, true, true);
         assert_eq!(t.on_sample(now, &d, &a), Ok(Change::New(12227139674636288)));
-        assert_eq!(
-            t.on_sample(now, &d, &a),
-            Ok(Change::Refreshed(12227139674636288))
-        );
+        assert_eq!(t.on_sample(now, &d, &a), Ok(Change::Refreshed(12227139674636288)));
         assert_eq!(t.udp_subscribers("wire_idle").count(), 1);
         assert_eq!(t.udp_subscribers("other").count(), 0);
-        assert!(t
-            .expire(now + Duration::from_secs(9), Duration::from_secs(10))
-            .is_empty());
-        assert_eq!(
-            t.expire(now + Duration::from_secs(10), Duration::from_secs(10)),
-            vec![12227139674636288]
-        );
+        assert!(t.expire(now + Duration::from_secs(9), Duration::from_secs(10)).is_empty());
+        assert_eq!(t.expire(now + Duration::from_secs(10), Duration::from_secs(10)), vec![12227139674636288]);
         assert_eq!(t.udp_subscribers("wire_idle").count(), 0);
     }
 
     #[test]
     fn unregistration_removes() {
         let me = ident("hostb", 7);
-        let r = TopicReport {
-            entity_id: 5,
-            topic_name: "t".into(),
-            ..Default::default()
-        };
+        let r = TopicReport { entity_id: 5, topic_name: "t".into(), ..Default::default() };
         let mut t = RemoteTable::default();
         let a = acc("hosta", 1, true, true);
         let now = Instant::now();
-        t.on_sample(now, &topic_sample(&me, Direction::Publisher, &r, false), &a)
-            .unwrap();
+        t.on_sample(now, &topic_sample(&me, Direction::Publisher, &r, false), &a).unwrap();
         assert_eq!(t.publishers_of("t").count(), 1);
-        assert_eq!(
-            t.on_sample(now, &topic_sample(&me, Direction::Publisher, &r, true), &a),
-            Ok(Change::Removed(5))
-        );
+        assert_eq!(t.on_sample(now, &topic_sample(&me, Direction::Publisher, &r, true), &a), Ok(Change::Removed(5)));
         assert_eq!(t.publishers_of("t").count(), 0);
     }
 
@@ -485,30 +392,17 @@ mod tests {
         let s = topic_sample(
             &ident("hostb", 7),
             Direction::Subscriber,
-            &TopicReport {
-                entity_id: 1,
-                topic_name: "t".into(),
-                ..Default::default()
-            },
+            &TopicReport { entity_id: 1, topic_name: "t".into(), ..Default::default() },
             false,
         );
         let mut t = RemoteTable::default();
         let now = Instant::now();
-        assert_eq!(
-            t.on_sample(now, &s, &acc("hosta", 1, false, true)),
-            Err(Rejected::ForeignHost)
-        );
-        assert_eq!(
-            t.on_sample(now, &s, &acc("hostb", 7, false, false)),
-            Err(Rejected::OwnProcess)
-        );
+        assert_eq!(t.on_sample(now, &s, &acc("hosta", 1, false, true)), Err(Rejected::ForeignHost));
+        assert_eq!(t.on_sample(now, &s, &acc("hostb", 7, false, false)), Err(Rejected::OwnProcess));
         assert!(t.on_sample(now, &s, &acc("hostb", 7, false, true)).is_ok());
         let mut bad = s.clone();
         bad.topic.as_mut().unwrap().topic_id = "abc".into();
-        assert_eq!(
-            t.on_sample(now, &bad, &acc("hostb", 8, true, true)),
-            Err(Rejected::BadTopicId)
-        );
+        assert_eq!(t.on_sample(now, &bad, &acc("hostb", 8, true, true)), Err(Rejected::BadTopicId));
     }
 
     #[test]
@@ -517,29 +411,18 @@ mod tests {
         let mut s = topic_sample(
             &ident("h", 1),
             Direction::Subscriber,
-            &TopicReport {
-                entity_id: 1,
-                topic_name: "t".into(),
-                ..Default::default()
-            },
+            &TopicReport { entity_id: 1, topic_name: "t".into(), ..Default::default() },
             false,
         );
         let topic = s.topic.as_mut().unwrap();
-        topic.transport_layer = vec![TransportLayer {
-            r#type: 1,
-            ..Default::default()
-        }];
+        topic.transport_layer = vec![TransportLayer { r#type: 1, ..Default::default() }];
         let mut t = RemoteTable::default();
         let a = acc("h", 2, true, true);
         t.on_sample(Instant::now(), &s, &a).unwrap();
         assert_eq!(t.udp_subscribers("t").count(), 1);
         // Only SHM enabled: not a UDP connection.
-        s.topic.as_mut().unwrap().transport_layer = vec![TransportLayer {
-            r#type: 4,
-            version: 2,
-            enabled: true,
-            ..Default::default()
-        }];
+        s.topic.as_mut().unwrap().transport_layer =
+            vec![TransportLayer { r#type: 4, version: 2, enabled: true, ..Default::default() }];
         t.on_sample(Instant::now(), &s, &a).unwrap();
         assert_eq!(t.udp_subscribers("t").count(), 0);
     }

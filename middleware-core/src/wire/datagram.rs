@@ -94,10 +94,7 @@ impl<T: AsRef<[u8]>> Datagram<T> {
     fn check(&self) -> Result<(), DecodeError> {
         let b = self.buffer.as_ref();
         if b.len() < HEADER_LEN {
-            return Err(DecodeError::Truncated {
-                required: HEADER_LEN,
-                len: b.len(),
-            });
+            return Err(DecodeError::Truncated { required: HEADER_LEN, len: b.len() });
         }
         let magic = [b[0], b[1], b[2], b[3]];
         if magic != MAGIC {
@@ -110,10 +107,7 @@ impl<T: AsRef<[u8]>> Datagram<T> {
         if matches!(self.kind(), DatagramKind::Fragment | DatagramKind::Whole) {
             let required = (self.len() as usize).saturating_add(HEADER_LEN);
             if b.len() < required {
-                return Err(DecodeError::Truncated {
-                    required,
-                    len: b.len(),
-                });
+                return Err(DecodeError::Truncated { required, len: b.len() });
             }
         }
         Ok(())
@@ -202,16 +196,8 @@ impl DatagramRepr {
     /// [`DecodeError::BadKind`] for a type outside 1..=3.
     pub fn parse<T: AsRef<[u8]>>(d: &Datagram<T>) -> Result<Self, DecodeError> {
         Ok(match d.kind() {
-            DatagramKind::FragmentInfo => Self::FragmentInfo {
-                id: d.id(),
-                count: d.num(),
-                total_len: d.len(),
-            },
-            DatagramKind::Fragment => Self::Fragment {
-                id: d.id(),
-                index: d.num(),
-                len: d.len(),
-            },
+            DatagramKind::FragmentInfo => Self::FragmentInfo { id: d.id(), count: d.num(), total_len: d.len() },
+            DatagramKind::Fragment => Self::Fragment { id: d.id(), index: d.num(), len: d.len() },
             DatagramKind::Whole => Self::Whole { len: d.len() },
             DatagramKind::Unknown(k) => return Err(DecodeError::BadKind(k)),
         })
@@ -226,11 +212,7 @@ impl DatagramRepr {
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, d: &mut Datagram<T>) {
         d.set_magic_and_version();
         match *self {
-            Self::FragmentInfo {
-                id,
-                count,
-                total_len,
-            } => {
+            Self::FragmentInfo { id, count, total_len } => {
                 d.set_kind(DatagramKind::FragmentInfo);
                 d.set_id(id);
                 d.set_num(count);
@@ -263,15 +245,8 @@ impl DatagramRepr {
 impl fmt::Display for DatagramRepr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::FragmentInfo {
-                id,
-                count,
-                total_len,
-            } => {
-                write!(
-                    f,
-                    "ecaludp info id={id} count={count} total_len={total_len}"
-                )
+            Self::FragmentInfo { id, count, total_len } => {
+                write!(f, "ecaludp info id={id} count={count} total_len={total_len}")
             }
             Self::Fragment { id, index, len } => {
                 write!(f, "ecaludp frag id={id} num={index} len={len}")
@@ -287,8 +262,8 @@ mod tests {
 
     // cap2 frame 14 (SPEC §11.2): fragmentation info.
     const INFO: [u8; 24] = [
-        0x45, 0x43, 0x41, 0x4c, 0x05, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x34, 0x82, 0x27,
-        0x0d, 0x02, 0x00, 0x00, 0x00, 0xe5, 0xff, 0x00, 0x00,
+        0x45, 0x43, 0x41, 0x4c, 0x05, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x34, 0x82, 0x27, 0x0d, 0x02, 0x00,
+        0x00, 0x00, 0xe5, 0xff, 0x00, 0x00,
     ];
 
     #[test]
@@ -301,71 +276,39 @@ mod tests {
         assert!(d.body().is_empty());
         assert_eq!(
             DatagramRepr::parse(&d).unwrap(),
-            DatagramRepr::FragmentInfo {
-                id: 220693044,
-                count: 2,
-                total_len: 65509
-            }
+            DatagramRepr::FragmentInfo { id: 220693044, count: 2, total_len: 65509 }
         );
     }
 
     #[test]
     fn construct() {
-        let r = DatagramRepr::FragmentInfo {
-            id: 220693044,
-            count: 2,
-            total_len: 65509,
-        };
+        let r = DatagramRepr::FragmentInfo { id: 220693044, count: 2, total_len: 65509 };
         assert_eq!(r.to_bytes(), INFO);
     }
 
     #[test]
     fn whole_writes_minus_one_and_one() {
         let b = DatagramRepr::Whole { len: 97 }.to_bytes();
-        assert_eq!(
-            &b[8..24],
-            &[3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0x61, 0, 0, 0]
-        );
+        assert_eq!(&b[8..24], &[3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0x61, 0, 0, 0]);
     }
 
     #[test]
     fn rejects_bad_input() {
-        assert_eq!(
-            Datagram::new_checked(&INFO[..23]).unwrap_err(),
-            DecodeError::Truncated {
-                required: 24,
-                len: 23
-            }
-        );
+        assert_eq!(Datagram::new_checked(&INFO[..23]).unwrap_err(), DecodeError::Truncated { required: 24, len: 23 });
         let mut b = INFO;
         b[0] = b'X';
-        assert!(matches!(
-            Datagram::new_checked(&b[..]),
-            Err(DecodeError::BadMagic(_))
-        ));
+        assert!(matches!(Datagram::new_checked(&b[..]), Err(DecodeError::BadMagic(_))));
         let mut b = INFO;
         b[4] = 6;
-        assert_eq!(
-            Datagram::new_checked(&b[..]).unwrap_err(),
-            DecodeError::BadVersion(6)
-        );
+        assert_eq!(Datagram::new_checked(&b[..]).unwrap_err(), DecodeError::BadVersion(6));
         let mut b = INFO;
         b[8] = 9;
         let d = Datagram::new_checked(&b[..]).unwrap();
-        assert_eq!(
-            DatagramRepr::parse(&d).unwrap_err(),
-            DecodeError::BadKind(9)
-        );
+        assert_eq!(DatagramRepr::parse(&d).unwrap_err(), DecodeError::BadKind(9));
         // A whole message declaring more bytes than present.
         let mut b = DatagramRepr::Whole { len: 10 }.to_bytes().to_vec();
         b.extend_from_slice(&[0; 9]);
-        assert_eq!(
-            Datagram::new_checked(&b[..]).unwrap_err(),
-            DecodeError::Truncated {
-                required: 34,
-                len: 33
-            }
-        );
+        assert_eq!(Datagram::new_checked(&b[..]).unwrap_err(), DecodeError::Truncated { required: 34, len: 33 });
         // A declared length of u32::MAX never overflows.
         let b = DatagramRepr::Whole { len: u32::MAX }.to_bytes();
         assert!(Datagram::new_checked(&b[..]).is_err());

@@ -26,17 +26,11 @@ impl<'a> SampleFrame<'a> {
     /// than what follows), [`DecodeError::NameNotTerminated`], [`DecodeError::NameNotUtf8`].
     pub fn new_checked(message: &'a [u8]) -> Result<Self, DecodeError> {
         let Some((len_bytes, rest)) = message.split_first_chunk::<NAME_LEN_BYTES>() else {
-            return Err(DecodeError::Truncated {
-                required: NAME_LEN_BYTES,
-                len: message.len(),
-            });
+            return Err(DecodeError::Truncated { required: NAME_LEN_BYTES, len: message.len() });
         };
         let n = u16::from_le_bytes(*len_bytes) as usize;
         if n == 0 || n > rest.len() {
-            return Err(DecodeError::BadNameLength {
-                name_len: n,
-                len: message.len(),
-            });
+            return Err(DecodeError::BadNameLength { name_len: n, len: message.len() });
         }
         let (name_nul, body) = rest.split_at(n);
         let (&last, name) = name_nul.split_last().expect("n >= 1");
@@ -79,10 +73,7 @@ impl SampleFrameRepr<'_> {
     /// If the name is longer than [`Self::MAX_NAME_LEN`]; topic names are checked when a
     /// publisher or subscriber is created, so this is a programming error.
     pub fn emit_prefix(&self, out: &mut Vec<u8>) {
-        assert!(
-            self.name.len() <= Self::MAX_NAME_LEN,
-            "sample name too long"
-        );
+        assert!(self.name.len() <= Self::MAX_NAME_LEN, "sample name too long");
         let n = (self.name.len() + 1) as u16;
         out.extend_from_slice(&n.to_le_bytes());
         out.extend_from_slice(self.name.as_bytes());
@@ -110,27 +101,12 @@ mod tests {
         // N larger than the message: the case that kills eCAL's receive loop.
         assert_eq!(
             SampleFrame::new_checked(&[0xff, 0xff, b'a', 0]).unwrap_err(),
-            DecodeError::BadNameLength {
-                name_len: 0xffff,
-                len: 4
-            }
+            DecodeError::BadNameLength { name_len: 0xffff, len: 4 }
         );
-        assert!(matches!(
-            SampleFrame::new_checked(&[0, 0, 1]),
-            Err(DecodeError::BadNameLength { .. })
-        ));
-        assert!(matches!(
-            SampleFrame::new_checked(&[1]),
-            Err(DecodeError::Truncated { .. })
-        ));
-        assert_eq!(
-            SampleFrame::new_checked(&[2, 0, b'a', b'b']).unwrap_err(),
-            DecodeError::NameNotTerminated
-        );
-        assert_eq!(
-            SampleFrame::new_checked(&[2, 0, 0xff, 0]).unwrap_err(),
-            DecodeError::NameNotUtf8
-        );
+        assert!(matches!(SampleFrame::new_checked(&[0, 0, 1]), Err(DecodeError::BadNameLength { .. })));
+        assert!(matches!(SampleFrame::new_checked(&[1]), Err(DecodeError::Truncated { .. })));
+        assert_eq!(SampleFrame::new_checked(&[2, 0, b'a', b'b']).unwrap_err(), DecodeError::NameNotTerminated);
+        assert_eq!(SampleFrame::new_checked(&[2, 0, 0xff, 0]).unwrap_err(), DecodeError::NameNotUtf8);
         // Empty name is legal: just the NUL.
         assert_eq!(SampleFrame::new_checked(&[1, 0, 0]).unwrap().name(), "");
     }

@@ -1,0 +1,233 @@
+//! Whole-node tests over the in-process loopback bus: registration, connection, delivery,
+//! fragmentation, filters, faults and hostile input, all without sockets.
+
+use middleware_core::config::Config;
+use middleware_core::pb::DataTypeInformation;
+use middleware_core::testing::{Faults, LoopbackBus};
+use middleware_core::{Node, Proto, ProtoType, Raw, Text};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.set("registration.refresh_ms", "50").unwrap();
+    c.set("registration.timeout_ms", "400").unwrap();
+    c
+}
+
+fn node(bus: &LoopbackBus, cfg: Config) -> Node {
+    let b = bus.clone();
+    Node::new(cfg, &move |ep: &_| b.open(ep)).unwrap()
+}
+
+fn mod251(size: usize, k: usize) -> Vec<u8> {
+    (0..size).map(|i| ((i + k) % 251) as u8).collect()
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[test]
+fn raw_messages_of_every_size_arrive_intact() {
+    let bus = LoopbackBus::new();
+    let a = node(&bus, config());
+    let b = node(&bus, config());
+    let sub = b.subscriber::<Raw>("sizes").unwrap();
+    let publ = a.publisher::<Raw>("sizes").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT), "publisher never saw the subscriber");
+    let sizes = [0usize, 1, 10, 65_420, 65_483, 65_484, 1 << 20, 3 * (1 << 20) + 7];
+    for (k, &size) in sizes.iter().enumerate() {
+        assert!(publ.send(&mod251(size, k)).unwrap());
+    }
+    for (k, &size) in sizes.iter().enumerate() {
+        let r = sub.recv_timeout(WAIT).unwrap_or_else(|| panic!("message {k} of {size} bytes missing"));
+        assert_eq!(r.value.len(), size);
+        assert!(r.value == mod251(size, k), "payload {k} differs");
+        assert_eq!(r.publisher_id, publ.entity_id());
+        assert_eq!(r.clock, k as i64 + 1);
+    }
+    let st = sub.stats();
+    assert_eq!((st.delivered, st.duplicates, st.sequence_gaps), (sizes.len() as u64, 0, 0));
+    let ns = b.stats();
+    // Payloads from 65 420 bytes on need eCAL fragmentation once the sample header is added.
+    assert_eq!(ns.data.reassembly.reassembled, 5, "{:?}", ns.data.reassembly);
+}
+
+#[test]
+fn no_subscriber_means_nothing_sent_but_clock_advances() {
+    let bus = LoopbackBus::new();
+    let a = node(&bus, config());
+    let publ = a.publisher::<Text>("lonely").unwrap();
+    assert!(!publ.send("x").unwrap());
+    assert!(!publ.send("y").unwrap());
+    assert_eq!(publ.stats().not_connected, 2);
+    let sub = a.subscriber::<Text>("lonely").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    assert!(publ.send("z").unwrap());
+    let r = sub.recv_timeout(WAIT).unwrap();
+    assert_eq!((r.value.as_str(), r.clock), ("z", 3));
+    // The first clock of a publisher is not a gap.
+    assert_eq!(sub.stats().sequence_gaps, 0);
+}
+
+#[test]
+fn topics_are_filtered_by_name() {
+    let bus = LoopbackBus::new();
+    let a = node(&bus, config());
+    let sa = a.subscriber::<Text>("alpha").unwrap();
+    let sb = a.subscriber::<Text>("beta").unwrap();
+    let pa = a.publisher::<Text>("alpha").unwrap();
+    let pb = a.publisher::<Text>("beta").unwrap();
+    assert!(pa.wait_for_subscriber(WAIT) && pb.wait_for_subscriber(WAIT));
+    for i in 0..10 {
+        pa.send(&format!("a{i}")).unwrap();
+        pb.send(&format!("b{i}")).unwrap();
+    }
+    for i in 0..10 {
+        assert_eq!(sa.recv_timeout(WAIT).unwrap().value, format!("a{i}"));
+        assert_eq!(sb.recv_timeout(WAIT).unwrap().value, format!("b{i}"));
+    }
+    assert!(sa.recv_timeout(Duration::from_millis(100)).is_none());
+}
+
+#[test]
+fn callback_style_and_datatype_in_registration() {
+    let bus = LoopbackBus::new();
+    let a = node(&bus, config());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sub = a.subscriber::<Text>("cb").unwrap();
+    let g = Arc::clone(&got);
+    sub.on_receive(move |r| g.lock().unwrap().push(r.value));
+    let publ = a.publisher::<Text>("cb").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    for i in 0..5 {
+        publ.send(&format!("m{i}")).unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while got.lock().unwrap().len() < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*got.lock().unwrap(), vec!["m0", "m1", "m2", "m3", "m4"]);
+    let pubs = sub.publishers();
+    assert_eq!(pubs.len(), 1);
+    assert_eq!((pubs[0].datatype_name.as_str(), pubs[0].datatype_encoding.as_str()), ("std::string", "base"));
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Person {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(int32, tag = "2")]
+    id: i32,
+}
+
+impl ProtoType for Person {
+    fn full_name() -> String {
+        "pb.People.Person".into()
+    }
+}
+
+#[test]
+fn typed_protobuf_messages() {
+    let bus = LoopbackBus::new();
+    let a = node(&bus, config());
+    let sub = a.subscriber::<Proto<Person>>("people").unwrap();
+    let publ = a.publisher::<Proto<Person>>("people").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    let p = Person { name: "Ada".into(), id: 7 };
+    publ.send(&p).unwrap();
+    assert_eq!(sub.recv_timeout(WAIT).unwrap().value, p);
+    let info = &sub.publishers()[0];
+    assert_eq!((info.datatype_name.as_str(), info.datatype_encoding.as_str()), ("pb.People.Person", "proto"));
+    // A string publisher on the same topic: undecodable payloads are counted, not delivered.
+    let bad = a.publisher_with_datatype::<Raw>("people", DataTypeInformation::default()).unwrap();
+    assert!(bad.wait_for_subscriber(WAIT));
+    bad.send(&[0xff, 0xff, 0xff]).unwrap();
+    assert!(sub.recv_timeout(Duration::from_millis(300)).is_none());
+    assert_eq!(sub.stats().decode_errors, 1);
+}
+
+#[test]
+fn duplicates_are_filtered_and_losses_counted() {
+    // 20% duplicated, 10% dropped datagrams, fixed seed.
+    let bus = LoopbackBus::with_faults(Faults { drop_permille: 100, duplicate_permille: 200, seed: 7 });
+    let a = node(&bus, config());
+    let sub = a.subscriber::<Raw>("lossy").unwrap();
+    let publ = a.publisher::<Raw>("lossy").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    let n = 300;
+    for k in 0..n {
+        publ.send(&mod251(100, k)).unwrap();
+    }
+    let mut got = 0u64;
+    while let Some(r) = sub.recv_timeout(Duration::from_millis(300)) {
+        assert!(r.value == mod251(100, r.clock as usize - 1));
+        got += 1;
+    }
+    let st = sub.stats();
+    assert_eq!(st.delivered, got);
+    assert!(st.duplicates > 0, "{st:?}");
+    // Every message is delivered once or counted as lost: delivered + gaps covers the clocks
+    // from the first to the last delivered (losses at the very end are invisible to any receiver).
+    assert!(got < n as u64 && got > n as u64 / 2, "{got}");
+    let first_to_last = st.delivered + st.sequence_gaps;
+    assert!(first_to_last <= n as u64 && first_to_last >= n as u64 - 10, "{st:?}");
+}
+
+#[test]
+fn hostile_datagrams_do_not_disturb_delivery() {
+    let bus = LoopbackBus::new();
+    let cfg = config();
+    let data_port = cfg.data_port;
+    let a = node(&bus, cfg);
+    let sub = a.subscriber::<Text>("victim").unwrap();
+    let publ = a.publisher::<Text>("victim").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    let evil: SocketAddr = "10.9.9.9:666".parse().unwrap();
+    let whole = |body: &[u8]| {
+        let mut d = middleware_core::wire::DatagramRepr::Whole { len: body.len() as u32 }.to_bytes().to_vec();
+        d.extend_from_slice(body);
+        d
+    };
+    let hostile: Vec<Vec<u8>> = vec![
+        vec![],
+        b"ECAL".to_vec(),
+        vec![0xAA; 100],
+        whole(&[0xff, 0xff, b'v', 0]),                         // name length beyond the message
+        whole(&[7, 0, b'v', b'i', b'c', b't', b'i', b'm', 0]), // right name, no protobuf
+        whole(&[7, 0, b'v', b'i', b'c', b't', b'i', b'm', 0, 0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]), // bad protobuf
+        middleware_core::wire::DatagramRepr::FragmentInfo { id: 1, count: u32::MAX, total_len: u32::MAX }
+            .to_bytes()
+            .to_vec(),
+    ];
+    for (i, h) in hostile.iter().enumerate() {
+        bus.inject(data_port, evil, h);
+        publ.send(&format!("ok{i}")).unwrap();
+    }
+    for i in 0..hostile.len() {
+        assert_eq!(sub.recv_timeout(WAIT).unwrap().value, format!("ok{i}"));
+    }
+    let s = a.stats().data;
+    assert_eq!(s.reassembly.malformed, 3, "{s:?}");
+    assert_eq!(s.reassembly.rejected_too_large, 1, "{s:?}");
+    assert_eq!(s.bad_frame, 1, "{s:?}");
+    assert_eq!(s.bad_protobuf, 1, "{s:?}");
+}
+
+#[test]
+fn unregistration_disconnects_and_timeout_expires() {
+    let bus = LoopbackBus::new();
+    let a = node(&bus, config());
+    let publ = a.publisher::<Text>("bye").unwrap();
+    {
+        let b = node(&bus, config());
+        let _sub = b.subscriber::<Text>("bye").unwrap();
+        assert!(publ.wait_for_subscriber(WAIT));
+    }
+    // The subscriber's node sent unregistrations on drop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while publ.is_connected() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!publ.is_connected());
+}

@@ -1,0 +1,263 @@
+//! UDP transport over ordinary sockets (socket2), eCAL 6.1 compatible (SPEC §8).
+//!
+//! Per channel two sockets, as eCAL: a receive socket bound to `0.0.0.0:port` with address
+//! reuse (so several processes on a host share the port), joined to the base group and to each
+//! subscribed topic's group in network mode; and a send socket on an ephemeral port with the
+//! multicast TTL, loopback and outgoing interface set (network mode) or broadcast enabled and
+//! the unicast TTL set (local mode).
+//!
+//! Entry point: [`UdpSocketTransport::open`], or [`factory`] for [`middleware_core::Node::new`].
+
+#![deny(unsafe_code)]
+
+mod sys;
+
+use middleware_core::config::Mode;
+use middleware_core::transport::{Endpoint, RecvMeta, Transport, TransportError, TransportStats};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::io::{ErrorKind, IoSlice};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Opens socket transports; pass to [`middleware_core::Node::new`].
+pub fn factory(ep: &Endpoint) -> Result<Box<dyn Transport>, TransportError> {
+    Ok(Box::new(UdpSocketTransport::open(ep)?))
+}
+
+/// Resolves `network.interface` (a name or an IPv4 address) to an IPv4 address.
+///
+/// # Errors
+/// Unknown interface or one without an IPv4 address, with what to do about it.
+pub fn resolve_interface(spec: &str) -> Result<Ipv4Addr, TransportError> {
+    if let Ok(a) = spec.parse::<Ipv4Addr>() {
+        return Ok(a);
+    }
+    sys::interface_ipv4(spec).ok_or_else(|| {
+        TransportError::Unavailable(format!(
+            "network.interface `{spec}`: no such interface with an IPv4 address; \
+             give an interface name from `ip -4 addr` or its IPv4 address"
+        ))
+    })
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    sent_datagrams: AtomicU64,
+    sent_bytes: AtomicU64,
+    send_errors: AtomicU64,
+    received_datagrams: AtomicU64,
+    received_bytes: AtomicU64,
+    truncated: AtomicU64,
+}
+
+/// One channel's sockets.
+#[derive(Debug)]
+pub struct UdpSocketTransport {
+    rx: UdpSocket,
+    tx: Socket,
+    dest: SockAddr,
+    endpoint: Endpoint,
+    interface: Option<Ipv4Addr>,
+    joined: Mutex<Vec<Ipv4Addr>>,
+    read_timeout: Mutex<Option<Duration>>,
+    granted: u64,
+    counters: Counters,
+    last_send_error_log: Mutex<Option<std::time::Instant>>,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TransportError {
+    let context = context.into();
+    move |e| TransportError::io(context, e)
+}
+
+impl UdpSocketTransport {
+    /// Opens both sockets for `ep`.
+    ///
+    /// # Errors
+    /// Socket creation, bind or membership failed; the error names the step.
+    pub fn open(ep: &Endpoint) -> Result<Self, TransportError> {
+        let interface = ep.interface.as_deref().map(resolve_interface).transpose()?;
+        let rx = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(io("create receive socket"))?;
+        rx.set_reuse_address(true).map_err(io("SO_REUSEADDR"))?;
+        let granted = set_receive_buffer(&rx, ep.receive_buffer);
+        let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ep.port);
+        rx.bind(&bind.into()).map_err(io(format!("bind {bind}")))?;
+        let t = Self {
+            rx: rx.into(),
+            tx: open_sender(ep, interface)?,
+            dest: SocketAddrV4::new(ep.group, ep.port).into(),
+            endpoint: ep.clone(),
+            interface,
+            joined: Mutex::new(Vec::new()),
+            read_timeout: Mutex::new(None),
+            granted,
+            counters: Counters::default(),
+            last_send_error_log: Mutex::new(None),
+        };
+        if ep.mode == Mode::Network {
+            t.join(ep.group)?;
+        }
+        tracing::debug!(port = ep.port, group = %ep.group, mode = %ep.mode, ?interface, "socket transport open");
+        Ok(t)
+    }
+
+    /// Groups joined so far.
+    pub fn joined(&self) -> Vec<Ipv4Addr> {
+        self.joined.lock().expect("poisoned").clone()
+    }
+}
+
+/// Asks for `bytes` of receive buffer; falls back to SO_RCVBUFFORCE; warns when clamped.
+fn set_receive_buffer(s: &Socket, bytes: usize) -> u64 {
+    let _ = s.set_recv_buffer_size(bytes);
+    // Linux reports twice the value it stores for bookkeeping; compare against half.
+    let effective = |s: &Socket| {
+        let v = s.recv_buffer_size().unwrap_or(0);
+        if cfg!(target_os = "linux") {
+            v / 2
+        } else {
+            v
+        }
+    };
+    let mut got = effective(s);
+    if got < bytes && sys::force_recv_buffer(s, bytes).is_ok() {
+        got = effective(s);
+    }
+    if got < bytes {
+        tracing::warn!(
+            requested = bytes,
+            granted = got,
+            "receive buffer clamped by the OS; large messages will be lost in bursts. Fix: \
+             `sysctl -w net.core.rmem_max={bytes}` (Linux), or run with CAP_NET_ADMIN, or lower udp.receive_buffer"
+        );
+    }
+    got as u64
+}
+
+fn open_sender(ep: &Endpoint, interface: Option<Ipv4Addr>) -> Result<Socket, TransportError> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(io("create send socket"))?;
+    match ep.mode {
+        Mode::Network => {
+            s.set_multicast_ttl_v4(ep.ttl).map_err(io("IP_MULTICAST_TTL"))?;
+            s.set_multicast_loop_v4(ep.multicast_loopback).map_err(io("IP_MULTICAST_LOOP"))?;
+            if let Some(ifa) = interface {
+                s.set_multicast_if_v4(&ifa).map_err(io(format!("IP_MULTICAST_IF {ifa}")))?;
+            }
+        }
+        Mode::Local => {
+            s.set_broadcast(true).map_err(io("SO_BROADCAST"))?;
+            s.set_ttl_v4(ep.ttl).map_err(io("IP_TTL"))?;
+        }
+    }
+    let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    s.bind(&any.into()).map_err(io("bind send socket"))?;
+    Ok(s)
+}
+
+impl Transport for UdpSocketTransport {
+    fn name(&self) -> &'static str {
+        "socket"
+    }
+
+    fn send(&self, header: &[u8], body: &[u8]) -> Result<(), TransportError> {
+        let bufs = [IoSlice::new(header), IoSlice::new(body)];
+        let len = header.len() + body.len();
+        loop {
+            match self.tx.send_to_vectored(&bufs, &self.dest) {
+                Ok(_) => {
+                    self.counters.sent_datagrams.fetch_add(1, Ordering::Relaxed);
+                    self.counters.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // A full send queue: wait for it to drain rather than drop (blocking socket,
+                // so this is rare: ENOBUFS on some kernels).
+                Err(e) if e.raw_os_error() == Some(105) => {
+                    std::thread::sleep(Duration::from_micros(100));
+                    continue;
+                }
+                Err(e) => {
+                    self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                    let mut last = self.last_send_error_log.lock().expect("poisoned");
+                    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, dest = ?self.dest.as_socket(), "send failed");
+                        *last = Some(std::time::Instant::now());
+                    }
+                    return Err(TransportError::io("send", e));
+                }
+            }
+        }
+    }
+
+    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<RecvMeta>, TransportError> {
+        {
+            let mut t = self.read_timeout.lock().expect("poisoned");
+            let want = Some(timeout.max(Duration::from_millis(1)));
+            if *t != want {
+                self.rx.set_read_timeout(want).map_err(io("SO_RCVTIMEO"))?;
+                *t = want;
+            }
+        }
+        match self.rx.recv_from(buf) {
+            Ok((n, from)) => {
+                if n >= buf.len() {
+                    // Cannot happen with a 64 KiB buffer for IPv4; counted if it does.
+                    self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                self.counters.received_datagrams.fetch_add(1, Ordering::Relaxed);
+                self.counters.received_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(Some(RecvMeta::new(n, from)))
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                Ok(None)
+            }
+            Err(e) => Err(TransportError::io("recv", e)),
+        }
+    }
+
+    fn join(&self, group: Ipv4Addr) -> Result<(), TransportError> {
+        if self.endpoint.mode != Mode::Network {
+            return Ok(());
+        }
+        let mut joined = self.joined.lock().expect("poisoned");
+        if joined.contains(&group) {
+            return Ok(());
+        }
+        let sock = socket2::SockRef::from(&self.rx);
+        let ifa = self.interface.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        sock.join_multicast_v4(&group, &ifa).map_err(|e| {
+            TransportError::io(
+                format!(
+                    "join multicast group {group} on {ifa}: is there a multicast route? \
+                     (`ip route add 224.0.0.0/4 dev <interface>`, or set network.interface)"
+                ),
+                e,
+            )
+        })?;
+        joined.push(group);
+        tracing::debug!(%group, interface = %ifa, port = self.endpoint.port, "joined multicast group");
+        Ok(())
+    }
+
+    fn stats(&self) -> TransportStats {
+        let c = &self.counters;
+        let mut s = TransportStats::default();
+        s.sent_datagrams = c.sent_datagrams.load(Ordering::Relaxed);
+        s.sent_bytes = c.sent_bytes.load(Ordering::Relaxed);
+        s.send_errors = c.send_errors.load(Ordering::Relaxed);
+        s.received_datagrams = c.received_datagrams.load(Ordering::Relaxed);
+        s.received_bytes = c.received_bytes.load(Ordering::Relaxed);
+        s.truncated = c.truncated.load(Ordering::Relaxed);
+        s.receive_buffer_granted = self.granted;
+        s.note = format!("socket {} {}:{}", self.endpoint.mode, self.endpoint.group, self.endpoint.port);
+        s
+    }
+}
+
+/// The local address this transport receives on (for tests and diagnostics).
+pub fn local_port(t: &UdpSocketTransport) -> Option<SocketAddr> {
+    t.rx.local_addr().ok()
+}

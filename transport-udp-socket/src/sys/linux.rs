@@ -1,0 +1,57 @@
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+
+/// First IPv4 address of the interface called `name`.
+pub(crate) fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned; it stays valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let n = unsafe { CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of at least its family's size.
+        let family = unsafe { (*ifa.ifa_addr).sa_family };
+        if n.to_bytes() == name.as_bytes() && i32::from(family) == libc::AF_INET {
+            // SAFETY: family AF_INET means the sockaddr is a sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            break;
+        }
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}
+
+/// SO_RCVBUFFORCE: exceeds net.core.rmem_max when the process has CAP_NET_ADMIN.
+pub(crate) fn force_recv_buffer(socket: &socket2::Socket, bytes: usize) -> std::io::Result<()> {
+    let v: libc::c_int = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+    // SAFETY: valid fd, option value is a c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,12 @@
+//! The only OS-specific code of this crate. Every platform file exports the same names:
+//! `interface_ipv4(name)` and `force_recv_buffer(socket, bytes)`.
+
+#[cfg(target_os = "linux")]
+#[path = "linux.rs"]
+mod imp;
+
+#[cfg(not(target_os = "linux"))]
+#[path = "other.rs"]
+mod imp;
+
+pub(crate) use imp::{force_recv_buffer, interface_ipv4};

@@ -1,0 +1,11 @@
+use std::net::Ipv4Addr;
+
+/// Interface names are resolved on Linux only so far; elsewhere give the interface's IPv4
+/// address in `network.interface`.
+pub(crate) fn interface_ipv4(_name: &str) -> Option<Ipv4Addr> {
+    None
+}
+
+pub(crate) fn force_recv_buffer(_socket: &socket2::Socket, _bytes: usize) -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "no SO_RCVBUFFORCE on this platform"))
+}

@@ -1,0 +1,84 @@
+//! Publishes `mod251` payloads on one or more topics and prints one JSON line per topic.
+
+use anyhow::Context;
+use clap::Parser;
+use examples::{init_logging, mod251, open_node, CommonArgs, StreamDigest};
+use middleware_core::Raw;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(about = "Publish mod251 payloads (byte i of message k = (i + k) mod 251)")]
+struct Args {
+    /// Topic name; repeat for several topics (messages are interleaved).
+    #[arg(long = "topic", required = true)]
+    topics: Vec<String>,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 10)]
+    size: usize,
+    /// Messages per topic.
+    #[arg(long, default_value_t = 10)]
+    count: usize,
+    /// Rounds per second (one message per topic per round); 0 = as fast as possible.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Seconds to wait for a subscriber on every topic before sending.
+    #[arg(long, default_value_t = 20.0)]
+    wait_subscriber: f64,
+    /// Seconds to stay after the last message so it can be received and registration seen.
+    #[arg(long, default_value_t = 1.0)]
+    linger: f64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    init_logging();
+    let args = Args::parse();
+    let config = args.common.load()?;
+    let node = open_node(config)?;
+    let pubs = args
+        .topics
+        .iter()
+        .map(|t| node.publisher::<Raw>(t).with_context(|| format!("publisher for {t}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let wait = Duration::from_secs_f64(args.wait_subscriber);
+    for p in &pubs {
+        if !p.wait_for_subscriber(wait) {
+            anyhow::bail!("no subscriber for topic {} within {:.1} s", p.topic(), args.wait_subscriber);
+        }
+    }
+    let mut digests = vec![StreamDigest::default(); pubs.len()];
+    let period = if args.rate > 0.0 { Some(Duration::from_secs_f64(1.0 / args.rate)) } else { None };
+    let start = Instant::now();
+    // One buffer per round, regenerated in place: (i + k) mod 251.
+    let mut payload = mod251(args.size, 0);
+    for k in 0..args.count {
+        if k > 0 {
+            for b in payload.iter_mut() {
+                *b = if *b == 250 { 0 } else { *b + 1 };
+            }
+        }
+        for (p, d) in pubs.iter().zip(digests.iter_mut()) {
+            if p.send(&payload)? {
+                d.update(&payload);
+            } else {
+                tracing::warn!(topic = p.topic(), k, "subscriber gone; message not sent");
+            }
+        }
+        if let Some(period) = period {
+            let next = start + period * (k as u32 + 1);
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_secs_f64(args.linger));
+    for (p, d) in pubs.iter().zip(&digests) {
+        let line = serde_json::json!({
+            "role": "pub", "topic": p.topic(), "sent": d.count, "bytes": d.bytes, "sha256": d.hex(),
+            "entity_id": p.entity_id().to_string(), "stats": p.stats(),
+        });
+        println!("{line}");
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Receives a topic, verifies `mod251` payloads and prints one JSON line per topic; exits 1 when
+//! fewer than `--count` messages arrived or a payload failed verification.
+
+use clap::Parser;
+use examples::{init_logging, open_node, CommonArgs, StreamDigest};
+use middleware_core::Raw;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(about = "Receive and verify messages")]
+struct Args {
+    /// Topic name; repeat for several topics.
+    #[arg(long = "topic", required = true)]
+    topics: Vec<String>,
+    /// Messages expected per topic.
+    #[arg(long, default_value_t = 10)]
+    count: u64,
+    /// Seconds to wait for all messages.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Payload check: mod251 (message k is byte i = (i + k) mod 251), counter (`msg-%06d`), none.
+    #[arg(long, default_value = "mod251")]
+    verify: String,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    init_logging();
+    let args = Args::parse();
+    let config = args.common.load()?;
+    let node = open_node(config)?;
+    let subs = args.topics.iter().map(|t| node.subscriber::<Raw>(t)).collect::<Result<Vec<_>, _>>()?;
+    let mut digests = vec![StreamDigest::default(); subs.len()];
+    let mut verified = vec![true; subs.len()];
+    let end = Instant::now() + Duration::from_secs_f64(args.timeout);
+    'outer: loop {
+        let mut done = true;
+        for (i, s) in subs.iter().enumerate() {
+            while digests[i].count < args.count {
+                let Some(r) = s.recv_timeout(Duration::from_millis(20)) else {
+                    done = false;
+                    break;
+                };
+                let k = digests[i].count as usize;
+                let ok = match args.verify.as_str() {
+                    "mod251" => r.value.iter().enumerate().all(|(j, b)| *b as usize == (j + k) % 251),
+                    "counter" => r.value == format!("msg-{k:06}").as_bytes(),
+                    _ => true,
+                };
+                if !ok {
+                    tracing::warn!(topic = s.topic(), k, len = r.value.len(), "payload failed verification");
+                    verified[i] = false;
+                }
+                digests[i].update(&r.value);
+            }
+        }
+        if done || Instant::now() >= end {
+            break 'outer;
+        }
+    }
+    let stats = node.stats();
+    let mut ok = true;
+    for (i, s) in subs.iter().enumerate() {
+        let d = &digests[i];
+        ok &= d.count >= args.count && verified[i];
+        let line = serde_json::json!({
+            "role": "sub", "topic": s.topic(), "received": d.count, "bytes": d.bytes, "sha256": d.hex(),
+            "verified": verified[i],
+            "stats": { "subscriber": s.stats(), "data": stats.data, "registration": stats.registration },
+        });
+        println!("{line}");
+    }
+    drop(subs);
+    drop(node);
+    std::process::exit(if ok { 0 } else { 1 });
+}

@@ -1,0 +1,174 @@
+//! Shared by the example programs: transport selection from the config, command-line options
+//! common to all programs, payload generation and digests.
+//!
+//! This package depends on every transport, so the one `match` on
+//! [`TransportKind`](middleware_core::TransportKind) lives here.
+
+use anyhow::Context;
+use middleware_core::config::{Config, TransportKind};
+use middleware_core::Node;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+
+/// Options every program takes; each falls back to the config file and environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Transport: socket, npcap or auto (config key `transport`).
+    #[arg(long)]
+    pub transport: Option<String>,
+    /// eCAL communication mode: local (this host) or network (multicast) (config key `mode`).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Network interface name or IPv4 address (config key `network.interface`).
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// TOML config file (default: $MW_CONFIG, if set).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    /// Loads the config: defaults, file, environment, then these options.
+    ///
+    /// # Errors
+    /// Bad config value, unreadable file.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let mut c = Config::load(self.config.as_deref())?;
+        if let Some(v) = &self.transport {
+            c.set("transport", v)?;
+        }
+        if let Some(v) = &self.mode {
+            c.set("mode", v)?;
+        }
+        if let Some(v) = &self.interface {
+            c.set("network.interface", v)?;
+        }
+        Ok(c)
+    }
+}
+
+/// Installs a stderr logger filtered by `MW_LOG` (or `RUST_LOG`), default `warn`.
+pub fn init_logging() {
+    let filter = std::env::var("MW_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Opens a node on the transport the config selects.
+///
+/// # Errors
+/// The transport cannot be opened, or is not available in this build.
+pub fn open_node(config: Config) -> anyhow::Result<Node> {
+    match config.transport {
+        TransportKind::Socket => Node::new(config, &transport_udp_socket::factory).context("opening socket transport"),
+        TransportKind::Npcap => anyhow::bail!(
+            "transport `npcap` was selected, but this build has no packet-capture transport yet \
+             (crate transport-udp-npcap); select `socket` or `auto` (config key `transport`, env MW_TRANSPORT)"
+        ),
+        TransportKind::Auto => {
+            tracing::warn!("transport `auto`: no packet-capture transport in this build, using sockets");
+            Node::new(config, &transport_udp_socket::factory).context("opening socket transport")
+        }
+    }
+}
+
+/// Payload `k` of the captures' `mod251` generator: `size` bytes, byte i = (i + k) mod 251.
+pub fn mod251(size: usize, k: usize) -> Vec<u8> {
+    (0..size).map(|i| ((i + k) % 251) as u8).collect()
+}
+
+/// Digest over a message stream, each message prefixed by its length as u64 little-endian
+/// (the peer scripts that produced the captures' `*.pub.json` compute the same).
+#[derive(Debug, Clone, Default)]
+pub struct StreamDigest {
+    h: Sha256,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl StreamDigest {
+    pub fn update(&mut self, msg: &[u8]) {
+        self.h.update((msg.len() as u64).to_le_bytes());
+        self.h.update(msg);
+        self.count += 1;
+        self.bytes += msg.len() as u64;
+    }
+    pub fn hex(&self) -> String {
+        self.h.clone().finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The example protobuf type: a person record, with a hand-built descriptor so eCAL tools can
+/// decode it without the `.proto` file.
+pub mod people {
+    use prost::Message;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Person {
+        #[prost(int32, tag = "1")]
+        pub id: i32,
+        #[prost(string, tag = "2")]
+        pub name: String,
+        #[prost(string, tag = "3")]
+        pub email: String,
+    }
+
+    impl middleware_core::ProtoType for Person {
+        fn full_name() -> String {
+            "pb.People.Person".into()
+        }
+        fn descriptor() -> Vec<u8> {
+            use prost_types::field_descriptor_proto::{Label, Type};
+            use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet};
+            let field = |name: &str, number, ty: Type| FieldDescriptorProto {
+                name: Some(name.into()),
+                number: Some(number),
+                label: Some(Label::Optional as i32),
+                r#type: Some(ty as i32),
+                json_name: Some(name.into()),
+                ..Default::default()
+            };
+            FileDescriptorSet {
+                file: vec![FileDescriptorProto {
+                    name: Some("person.proto".into()),
+                    package: Some("pb.People".into()),
+                    syntax: Some("proto3".into()),
+                    message_type: vec![DescriptorProto {
+                        name: Some("Person".into()),
+                        field: vec![
+                            field("id", 1, Type::Int32),
+                            field("name", 2, Type::String),
+                            field("email", 3, Type::String),
+                        ],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            }
+            .encode_to_vec()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_matches_capture_peer_json() {
+        // cap1_small_strings.pub.json: 10 x "msg-%06d" -> eaa5d4ad...0754.
+        let mut d = StreamDigest::default();
+        for k in 0..10 {
+            d.update(format!("msg-{k:06}").as_bytes());
+        }
+        assert_eq!(d.hex(), "eaa5d4ada75ffc9114ab23517827e97fd24ce0e8ef02bf077c07d5c6e6800754");
+    }
+
+    #[test]
+    fn mod251_generator() {
+        assert_eq!(mod251(4, 0), vec![0, 1, 2, 3]);
+        assert_eq!(mod251(3, 250), vec![250, 0, 1]);
+    }
+}

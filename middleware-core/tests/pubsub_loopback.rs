@@ -193,7 +193,7 @@ fn hostile_datagrams_do_not_disturb_delivery() {
         vec![],
         b"ECAL".to_vec(),
         vec![0xAA; 100],
-        whole(&[0xff, 0xff, b'v', 0]),                         // name length beyond the message
+        whole(&[0xff, 0xff, b'v', 0]), // name length beyond the message
         whole(&[7, 0, b'v', b'i', b'c', b't', b'i', b'm', 0]), // right name, no protobuf
         whole(&[7, 0, b'v', b'i', b'c', b't', b'i', b'm', 0, 0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]), // bad protobuf
         middleware_core::wire::DatagramRepr::FragmentInfo { id: 1, count: u32::MAX, total_len: u32::MAX }

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Real eCAL 6.1.1 publisher / subscriber for the interop harness (this project's own script).
+
+Same command line and JSON summary as the Rust `publisher` / `subscriber` examples, so the
+harness compares both sides the same way:
+  ecal_peer.py pub --topic T [--topic T2] --size N --count C --rate HZ [--wait-subscriber S]
+  ecal_peer.py sub --topic T [--topic T2] --count C --timeout S [--verify mod251|none]
+The eCAL configuration comes from $ECAL_DATA/ecal.yaml (the harness writes it).
+Digest: SHA-256 over the messages, each prefixed by its length as u64 little-endian.
+"""
+import argparse
+import hashlib
+import json
+import struct
+import sys
+import threading
+import time
+
+import ecal.nanobind_core as ecal
+
+
+def parse():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("role", choices=["pub", "sub"])
+    ap.add_argument("--topic", action="append", required=True)
+    ap.add_argument("--size", type=int, default=10)
+    ap.add_argument("--count", type=int, default=10)
+    ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--wait-subscriber", type=float, default=20.0)
+    ap.add_argument("--linger", type=float, default=1.5)
+    ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--verify", default="mod251")
+    return ap.parse_args()
+
+
+class Digest:
+    def __init__(self):
+        self.h = hashlib.sha256()
+        self.count = 0
+        self.bytes = 0
+
+    def update(self, msg):
+        self.h.update(struct.pack("<Q", len(msg)))
+        self.h.update(msg)
+        self.count += 1
+        self.bytes += len(msg)
+
+
+def run_pub(a):
+    ecal.initialize("ecal_peer_pub")
+    cfg = ecal.get_publisher_configuration()
+    dti = ecal.DataTypeInformation("bytes", "raw", b"")
+    pubs = [(t, ecal.Publisher(t, dti, cfg)) for t in a.topic]
+    deadline = time.time() + a.wait_subscriber
+    while not all(p.get_subscriber_count() > 0 for _, p in pubs):
+        if time.time() > deadline:
+            print(json.dumps({"role": "pub", "error": "no subscriber"}), flush=True)
+            ecal.finalize()
+            return 1
+        time.sleep(0.05)
+    # base[j] = j mod 251, so payload k = base[k : k + size] has byte i = (i + k) mod 251.
+    base = bytes(j % 251 for j in range(a.size + 251))
+    digests = {t: Digest() for t in a.topic}
+    period = 1.0 / a.rate if a.rate > 0 else 0.0
+    start = time.time()
+    for k in range(a.count):
+        payload = base[k % 251 : k % 251 + a.size]
+        for t, p in pubs:
+            if p.send(payload):
+                digests[t].update(payload)
+        if period:
+            delay = start + period * (k + 1) - time.time()
+            if delay > 0:
+                time.sleep(delay)
+    time.sleep(a.linger)
+    for t, p in pubs:
+        d = digests[t]
+        print(json.dumps({"role": "pub", "impl": "ecal", "topic": t, "sent": d.count, "bytes": d.bytes,
+                          "sha256": d.h.hexdigest(), "entity_id": str(p.get_topic_id().topic_id.entity_id)}),
+              flush=True)
+    ecal.finalize()
+    return 0
+
+
+def run_sub(a):
+    ecal.initialize("ecal_peer_sub")
+    cfg = ecal.get_subscriber_configuration()
+    lock = threading.Lock()
+    state = {t: {"d": Digest(), "ok": True, "types": set(), "clocks": []} for t in a.topic}
+    subs = []
+    for t in a.topic:
+        s = ecal.Subscriber(t, ecal.DataTypeInformation(), cfg)
+
+        def cb(topic_id, dti, data, t=t):
+            buf = bytes(data.buffer)
+            with lock:
+                st = state[t]
+                k = st["d"].count
+                if a.verify == "mod251":
+                    n = len(buf)
+                    expect = bytes((i + k) % 251 for i in range(min(n, 4096)))
+                    if buf[: len(expect)] != expect or (n > 4096 and buf[-1] != (n - 1 + k) % 251):
+                        st["ok"] = False
+                st["d"].update(buf)
+                st["types"].add((dti.name, dti.encoding))
+                st["clocks"].append(data.send_clock)
+
+        s.set_receive_callback(cb)
+        subs.append(s)
+    deadline = time.time() + a.timeout
+    while time.time() < deadline:
+        with lock:
+            if all(st["d"].count >= a.count for st in state.values()):
+                break
+        time.sleep(0.02)
+    ok = True
+    with lock:
+        for t in a.topic:
+            st = state[t]
+            d = st["d"]
+            ok = ok and d.count >= a.count and st["ok"]
+            print(json.dumps({"role": "sub", "impl": "ecal", "topic": t, "received": d.count, "bytes": d.bytes,
+                              "sha256": d.h.hexdigest(), "verified": st["ok"],
+                              "datatypes": sorted(map(list, st["types"])),
+                              "clock_first_last": [st["clocks"][0], st["clocks"][-1]] if st["clocks"] else []}),
+                  flush=True)
+    ecal.finalize()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    args = parse()
+    sys.exit(run_pub(args) if args.role == "pub" else run_sub(args))

@@ -1,0 +1,61 @@
+//! The real eCAL peer: eclipse-ecal 6.1.1 from PyPI in a cached virtual environment, driven by
+//! this project's own script `xtask/peers/ecal_peer.py`.
+
+use crate::{project_root, run};
+use anyhow::{bail, Context};
+use std::path::PathBuf;
+use std::process::Command;
+
+pub const ECAL_VERSION: &str = "6.1.1";
+
+/// Creates (once) `target/ecal-venv` with eclipse-ecal installed; returns its python.
+pub fn venv() -> anyhow::Result<PathBuf> {
+    let dir = project_root().join("target").join("ecal-venv");
+    let python = dir.join("bin").join("python");
+    let check = |p: &PathBuf| {
+        Command::new(p)
+            .args(["-c", "import ecal.nanobind_core as e; print(e.get_version_string())"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if let Some(v) = check(&python) {
+        if v.contains(ECAL_VERSION) {
+            return Ok(python);
+        }
+    }
+    let host_python = ["python3", "python"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().map(|o| o.status.success()).unwrap_or(false))
+        .context("no python3 found: install Python 3 (e.g. `apt-get install python3 python3-venv`)")?;
+    run(Command::new(host_python).args(["-m", "venv"]).arg(&dir)).context(
+        "creating the eCAL virtual environment failed; on Debian install python3-venv (`apt-get install python3-venv`)",
+    )?;
+    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", &format!("eclipse-ecal=={ECAL_VERSION}")]))
+        .context("pip install eclipse-ecal failed (needs access to PyPI)")?;
+    match check(&python) {
+        Some(v) if v.contains(ECAL_VERSION) => Ok(python),
+        other => bail!("eclipse-ecal import check failed after install: {other:?}"),
+    }
+}
+
+/// eCAL configuration directory (`$ECAL_DATA`) with an `ecal.yaml` for `mode`:
+/// UDP only (SHM and TCP off), as the captures were made (SPEC §8.4).
+pub fn config_dir(mode: &str) -> anyhow::Result<PathBuf> {
+    let dir = project_root().join("target").join("xtask").join(format!("ecal-{mode}"));
+    std::fs::create_dir_all(&dir)?;
+    let yaml = format!(
+        "communication_mode: \"{mode}\"\n\
+         publisher:\n  layer:\n    shm: {{ enable: false }}\n    udp: {{ enable: true }}\n    tcp: {{ enable: false }}\n  \
+         priority_local: [\"udp\"]\n  priority_network: [\"udp\"]\n\
+         subscriber:\n  layer:\n    shm: {{ enable: false }}\n    udp: {{ enable: true }}\n    tcp: {{ enable: false }}\n\
+         logging:\n  provider:\n    udp: {{ enable: false }}\n"
+    );
+    std::fs::write(dir.join("ecal.yaml"), yaml)?;
+    Ok(dir)
+}
+
+pub fn peer_script() -> PathBuf {
+    project_root().join("xtask").join("peers").join("ecal_peer.py")
+}

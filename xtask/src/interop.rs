@@ -1,0 +1,319 @@
+//! The interop matrix: {this project, real eCAL 6.1.1} publisher x {this project, real eCAL}
+//! subscriber, for 10 B, 65 420 B (just over one eCAL datagram), 1 MiB and two topics at once,
+//! cross-host (two namespaces over a veth) and same-host (one namespace), in network mode, plus
+//! same-host local-mode rows. Every row compares the message count and the SHA-256 of the
+//! message stream on both sides; any mismatch makes the command exit non-zero.
+
+use crate::ecal;
+use crate::netns::{Host, Lab};
+use crate::{cargo, project_root};
+use anyhow::{bail, Context};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Impl {
+    Ours,
+    Ecal,
+}
+
+impl Impl {
+    fn name(self) -> &'static str {
+        match self {
+            Impl::Ours => "ours(socket)",
+            Impl::Ecal => "eCAL 6.1.1",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Placement {
+    CrossHost,
+    SameHost,
+    SameHostLocal,
+}
+
+impl Placement {
+    fn name(self) -> &'static str {
+        match self {
+            Placement::CrossHost => "cross-host",
+            Placement::SameHost => "same-host",
+            Placement::SameHostLocal => "same-host local",
+        }
+    }
+    fn mode(self) -> &'static str {
+        if self == Placement::SameHostLocal {
+            "local"
+        } else {
+            "network"
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    sender: Impl,
+    receiver: Impl,
+    placement: Placement,
+    size: usize,
+    count: usize,
+    rate: f64,
+    topics: Vec<String>,
+}
+
+impl Case {
+    fn label(&self) -> String {
+        format!(
+            "{} -> {} {} {}B x{}{}",
+            self.sender.name(),
+            self.receiver.name(),
+            self.placement.name(),
+            self.size,
+            self.count,
+            if self.topics.len() > 1 { format!(" {} topics", self.topics.len()) } else { String::new() }
+        )
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let pairs = [(Impl::Ours, Impl::Ours), (Impl::Ecal, Impl::Ours), (Impl::Ours, Impl::Ecal)];
+    // (size, count, rate, topics)
+    let loads: [(usize, usize, f64, &[&str]); 4] = [
+        (10, 10, 20.0, &["interop_small"]),
+        (65_420, 10, 10.0, &["interop_frag"]),
+        (1 << 20, 5, 5.0, &["interop_1mb"]),
+        (1000, 10, 20.0, &["interop_a", "interop_b"]),
+    ];
+    let mut v = Vec::new();
+    for placement in [Placement::CrossHost, Placement::SameHost] {
+        for (s, r) in pairs {
+            for (size, count, rate, topics) in loads {
+                v.push(Case {
+                    sender: s,
+                    receiver: r,
+                    placement,
+                    size,
+                    count,
+                    rate,
+                    topics: topics.iter().map(|t| t.to_string()).collect(),
+                });
+            }
+        }
+    }
+    for (s, r) in pairs {
+        for (size, count, rate, topic) in
+            [(10usize, 10usize, 20.0, "interop_local"), (1 << 20, 5, 5.0, "interop_local_1mb")]
+        {
+            v.push(Case {
+                sender: s,
+                receiver: r,
+                placement: Placement::SameHostLocal,
+                size,
+                count,
+                rate,
+                topics: vec![topic.into()],
+            });
+        }
+    }
+    v
+}
+
+struct Env {
+    bin_dir: PathBuf,
+    python: PathBuf,
+    logs: PathBuf,
+}
+
+fn peer_command(env: &Env, host: &Host, who: Impl, publisher: bool, case: &Case) -> anyhow::Result<Command> {
+    let mut args: Vec<String> = Vec::new();
+    for t in &case.topics {
+        args.extend(["--topic".into(), t.clone()]);
+    }
+    args.extend(["--count".into(), case.count.to_string()]);
+    if publisher {
+        args.extend(["--size".into(), case.size.to_string(), "--rate".into(), case.rate.to_string()]);
+        args.extend(["--wait-subscriber".into(), "20".into()]);
+    } else {
+        args.extend(["--timeout".into(), "30".into()]);
+    }
+    let mut cmd = match who {
+        Impl::Ours => {
+            args.extend(["--mode".into(), case.placement.mode().into(), "--transport".into(), "socket".into()]);
+            let prog = env.bin_dir.join(if publisher { "publisher" } else { "subscriber" });
+            host.command(&prog.display().to_string(), &args)
+        }
+        Impl::Ecal => {
+            let mut a = vec![ecal::peer_script().display().to_string(), (if publisher { "pub" } else { "sub" }).into()];
+            a.extend(args);
+            let mut c = host.command(&env.python.display().to_string(), &a);
+            c.env("ECAL_DATA", ecal::config_dir(case.placement.mode())?);
+            c
+        }
+    };
+    cmd.env("MW_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::piped());
+    Ok(cmd)
+}
+
+struct Outcome {
+    ok: bool,
+    sent: u64,
+    received: u64,
+    digest_match: bool,
+    note: String,
+}
+
+fn wait_output(mut child: Child, timeout: Duration) -> (Option<i32>, String) {
+    let end = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st.code(),
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    (status, out)
+}
+
+fn summaries(out: &str, role: &str) -> BTreeMap<String, Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .filter(|v| v["role"] == role)
+        .filter_map(|v| Some((v["topic"].as_str()?.to_string(), v)))
+        .collect()
+}
+
+fn run_case(env: &Env, lab: &Lab, idx: usize, case: &Case) -> anyhow::Result<Outcome> {
+    let (tx_host, rx_host) = match case.placement {
+        Placement::CrossHost => (&lab.a, &lab.b),
+        _ => (&lab.a, &lab.a),
+    };
+    let log = |role: &str| -> anyhow::Result<std::fs::File> {
+        Ok(std::fs::File::create(env.logs.join(format!("case{idx:02}-{role}.log")))?)
+    };
+    let mut rx_cmd = peer_command(env, rx_host, case.receiver, false, case)?;
+    rx_cmd.stderr(log("sub")?);
+    let rx = rx_cmd.spawn().context("starting subscriber")?;
+    // Let the subscriber bind and register before the publisher starts (as in the captures).
+    std::thread::sleep(Duration::from_millis(700));
+    let mut tx_cmd = peer_command(env, tx_host, case.sender, true, case)?;
+    tx_cmd.stderr(log("pub")?);
+    let tx = tx_cmd.spawn().context("starting publisher")?;
+    let (tx_code, tx_out) = wait_output(tx, Duration::from_secs(60));
+    let (rx_code, rx_out) = wait_output(rx, Duration::from_secs(40));
+    let pubs = summaries(&tx_out, "pub");
+    let subs = summaries(&rx_out, "sub");
+    let (mut sent, mut received, mut digest_match) = (0, 0, true);
+    let mut notes = Vec::new();
+    for t in &case.topics {
+        let (Some(p), Some(s)) = (pubs.get(t), subs.get(t)) else {
+            digest_match = false;
+            notes.push(format!("{t}: missing summary (pub exit {tx_code:?}, sub exit {rx_code:?})"));
+            continue;
+        };
+        let ps = p["sent"].as_u64().unwrap_or(0);
+        let sr = s["received"].as_u64().unwrap_or(0);
+        sent += ps;
+        received += sr;
+        if p["sha256"] != s["sha256"] || ps != case.count as u64 || sr != case.count as u64 {
+            digest_match = false;
+            notes.push(format!("{t}: sent {ps} received {sr}"));
+        }
+        if s["verified"] != Value::Bool(true) {
+            digest_match = false;
+            notes.push(format!("{t}: payload verification failed"));
+        }
+    }
+    let ok = digest_match && tx_code == Some(0) && rx_code == Some(0);
+    if !ok && notes.is_empty() {
+        notes.push(format!("exit codes pub {tx_code:?} sub {rx_code:?}"));
+    }
+    Ok(Outcome { ok, sent, received, digest_match, note: notes.join("; ") })
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut filter: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--filter" => filter = it.next().cloned(),
+            other => bail!("interop: unknown argument {other}"),
+        }
+    }
+    crate::run(cargo().args(["build", "--release", "-p", "examples", "--bins"]))?;
+    let env = Env {
+        bin_dir: project_root().join("target").join("release"),
+        python: ecal::venv()?,
+        logs: project_root().join("target").join("xtask").join("logs"),
+    };
+    std::fs::create_dir_all(&env.logs)?;
+    let lab = Lab::new("mwi")?;
+    let selected: Vec<Case> =
+        cases().into_iter().filter(|c| filter.as_ref().is_none_or(|f| c.label().contains(f.as_str()))).collect();
+    if selected.is_empty() {
+        bail!("no interop case matches the filter");
+    }
+    let mut table = String::from(
+        "| # | sender | receiver | placement | payload | topics | sent | received | digests | result |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut failures = 0;
+    let started = Instant::now();
+    for (i, c) in selected.iter().enumerate() {
+        let t0 = Instant::now();
+        let o = run_case(&env, &lab, i, c).unwrap_or_else(|e| Outcome {
+            ok: false,
+            sent: 0,
+            received: 0,
+            digest_match: false,
+            note: format!("{e:#}"),
+        });
+        if !o.ok {
+            failures += 1;
+        }
+        eprintln!(
+            "[{:>2}/{}] {:<60} {} ({:.1} s){}",
+            i + 1,
+            selected.len(),
+            c.label(),
+            if o.ok { "PASS" } else { "FAIL" },
+            t0.elapsed().as_secs_f64(),
+            if o.note.is_empty() { String::new() } else { format!(" {}", o.note) }
+        );
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {} | {} B x {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            c.sender.name(),
+            c.receiver.name(),
+            c.placement.name(),
+            c.size,
+            c.count,
+            c.topics.len(),
+            o.sent,
+            o.received,
+            if o.digest_match { "match" } else { "MISMATCH" },
+            if o.ok { "pass".to_string() } else { format!("FAIL {}", o.note) }
+        );
+    }
+    drop(lab);
+    println!("{table}");
+    let passed = selected.len() - failures;
+    println!("interop: {passed} passed, {failures} failed ({:.0} s)", started.elapsed().as_secs_f64());
+    std::fs::write(project_root().join("target").join("xtask").join("interop.md"), &table)?;
+    if failures > 0 {
+        bail!("{failures} interop case(s) failed; logs in {}", env.logs.display());
+    }
+    Ok(())
+}

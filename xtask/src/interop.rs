@@ -310,7 +310,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     drop(lab);
     println!("{table}");
     let passed = selected.len() - failures;
-    println!("interop: {passed} passed, {failures} failed ({:.0} s)", started.elapsed().as_secs_f64());
+    eprintln!("interop matrix took {:.0} s", started.elapsed().as_secs_f64());
+    println!("interop: {passed} passed, {failures} failed");
     std::fs::write(project_root().join("target").join("xtask").join("interop.md"), &table)?;
     if failures > 0 {
         bail!("{failures} interop case(s) failed; logs in {}", env.logs.display());

@@ -1,0 +1,97 @@
+//! Real sockets on this host, local mode only (broadcast to 127.255.255.255 stays on `lo`);
+//! network-mode multicast is exercised in the interop harness's namespaces. Each test uses its
+//! own port pair so tests can run in parallel.
+
+use middleware_core::config::Config;
+use middleware_core::{Node, Raw, Text};
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+static NEXT: AtomicU16 = AtomicU16::new(0);
+
+fn config() -> Config {
+    // Ports unique per test and per process: 20000 + 2 * (pid mod 4000 * 8 + n).
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let base = 20_000 + 2 * ((std::process::id() % 4000) as u16 * 8 + n);
+    let mut c = Config::default();
+    c.set("mode", "local").unwrap();
+    c.set("ports.registration", &base.to_string()).unwrap();
+    c.set("ports.data", &(base + 1).to_string()).unwrap();
+    c.set("registration.refresh_ms", "100").unwrap();
+    c.set("registration.timeout_ms", "1000").unwrap();
+    c
+}
+
+fn node(c: &Config) -> Node {
+    Node::new(c.clone(), &transport_udp_socket::factory).expect("socket transport opens")
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[test]
+fn two_processes_worth_of_nodes_exchange_large_messages() {
+    let c = config();
+    let (a, b) = (node(&c), node(&c));
+    let sub = b.subscriber::<Raw>("big").unwrap();
+    let publ = a.publisher::<Raw>("big").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    let sizes = [1usize, 65_420, 1 << 20, 4 << 20];
+    for (k, &n) in sizes.iter().enumerate() {
+        let payload: Vec<u8> = (0..n).map(|i| ((i + k) % 251) as u8).collect();
+        assert!(publ.send(&payload).unwrap());
+        let r = sub.recv_timeout(WAIT).unwrap_or_else(|| panic!("{n} bytes not received"));
+        assert!(r.value == payload, "payload of {n} bytes differs");
+    }
+    let st = b.stats().data;
+    assert_eq!(st.reassembly.lost_messages(), 0, "{st:?}");
+    assert!(st.transport.receive_buffer_granted >= 1 << 20, "{st:?}");
+}
+
+#[test]
+fn strings_in_one_process() {
+    let c = config();
+    let n = node(&c);
+    let sub = n.subscriber::<Text>("hello").unwrap();
+    let publ = n.publisher::<Text>("hello").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    for i in 0..50 {
+        publ.send(&format!("hello {i}")).unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(sub.recv_timeout(WAIT).unwrap().value, format!("hello {i}"));
+    }
+    assert_eq!(sub.stats().sequence_gaps, 0);
+}
+
+#[test]
+fn garbage_on_the_data_port_is_counted_and_receiving_goes_on() {
+    let c = config();
+    let n = node(&c);
+    let sub = n.subscriber::<Text>("sturdy").unwrap();
+    let publ = n.publisher::<Text>("sturdy").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // "ECAL", version 5, type 3, id -1, num 1, len 4, then a name length of 0xffff.
+    let mut bad_name =
+        vec![b'E', b'C', b'A', b'L', 5, 0, 0, 0, 3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 4, 0, 0, 0];
+    bad_name.extend_from_slice(&[0xff, 0xff, b's', 0]);
+    for i in 0..20 {
+        attacker.send_to(&[0xde, 0xad, 0xbe, 0xef], ("127.0.0.1", c.data_port)).unwrap();
+        attacker.send_to(&bad_name, ("127.0.0.1", c.data_port)).unwrap();
+        publ.send(&format!("m{i}")).unwrap();
+    }
+    for i in 0..20 {
+        assert_eq!(sub.recv_timeout(WAIT).unwrap().value, format!("m{i}"));
+    }
+    let st = n.stats().data;
+    assert_eq!((st.reassembly.malformed, st.bad_frame), (20, 20), "{st:?}");
+}
+
+#[test]
+fn unknown_interface_is_a_clear_error() {
+    let mut c = config();
+    c.set("network.interface", "no-such-if0").unwrap();
+    let e = Node::new(c, &transport_udp_socket::factory).unwrap_err().to_string();
+    assert!(e.contains("no-such-if0") && e.contains("ip -4 addr"), "{e}");
+}

@@ -11,9 +11,9 @@ use std::time::Duration;
 static NEXT: AtomicU16 = AtomicU16::new(0);
 
 fn config() -> Config {
-    // Ports unique per test and per process: 20000 + 2 * (pid mod 4000 * 8 + n).
+    // Ports unique per test and per process: 20000 + 2 * (pid mod 2000 * 8 + n) <= 52016.
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let base = 20_000 + 2 * ((std::process::id() % 4000) as u16 * 8 + n);
+    let base = 20_000 + 2 * ((std::process::id() % 2000) as u16 * 8 + n);
     let mut c = Config::default();
     c.set("mode", "local").unwrap();
     c.set("ports.registration", &base.to_string()).unwrap();

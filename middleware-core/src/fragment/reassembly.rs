@@ -8,6 +8,8 @@
 //!   fragments are joined in index order and a size different from the info's total discards
 //!   the whole message;
 //! * a partial message untouched for `timeout` expires;
+//! * the keys of completed messages are remembered for `timeout` (bounded), so late duplicates
+//!   of an already delivered message are dropped instead of assembling it a second time;
 //! * limits: a declared total above `max_message_len`, a fragment count that cannot describe the
 //!   total, a fragment index at or above the count are rejected before anything is allocated;
 //!   when a new partial message would exceed `max_partial_messages` or `max_buffered_bytes`,
@@ -17,7 +19,7 @@
 
 use crate::wire::{Datagram, DatagramRepr, DecodeError};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -109,11 +111,38 @@ pub struct Reassembler {
     buffered: usize,
     stats: ReassemblyStats,
     last_expire: Option<Instant>,
+    /// Recently completed keys, oldest first, with a set for lookup.
+    done_order: VecDeque<(FragKey, Instant)>,
+    done: HashSet<FragKey>,
 }
 
 impl Reassembler {
     pub fn new(config: ReassemblyConfig) -> Self {
-        Self { config, partials: HashMap::new(), buffered: 0, stats: ReassemblyStats::default(), last_expire: None }
+        Self {
+            config,
+            partials: HashMap::new(),
+            buffered: 0,
+            stats: ReassemblyStats::default(),
+            last_expire: None,
+            done_order: VecDeque::new(),
+            done: HashSet::new(),
+        }
+    }
+
+    /// Completed keys remembered at most; 16 per allowed partial message.
+    fn done_capacity(&self) -> usize {
+        self.config.max_partial_messages.saturating_mul(16).max(64)
+    }
+
+    fn remember_done(&mut self, key: FragKey, now: Instant) {
+        if self.done_order.len() >= self.done_capacity() {
+            if let Some((old, _)) = self.done_order.pop_front() {
+                self.done.remove(&old);
+            }
+        }
+        if self.done.insert(key) {
+            self.done_order.push_back((key, now));
+        }
     }
 
     pub fn stats(&self) -> ReassemblyStats {
@@ -158,6 +187,10 @@ impl Reassembler {
     }
 
     fn on_info(&mut self, now: Instant, key: FragKey, count: u32, total_len: u32) -> Outcome<'static> {
+        if self.done.contains(&key) {
+            self.stats.duplicates += 1;
+            return Outcome::Dropped;
+        }
         let total = total_len as usize;
         // Every fragment carries at least one byte and at most a maximal datagram's worth.
         let plausible = count >= 1
@@ -204,6 +237,10 @@ impl Reassembler {
     }
 
     fn on_fragment<'a>(&mut self, now: Instant, key: FragKey, index: u32, body: &[u8]) -> Outcome<'a> {
+        if self.done.contains(&key) {
+            self.stats.duplicates += 1;
+            return Outcome::Dropped;
+        }
         let cap = match self.partials.get(&key).and_then(|p| p.info) {
             Some((count, _)) if index >= count => {
                 self.stats.rejected_fragment += 1;
@@ -253,6 +290,7 @@ impl Reassembler {
             return Outcome::Pending;
         }
         let p = self.remove(&key).expect("present");
+        self.remember_done(key, p.last_touch);
         if p.bytes != total as usize {
             self.stats.size_mismatch += 1;
             tracing::debug!(sender = %key.sender, id = key.id, got = p.bytes, declared = total, "reassembled size mismatch");
@@ -297,6 +335,13 @@ impl Reassembler {
     pub fn expire(&mut self, now: Instant) {
         self.last_expire = Some(now);
         let timeout = self.config.timeout;
+        while let Some(&(key, t)) = self.done_order.front() {
+            if now.saturating_duration_since(t) < timeout {
+                break;
+            }
+            self.done_order.pop_front();
+            self.done.remove(&key);
+        }
         let before = self.partials.len();
         let mut freed = 0;
         self.partials.retain(|_, p| {
@@ -354,12 +399,18 @@ mod tests {
         let now = Instant::now();
         let mut r = Reassembler::new(ReassemblyConfig::default());
         assert_eq!(feed(&mut r, now, addr(1), &dgs), vec![msg.clone()]);
-        let mut rev = dgs.clone();
+        // The same message id again within the timeout is a late duplicate.
+        assert!(feed(&mut r, now, addr(1), &dgs).is_empty());
+        assert_eq!(r.stats().duplicates, dgs.len() as u64);
+        let mut rev = datagrams(&msg, 1000, 43);
         rev.reverse();
         assert_eq!(feed(&mut r, now, addr(1), &rev), vec![msg.clone()]);
+        // After the timeout the id may be reused.
+        r.expire(now + Duration::from_secs(5));
+        assert_eq!(feed(&mut r, now + Duration::from_secs(5), addr(1), &dgs), vec![msg.clone()]);
         assert_eq!(r.partial_messages(), 0);
         assert_eq!(r.buffered_bytes(), 0);
-        assert_eq!(r.stats().reassembled, 2);
+        assert_eq!(r.stats().reassembled, 3);
     }
 
     #[test]

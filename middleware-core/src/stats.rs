@@ -29,6 +29,7 @@ pub(crate) struct ChannelCounters {
     pub unmatched_topic: Counter,
     pub wrong_cmd: Counter,
     pub rejected_registration: Counter,
+    pub registration_table_full: Counter,
 }
 
 /// Snapshot of one channel's receive path.
@@ -49,6 +50,8 @@ pub struct ChannelStats {
     /// Registrations rejected by the acceptance rule (foreign host in local mode, own process
     /// without loopback).
     pub rejected_registration: u64,
+    /// New remote entities or processes ignored because the table is at its bound.
+    pub registration_table_full: u64,
 }
 
 impl ChannelCounters {
@@ -62,6 +65,7 @@ impl ChannelCounters {
             unmatched_topic: self.unmatched_topic.get(),
             wrong_cmd: self.wrong_cmd.get(),
             rejected_registration: self.rejected_registration.get(),
+            registration_table_full: self.registration_table_full.get(),
         }
     }
 }
@@ -82,6 +86,8 @@ pub struct SubscriberStats {
     pub queue_overflow: u64,
     /// Payloads the typed subscriber could not decode.
     pub decode_errors: u64,
+    /// Publishers whose order state was dropped to stay within the per-subscriber bound.
+    pub publishers_forgotten: u64,
 }
 
 /// Per-publisher counters.

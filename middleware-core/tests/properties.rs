@@ -13,9 +13,16 @@ use std::time::{Duration, Instant};
 
 fn repr() -> impl Strategy<Value = DatagramRepr> {
     prop_oneof![
-        (any::<i32>(), any::<u32>(), any::<u32>())
-            .prop_map(|(id, count, total_len)| DatagramRepr::FragmentInfo { id, count, total_len }),
-        (any::<i32>(), any::<u32>(), any::<u32>()).prop_map(|(id, index, len)| DatagramRepr::Fragment { id, index, len }),
+        (any::<i32>(), any::<u32>(), any::<u32>()).prop_map(|(id, count, total_len)| DatagramRepr::FragmentInfo {
+            id,
+            count,
+            total_len
+        }),
+        (any::<i32>(), any::<u32>(), any::<u32>()).prop_map(|(id, index, len)| DatagramRepr::Fragment {
+            id,
+            index,
+            len
+        }),
         any::<u32>().prop_map(|len| DatagramRepr::Whole { len }),
     ]
 }

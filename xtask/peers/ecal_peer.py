@@ -108,7 +108,11 @@ def run_sub(a):
         s.set_receive_callback(cb)
         subs.append(s)
     deadline = time.time() + a.timeout
+    # The most publishers each subscriber saw as connected (needs their registration).
+    max_pubs = {t: 0 for t in a.topic}
     while time.time() < deadline:
+        for t, s in zip(a.topic, subs):
+            max_pubs[t] = max(max_pubs[t], s.get_publisher_count())
         with lock:
             if all(st["d"].count >= a.count for st in state.values()):
                 break
@@ -122,6 +126,7 @@ def run_sub(a):
             print(json.dumps({"role": "sub", "impl": "ecal", "topic": t, "received": d.count, "bytes": d.bytes,
                               "sha256": d.h.hexdigest(), "verified": st["ok"],
                               "datatypes": sorted(map(list, st["types"])),
+                              "publisher_count_max": max_pubs[t],
                               "clock_first_last": [st["clocks"][0], st["clocks"][-1]] if st["clocks"] else []}),
                   flush=True)
     ecal.finalize()

@@ -231,6 +231,15 @@ fn run_case(env: &Env, lab: &Lab, idx: usize, case: &Case) -> anyhow::Result<Out
             digest_match = false;
             notes.push(format!("{t}: sent {ps} received {sr}"));
         }
+        if case.receiver == Impl::Ecal {
+            // A real eCAL subscriber must have seen our publisher as connected and taken its
+            // datatype from our registration.
+            let dt_ok = s["datatypes"].as_array().is_some_and(|v| v.iter().any(|d| d[0] == "bytes" && d[1] == "raw"));
+            if s["publisher_count_max"].as_u64().unwrap_or(0) < 1 || !dt_ok {
+                digest_match = false;
+                notes.push(format!("{t}: eCAL did not register our publisher ({})", s["datatypes"]));
+            }
+        }
         if s["verified"] != Value::Bool(true) {
             digest_match = false;
             notes.push(format!("{t}: payload verification failed"));

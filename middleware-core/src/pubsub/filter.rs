@@ -78,9 +78,63 @@ impl SeqFilter {
     }
 }
 
+/// Publishers tracked per subscriber. A data sample names its publisher, so without a bound a
+/// sender inventing ids could grow this map forever; 1024 distinct live publishers of one topic is
+/// far beyond real systems.
+pub const MAX_TRACKED_PUBLISHERS: usize = 1024;
+
+/// The filters of one subscriber, bounded: when full, the publisher heard from least recently is
+/// forgotten (counted), so it restarts as a new publisher if it comes back.
+#[derive(Debug, Default)]
+pub struct FilterTable {
+    filters: std::collections::HashMap<u64, (SeqFilter, std::time::Instant)>,
+    forgotten: u64,
+}
+
+impl FilterTable {
+    pub fn check(&mut self, now: std::time::Instant, publisher: u64, clock: i64, drop_out_of_order: bool) -> Verdict {
+        if !self.filters.contains_key(&publisher) && self.filters.len() >= MAX_TRACKED_PUBLISHERS {
+            if let Some(oldest) = self.filters.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                self.filters.remove(&oldest);
+                self.forgotten += 1;
+            }
+        }
+        let (f, seen) = self.filters.entry(publisher).or_insert_with(|| (SeqFilter::default(), now));
+        *seen = now;
+        f.check(clock, drop_out_of_order)
+    }
+
+    /// Publishers forgotten to stay within [`MAX_TRACKED_PUBLISHERS`].
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    pub fn len(&self) -> usize {
+        self.filters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_is_bounded() {
+        let mut t = FilterTable::default();
+        let t0 = std::time::Instant::now();
+        for id in 0..(MAX_TRACKED_PUBLISHERS as u64 + 100) {
+            t.check(t0 + std::time::Duration::from_micros(id), id, 1, true);
+        }
+        assert_eq!(t.len(), MAX_TRACKED_PUBLISHERS);
+        assert_eq!(t.forgotten(), 100);
+        // The most recent publishers are kept: a repeat of the last clock is still a duplicate.
+        let last = MAX_TRACKED_PUBLISHERS as u64 + 99;
+        assert_eq!(t.check(t0, last, 1, true), Verdict::Duplicate);
+    }
 
     #[test]
     fn in_order_with_gap_duplicate_and_late() {

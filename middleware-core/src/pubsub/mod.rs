@@ -9,5 +9,5 @@ pub mod filter;
 mod node;
 
 pub use codec::{Codec, CodecError, Proto, ProtoType, Raw, Text};
-pub use filter::{SeqFilter, Verdict};
+pub use filter::{FilterTable, SeqFilter, Verdict, MAX_TRACKED_PUBLISHERS};
 pub use node::{Node, NodeError, NodeStats, Publisher, Received, Subscriber};

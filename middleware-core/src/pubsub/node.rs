@@ -1,7 +1,7 @@
 //! The runtime: threads and clocks live here, and only here; they drive the pure layers.
 
 use super::codec::Codec;
-use super::filter::{SeqFilter, Verdict};
+use super::filter::{FilterTable, Verdict};
 use crate::config::{Config, Mode};
 use crate::fragment::{split, Outcome, Reassembler, ReassemblyStats};
 use crate::pb::{self, CmdType, DataTypeInformation, Sample};
@@ -67,7 +67,7 @@ struct SubShared {
     entity_id: u64,
     topic: String,
     datatype: DataTypeInformation,
-    filters: Mutex<HashMap<u64, SeqFilter>>,
+    filters: Mutex<FilterTable>,
     queue: Mutex<VecDeque<Received<Vec<u8>>>>,
     ready: Condvar,
     callback: RwLock<Option<RawCallback>>,
@@ -91,6 +91,7 @@ impl SubShared {
             sequence_gaps: self.sequence_gaps.get(),
             queue_overflow: self.queue_overflow.get(),
             decode_errors: self.decode_errors.get(),
+            publishers_forgotten: self.filters.lock().expect("poisoned").forgotten(),
         }
     }
 }
@@ -299,7 +300,7 @@ impl Node {
             entity_id,
             topic: topic.to_string(),
             datatype: C::datatype(),
-            filters: Mutex::new(HashMap::new()),
+            filters: Mutex::new(FilterTable::default()),
             queue: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
             callback: RwLock::new(None),
@@ -557,6 +558,10 @@ impl Inner {
             Ok(Change::Removed(_)) => self.update_connections(),
             Ok(_) => {}
             Err(crate::registration::Rejected::BadTopicId) => c.bad_topic_id.inc(),
+            Err(crate::registration::Rejected::TableFull) => {
+                c.registration_table_full.inc();
+                tracing::debug!("registration table full; sample ignored");
+            }
             Err(r) => {
                 c.rejected_registration.inc();
                 tracing::trace!(?r, "registration rejected");
@@ -620,16 +625,16 @@ impl Inner {
             return;
         };
         let content = sample.content.unwrap_or_default();
+        let now = Instant::now();
         let last = subs.len() - 1;
         let mut payload = Some(content.payload);
         for (i, s) in subs.iter().enumerate() {
-            let verdict = s
-                .filters
-                .lock()
-                .expect("poisoned")
-                .entry(publisher_id)
-                .or_default()
-                .check(content.clock, self.config.drop_out_of_order);
+            let verdict = s.filters.lock().expect("poisoned").check(
+                now,
+                publisher_id,
+                content.clock,
+                self.config.drop_out_of_order,
+            );
             match verdict {
                 Verdict::Duplicate => {
                     s.duplicates.inc();

@@ -187,7 +187,15 @@ pub enum Rejected {
     BadTopicId,
     /// No `topic` / `process` part for the command.
     Incomplete,
+    /// A new entity or process while the table holds its maximum.
+    TableFull,
 }
+
+/// Remote publishers and subscribers held at most (registration arrives from the network, so
+/// the table is bounded; real systems have hundreds).
+pub const MAX_REMOTE_ENTITIES: usize = 16_384;
+/// Remote processes held at most.
+pub const MAX_REMOTE_PROCESSES: usize = 4_096;
 
 /// The acceptance rule of SPEC §7.3.
 #[derive(Debug, Clone)]
@@ -234,6 +242,8 @@ impl RemoteTable {
                 let key = (p.host_name.clone(), p.process_id);
                 if cmd == CmdType::UnregProcess {
                     self.processes.remove(&key);
+                } else if !self.processes.contains_key(&key) && self.processes.len() >= MAX_REMOTE_PROCESSES {
+                    return Err(Rejected::TableFull);
                 } else {
                     self.processes.insert(
                         key,
@@ -262,6 +272,9 @@ impl RemoteTable {
                 let direction = if cmd == CmdType::RegPublisher { Direction::Publisher } else { Direction::Subscriber };
                 let dt = t.datatype_information.clone().unwrap_or_default();
                 let prev = self.entities.get(&id).map(|e| e.samples).unwrap_or(0);
+                if prev == 0 && self.entities.len() >= MAX_REMOTE_ENTITIES {
+                    return Err(Rejected::TableFull);
+                }
                 self.entities.insert(
                     id,
                     RemoteEntity {
@@ -403,6 +416,27 @@ mod tests {
         let mut bad = s.clone();
         bad.topic.as_mut().unwrap().topic_id = "abc".into();
         assert_eq!(t.on_sample(now, &bad, &acc("hostb", 8, true, true)), Err(Rejected::BadTopicId));
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let me = ident("h", 1);
+        let a = acc("h", 2, true, true);
+        let mut t = RemoteTable::default();
+        let now = Instant::now();
+        for id in 0..MAX_REMOTE_ENTITIES as u64 {
+            let r = TopicReport { entity_id: id, topic_name: "t".into(), ..Default::default() };
+            t.on_sample(now, &topic_sample(&me, Direction::Subscriber, &r, false), &a).unwrap();
+        }
+        let r = TopicReport { entity_id: u64::MAX, topic_name: "t".into(), ..Default::default() };
+        let s = topic_sample(&me, Direction::Subscriber, &r, false);
+        assert_eq!(t.on_sample(now, &s, &a), Err(Rejected::TableFull));
+        // Known entities still refresh.
+        let r = TopicReport { entity_id: 5, topic_name: "t".into(), ..Default::default() };
+        assert_eq!(
+            t.on_sample(now, &topic_sample(&me, Direction::Subscriber, &r, false), &a),
+            Ok(Change::Refreshed(5))
+        );
     }
 
     #[test]

@@ -56,6 +56,24 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Set by Ctrl-C (SIGINT/SIGTERM): long-running programs stop their loops so the node is dropped
+/// normally and sends its unregistration, instead of peers waiting for the 10 s timeout.
+pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs the Ctrl-C handler that sets [`STOP`]; a second Ctrl-C exits at once.
+pub fn stop_on_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+}
+
+/// Whether Ctrl-C was pressed.
+pub fn stopping() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Opens a node on the transport the config selects.
 ///
 /// # Errors

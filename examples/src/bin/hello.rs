@@ -2,7 +2,7 @@
 //! `hello pub [--text T]` sends "T #n" once per second, `hello sub` prints what arrives.
 
 use clap::{Parser, Subcommand};
-use examples::{init_logging, open_node, CommonArgs};
+use examples::{init_logging, open_node, stop_on_ctrl_c, stopping, CommonArgs};
 use middleware_core::Text;
 use std::time::Duration;
 
@@ -35,13 +35,14 @@ enum Role {
 
 fn main() -> anyhow::Result<()> {
     init_logging();
+    stop_on_ctrl_c();
     let args = Args::parse();
     let node = open_node(args.common.load()?)?;
     match args.role {
         Role::Pub { text, rate } => {
             let p = node.publisher::<Text>(&args.topic)?;
             let mut n = 0u64;
-            while args.count == 0 || n < args.count {
+            while (args.count == 0 || n < args.count) && !stopping() {
                 let msg = format!("{text} #{n}");
                 let sent = p.send(&msg)?;
                 eprintln!("{} {msg}", if sent { "sent" } else { "no subscriber, not sent:" });
@@ -52,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         Role::Sub => {
             let s = node.subscriber::<Text>(&args.topic)?;
             let mut n = 0u64;
-            while args.count == 0 || n < args.count {
+            while (args.count == 0 || n < args.count) && !stopping() {
                 if let Some(r) = s.recv_timeout(Duration::from_millis(200)) {
                     println!("{} (publisher {}, clock {})", r.value, r.publisher_id, r.clock);
                     n += 1;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use examples::{init_logging, mod251, open_node, CommonArgs, StreamDigest};
+use examples::{init_logging, mod251, open_node, stop_on_ctrl_c, stopping, CommonArgs, StreamDigest};
 use middleware_core::Raw;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     init_logging();
+    stop_on_ctrl_c();
     let args = Args::parse();
     let config = args.common.load()?;
     let node = open_node(config)?;
@@ -53,6 +54,9 @@ fn main() -> anyhow::Result<()> {
     // One buffer per round, regenerated in place: (i + k) mod 251.
     let mut payload = mod251(args.size, 0);
     for k in 0..args.count {
+        if stopping() {
+            break;
+        }
         if k > 0 {
             for b in payload.iter_mut() {
                 *b = if *b == 250 { 0 } else { *b + 1 };

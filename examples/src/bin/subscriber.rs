@@ -2,7 +2,7 @@
 //! fewer than `--count` messages arrived or a payload failed verification.
 
 use clap::Parser;
-use examples::{init_logging, open_node, CommonArgs, StreamDigest};
+use examples::{init_logging, open_node, stop_on_ctrl_c, stopping, CommonArgs, StreamDigest};
 use middleware_core::Raw;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     init_logging();
+    stop_on_ctrl_c();
     let args = Args::parse();
     let config = args.common.load()?;
     let node = open_node(config)?;
@@ -55,7 +56,7 @@ fn main() -> anyhow::Result<()> {
                 digests[i].update(&r.value);
             }
         }
-        if done || Instant::now() >= end {
+        if done || Instant::now() >= end || stopping() {
             break 'outer;
         }
     }

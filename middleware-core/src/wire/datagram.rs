@@ -74,6 +74,8 @@ fn le_u32(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
+// `len` is the wire field of that name, not the view's size.
+#[allow(clippy::len_without_is_empty)]
 impl<T: AsRef<[u8]>> Datagram<T> {
     /// Wraps without checks; only for buffers this process builds.
     pub const fn new_unchecked(buffer: T) -> Self {

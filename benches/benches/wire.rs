@@ -26,7 +26,6 @@ fn datagrams(len: usize) -> Vec<Vec<u8>> {
 }
 
 fn reassembly(c: &mut Criterion) {
-    let from: SocketAddr = "10.0.0.1:5000".parse().unwrap();
     for (label, len) in [("64KiB", 64 << 10), ("1MiB", 1 << 20), ("16MiB", 16 << 20)] {
         let mut g = c.benchmark_group(format!("reassemble/{label}"));
         g.throughput(Throughput::Bytes(len as u64));
@@ -42,7 +41,12 @@ fn reassembly(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::from_parameter(order), dgs, |b, dgs| {
                 let mut r = Reassembler::new(ReassemblyConfig::default());
                 let now = Instant::now();
+                let mut port = 0u16;
                 b.iter(|| {
+                    // A new sender port each round: the same (sender, id) again would be a late
+                    // duplicate of a completed message.
+                    port = port.wrapping_add(1);
+                    let from = SocketAddr::from(([10, 0, 0, 1], port));
                     let mut n = 0;
                     for d in dgs {
                         if let Outcome::Message(m) = r.on_datagram(now, from, d) {

@@ -98,9 +98,64 @@ pub enum Outcome<'a> {
 #[derive(Debug)]
 struct Partial {
     info: Option<(u32, u32)>, // (count, total_len)
-    fragments: BTreeMap<u32, Vec<u8>>,
-    bytes: usize,
+    /// Fragments `0..next` joined in order: in-order arrival costs one copy and, once the info
+    /// datagram announced the total, a single allocation.
+    head: Vec<u8>,
+    next: u32,
+    /// Fragments that arrived ahead of `next`, joined into `head` when their turn comes.
+    ahead: BTreeMap<u32, Vec<u8>>,
+    ahead_bytes: usize,
     last_touch: Instant,
+}
+
+impl Partial {
+    fn new(now: Instant) -> Self {
+        Self { info: None, head: Vec::new(), next: 0, ahead: BTreeMap::new(), ahead_bytes: 0, last_touch: now }
+    }
+
+    /// Memory this partial holds (what the limits count).
+    fn cost(&self) -> usize {
+        self.head.capacity() + self.ahead_bytes
+    }
+
+    fn has(&self, index: u32) -> bool {
+        index < self.next || self.ahead.contains_key(&index)
+    }
+
+    fn fragment_count(&self) -> usize {
+        self.next as usize + self.ahead.len()
+    }
+
+    fn payload_bytes(&self) -> usize {
+        self.head.len() + self.ahead_bytes
+    }
+
+    /// Cost after inserting a fragment of `len` bytes at `index` (an upper bound).
+    fn cost_with(&self, index: u32, len: usize) -> usize {
+        if index == self.next {
+            let need = self.head.len() + len + self.ahead_bytes;
+            let cap =
+                if need > self.head.capacity() { need.max(self.head.capacity() * 2) } else { self.head.capacity() };
+            cap + self.ahead_bytes
+        } else {
+            self.cost() + len
+        }
+    }
+
+    fn insert(&mut self, index: u32, body: &[u8]) {
+        if index == self.next {
+            self.head.extend_from_slice(body);
+            self.next += 1;
+            while let Some(f) = self.ahead.remove(&self.next) {
+                self.ahead_bytes -= f.len();
+                self.head.extend_from_slice(&f);
+                self.next += 1;
+            }
+        } else {
+            self.ahead_bytes += body.len();
+            self.ahead.insert(index, body.to_vec());
+        }
+    }
 }
 
 /// Bounded reassembly of eCAL message fragments.
@@ -199,40 +254,37 @@ impl Reassembler {
         if total > self.config.max_message_len || !plausible {
             self.stats.rejected_too_large += 1;
             tracing::debug!(sender = %key.sender, id = key.id, count, total_len, "rejected fragmentation info");
-            if let Some(p) = self.partials.remove(&key) {
-                self.buffered -= p.bytes;
-            }
+            self.take(&key);
             return Outcome::Dropped;
         }
-        if !self.partials.contains_key(&key) && !self.make_room(0) {
-            return Outcome::Dropped;
-        }
-        let p = self.partials.entry(key).or_insert_with(|| Partial {
-            info: None,
-            fragments: BTreeMap::new(),
-            bytes: 0,
-            last_touch: now,
-        });
+        let mut p = self.take(&key).unwrap_or_else(|| Partial::new(now));
         p.last_touch = now;
         if p.info.is_some() {
             self.stats.duplicates += 1;
+            self.put(key, p);
             return Outcome::Pending;
         }
         p.info = Some((count, total_len));
         // Fragments that arrived early and do not fit the declared shape are dropped now.
-        let bad: Vec<u32> = p.fragments.keys().copied().filter(|&i| i >= count).collect();
+        let bad: Vec<u32> = p.ahead.keys().copied().filter(|&i| i >= count).collect();
         for i in bad {
-            if let Some(f) = p.fragments.remove(&i) {
-                p.bytes -= f.len();
-                self.buffered -= f.len();
+            if let Some(f) = p.ahead.remove(&i) {
+                p.ahead_bytes -= f.len();
                 self.stats.rejected_fragment += 1;
             }
         }
-        if p.bytes > total {
+        if p.next > count || p.payload_bytes() > total {
             self.stats.size_mismatch += 1;
-            self.remove(&key);
             return Outcome::Dropped;
         }
+        // Reserve the whole message now (counted against the limits): one allocation in total.
+        let reserve = total - p.head.len();
+        if !self.make_room(p.head.len() + reserve + p.ahead_bytes) || p.head.try_reserve_exact(reserve).is_err() {
+            self.stats.rejected_too_large += 1;
+            tracing::debug!(sender = %key.sender, id = key.id, total, "message larger than the reassembly budget; dropped");
+            return Outcome::Dropped;
+        }
+        self.put(key, p);
         self.try_complete(key)
     }
 
@@ -241,41 +293,34 @@ impl Reassembler {
             self.stats.duplicates += 1;
             return Outcome::Dropped;
         }
-        let cap = match self.partials.get(&key).and_then(|p| p.info) {
+        let mut p = self.take(&key).unwrap_or_else(|| Partial::new(now));
+        p.last_touch = now;
+        let cap = match p.info {
             Some((count, _)) if index >= count => {
                 self.stats.rejected_fragment += 1;
+                self.put(key, p);
                 return Outcome::Dropped;
             }
             Some((_, total)) => total as usize,
             None => self.config.max_message_len,
         };
-        if let Some(p) = self.partials.get_mut(&key) {
-            p.last_touch = now;
-            if p.fragments.contains_key(&index) {
-                self.stats.duplicates += 1;
-                return Outcome::Pending;
-            }
-            if p.bytes + body.len() > cap {
-                self.stats.rejected_fragment += 1;
-                tracing::debug!(sender = %key.sender, id = key.id, index, "fragment exceeds declared size");
-                return Outcome::Dropped;
-            }
-        } else if body.len() > cap {
+        if p.has(index) {
+            self.stats.duplicates += 1;
+            self.put(key, p);
+            return Outcome::Pending;
+        }
+        if p.payload_bytes() + body.len() > cap {
+            self.stats.rejected_fragment += 1;
+            tracing::debug!(sender = %key.sender, id = key.id, index, "fragment exceeds declared size");
+            self.put(key, p);
+            return Outcome::Dropped;
+        }
+        if !self.make_room(p.cost_with(index, body.len())) {
             self.stats.rejected_fragment += 1;
             return Outcome::Dropped;
         }
-        if !self.make_room(body.len()) {
-            return Outcome::Dropped;
-        }
-        let p = self.partials.entry(key).or_insert_with(|| Partial {
-            info: None,
-            fragments: BTreeMap::new(),
-            bytes: 0,
-            last_touch: now,
-        });
-        p.fragments.insert(index, body.to_vec());
-        p.bytes += body.len();
-        self.buffered += body.len();
+        p.insert(index, body);
+        self.put(key, p);
         self.try_complete(key)
     }
 
@@ -286,36 +331,37 @@ impl Reassembler {
         let Some((count, total)) = p.info else {
             return Outcome::Pending;
         };
-        if p.fragments.len() < count as usize {
+        if p.fragment_count() < count as usize {
             return Outcome::Pending;
         }
-        let p = self.remove(&key).expect("present");
+        let p = self.take(&key).expect("present");
         self.remember_done(key, p.last_touch);
-        if p.bytes != total as usize {
+        if p.head.len() != total as usize || !p.ahead.is_empty() {
             self.stats.size_mismatch += 1;
-            tracing::debug!(sender = %key.sender, id = key.id, got = p.bytes, declared = total, "reassembled size mismatch");
+            tracing::debug!(sender = %key.sender, id = key.id, got = p.payload_bytes(), declared = total, "reassembled size mismatch");
             return Outcome::Dropped;
-        }
-        let mut out = Vec::with_capacity(p.bytes);
-        for f in p.fragments.into_values() {
-            out.extend_from_slice(&f);
         }
         self.stats.messages += 1;
         self.stats.reassembled += 1;
-        Outcome::Message(Cow::Owned(out))
+        Outcome::Message(Cow::Owned(p.head))
     }
 
-    fn remove(&mut self, key: &FragKey) -> Option<Partial> {
+    /// Removes a partial from the table (and its cost from the total).
+    fn take(&mut self, key: &FragKey) -> Option<Partial> {
         let p = self.partials.remove(key)?;
-        self.buffered -= p.bytes;
+        self.buffered -= p.cost();
         Some(p)
+    }
+
+    fn put(&mut self, key: FragKey, p: Partial) {
+        self.buffered += p.cost();
+        self.partials.insert(key, p);
     }
 
     /// Evicts least recently touched partials until `extra` more bytes and one more partial fit.
     /// Returns false when even an empty table could not take `extra` bytes.
     fn make_room(&mut self, extra: usize) -> bool {
         if extra > self.config.max_buffered_bytes {
-            self.stats.rejected_fragment += 1;
             return false;
         }
         while self.partials.len() >= self.config.max_partial_messages.max(1)
@@ -324,7 +370,7 @@ impl Reassembler {
             let Some(oldest) = self.partials.iter().min_by_key(|(_, p)| p.last_touch).map(|(k, _)| *k) else {
                 break;
             };
-            self.remove(&oldest);
+            self.take(&oldest);
             self.stats.evicted += 1;
             tracing::debug!(sender = %oldest.sender, id = oldest.id, "evicted partial message to stay within limits");
         }
@@ -347,7 +393,7 @@ impl Reassembler {
         self.partials.retain(|_, p| {
             let keep = now.saturating_duration_since(p.last_touch) < timeout;
             if !keep {
-                freed += p.bytes;
+                freed += p.cost();
             }
             keep
         });

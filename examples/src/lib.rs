@@ -2,7 +2,7 @@
 //! common to all programs, payload generation and digests.
 //!
 //! This package depends on every transport, so the one `match` on
-//! [`TransportKind`](middleware_core::TransportKind) lives here.
+//! [`middleware_core::config::TransportKind`] lives here.
 
 use anyhow::Context;
 use middleware_core::config::{Config, TransportKind};

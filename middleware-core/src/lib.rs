@@ -10,7 +10,7 @@
 //! * [`topic_group`]: topic -> multicast group;
 //! * [`registration`]: registration samples and the remote entity table;
 //! * [`config`]: file + environment configuration, including the transport flag;
-//! * [`transport`]: the [`Transport`](transport::Transport) trait transports implement.
+//! * [`transport`]: the [`Transport`] trait transports implement.
 //!
 //! [`pubsub`] drives them with threads: [`Node`], [`Publisher`], [`Subscriber`].
 

@@ -30,7 +30,9 @@ impl Lab {
         if !is_root() {
             bail!("the interop harness creates network namespaces and must run as root (CAP_NET_ADMIN)");
         }
-        let tag = std::process::id() % 100_000;
+        remove_stale(prefix);
+        // Full pid (at most 7 digits): names stay within the 15 characters of an interface name.
+        let tag = std::process::id();
         let mk = |side: &str, ip: &str, host: &str| Host {
             ns: format!("{prefix}{tag}{side}"),
             hostname: host.to_string(),
@@ -80,6 +82,21 @@ impl Host {
             .arg(program)
             .args(args);
         c
+    }
+}
+
+/// Removes namespaces `<prefix><pid><side>` left by an earlier run that was killed before it
+/// could clean up (its pid no longer exists).
+fn remove_stale(prefix: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        let pid = rest.trim_end_matches(['a', 'b']);
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("removing stale namespace {name} from an interrupted run");
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
     }
 }
 

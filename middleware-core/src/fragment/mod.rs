@@ -1,4 +1,4 @@
-//! eCAL message fragmentation (SPEC §3): [`split`] cuts a message into datagrams, [`Reassembler`]
+//! eCAL message fragmentation (SPEC §3): [`split()`] cuts a message into datagrams, [`Reassembler`]
 //! puts them back together under hard memory bounds.
 
 pub mod reassembly;

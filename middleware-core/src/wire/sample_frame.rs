@@ -7,7 +7,7 @@
 //!  +--------+----------------+-------------------------------+
 //! ```
 //! `N` counts the terminating NUL. A wrong `N` stops a real eCAL 6.1 receive loop for good, so
-//! [`SampleFrameRepr::emit`] derives it from the name and never takes it from a caller.
+//! [`SampleFrameRepr::emit_prefix`] derives it from the name and never takes it from a caller.
 
 use super::DecodeError;
 

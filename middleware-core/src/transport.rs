@@ -46,7 +46,11 @@ impl Endpoint {
             ttl: config.ttl(),
             interface: config.interface.clone(),
             multicast_loopback: config.multicast_loopback,
-            receive_buffer: config.receive_buffer,
+            // Registration samples are small; 8 MiB absorbs bursts from thousands of entities.
+            receive_buffer: match channel {
+                Channel::Registration => config.receive_buffer.min(8 << 20),
+                Channel::Data => config.receive_buffer,
+            },
         }
     }
 }

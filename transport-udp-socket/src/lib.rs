@@ -13,7 +13,7 @@
 mod sys;
 
 use middleware_core::config::Mode;
-use middleware_core::transport::{Endpoint, RecvMeta, Transport, TransportError, TransportStats};
+use middleware_core::transport::{Channel, Endpoint, RecvMeta, Transport, TransportError, TransportStats};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{ErrorKind, IoSlice};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -81,7 +81,7 @@ impl UdpSocketTransport {
         let interface = ep.interface.as_deref().map(resolve_interface).transpose()?;
         let rx = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(io("create receive socket"))?;
         rx.set_reuse_address(true).map_err(io("SO_REUSEADDR"))?;
-        let granted = set_receive_buffer(&rx, ep.receive_buffer);
+        let granted = set_receive_buffer(&rx, ep.receive_buffer, ep.channel == Channel::Data);
         let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ep.port);
         rx.bind(&bind.into()).map_err(io(format!("bind {bind}")))?;
         let t = Self {
@@ -109,8 +109,9 @@ impl UdpSocketTransport {
     }
 }
 
-/// Asks for `bytes` of receive buffer; falls back to SO_RCVBUFFORCE; warns when clamped.
-fn set_receive_buffer(s: &Socket, bytes: usize) -> u64 {
+/// Asks for `bytes` of receive buffer; falls back to SO_RCVBUFFORCE; warns when clamped (on the
+/// data channel; registration traffic is light, so there a clamp is only logged at debug).
+fn set_receive_buffer(s: &Socket, bytes: usize, warn: bool) -> u64 {
     let _ = s.set_recv_buffer_size(bytes);
     // Linux reports twice the value it stores for bookkeeping; compare against half.
     let effective = |s: &Socket| {
@@ -125,7 +126,9 @@ fn set_receive_buffer(s: &Socket, bytes: usize) -> u64 {
     if got < bytes && sys::force_recv_buffer(s, bytes).is_ok() {
         got = effective(s);
     }
-    if got < bytes {
+    if got < bytes && !warn {
+        tracing::debug!(requested = bytes, granted = got, "registration receive buffer clamped by the OS");
+    } else if got < bytes {
         tracing::warn!(
             requested = bytes,
             granted = got,

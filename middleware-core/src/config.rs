@@ -31,6 +31,7 @@
 //! | `registration.loopback` | `true` | bool: see this process's own entities |
 //! | `subscriber.drop_out_of_order` | `true` | bool |
 //! | `subscriber.queue_capacity` | `1024` | 1..: messages held for `recv` before the oldest is dropped |
+//! | `npcap.*` | | options of the packet-capture transport, validated by it (see its crate docs) |
 //! | `unit_name` | program name | string shown by monitors |
 //! | `host_name` | `gethostname()` | string; eCAL treats equal host names as the same host |
 
@@ -167,6 +168,9 @@ pub struct Config {
     pub queue_capacity: usize,
     pub unit_name: Option<String>,
     pub host_name: Option<String>,
+    /// Keys under `npcap.` (without the prefix), parsed and validated by the pcap transport,
+    /// which owns them.
+    pub npcap: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -194,6 +198,7 @@ impl Default for Config {
             queue_capacity: 1024,
             unit_name: None,
             host_name: None,
+            npcap: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -314,8 +319,14 @@ impl Config {
                 continue;
             }
             let wanted = rest.to_ascii_lowercase();
-            let key = KEYS.iter().find(|k| k.replace('.', "_") == wanted).copied().unwrap_or(&wanted);
-            self.set_from(key, &value, Origin::Env(name.clone()))?;
+            let npcap_key = wanted.strip_prefix("npcap_").map(|k| format!("npcap.{k}"));
+            let key = KEYS
+                .iter()
+                .find(|k| k.replace('.', "_") == wanted)
+                .map(|k| k.to_string())
+                .or(npcap_key)
+                .unwrap_or(wanted);
+            self.set_from(&key, &value, Origin::Env(name.clone()))?;
         }
         Ok(())
     }
@@ -408,6 +419,9 @@ impl Config {
             }
             "subscriber.queue_capacity" => {
                 self.queue_capacity = parse_range(value, 1, 1 << 24).ok_or_else(|| bad("an integer 1..=16777216"))?
+            }
+            k if k.starts_with("npcap.") => {
+                self.npcap.insert(k["npcap.".len()..].to_string(), value.trim().to_string());
             }
             "unit_name" => self.unit_name = Some(value.to_string()),
             "host_name" => self.host_name = Some(value.to_string()),

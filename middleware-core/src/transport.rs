@@ -88,6 +88,8 @@ pub struct TransportStats {
     pub receive_buffer_granted: u64,
     /// Free-form description of the transport actually in use (e.g. why `auto` fell back).
     pub note: String,
+    /// Transport-specific counters (e.g. capture drops, IP reassembly), by name.
+    pub details: std::collections::BTreeMap<String, u64>,
 }
 
 /// Local trouble with a transport (never bad network input: that is counted, not returned).

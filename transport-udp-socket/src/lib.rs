@@ -44,27 +44,108 @@ pub fn resolve_interface(spec: &str) -> Result<Ipv4Addr, TransportError> {
 
 #[derive(Debug, Default)]
 struct Counters {
-    sent_datagrams: AtomicU64,
-    sent_bytes: AtomicU64,
-    send_errors: AtomicU64,
     received_datagrams: AtomicU64,
     received_bytes: AtomicU64,
     truncated: AtomicU64,
+}
+
+/// The sending half of a channel: an ephemeral-port socket with TTL, loopback and outgoing
+/// interface (network mode) or broadcast (local mode). Shared with the pcap transport, whose
+/// capture path only receives.
+#[derive(Debug)]
+pub struct UdpSender {
+    tx: Socket,
+    dest: SockAddr,
+    sent_datagrams: AtomicU64,
+    sent_bytes: AtomicU64,
+    send_errors: AtomicU64,
+    last_send_error_log: Mutex<Option<std::time::Instant>>,
+}
+
+impl UdpSender {
+    /// # Errors
+    /// Socket creation or option setting failed; the error names the step.
+    pub fn open(ep: &Endpoint) -> Result<Self, TransportError> {
+        let interface = ep.interface.as_deref().map(resolve_interface).transpose()?;
+        Ok(Self {
+            tx: open_sender(ep, interface)?,
+            dest: SocketAddrV4::new(ep.group, ep.port).into(),
+            sent_datagrams: AtomicU64::new(0),
+            sent_bytes: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            last_send_error_log: Mutex::new(None),
+        })
+    }
+
+    /// Sends `header` + `body` as one datagram with one vectored call (no copy).
+    ///
+    /// # Errors
+    /// The OS refused the datagram (logged at most every 5 s, counted).
+    pub fn send(&self, header: &[u8], body: &[u8]) -> Result<(), TransportError> {
+        let bufs = [IoSlice::new(header), IoSlice::new(body)];
+        let len = header.len() + body.len();
+        loop {
+            match self.tx.send_to_vectored(&bufs, &self.dest) {
+                Ok(_) => {
+                    self.sent_datagrams.fetch_add(1, Ordering::Relaxed);
+                    self.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // A full send queue (ENOBUFS on Linux): wait for it to drain rather than drop.
+                Err(e) if e.raw_os_error() == Some(105) => {
+                    std::thread::sleep(Duration::from_micros(100));
+                    continue;
+                }
+                Err(e) => {
+                    self.send_errors.fetch_add(1, Ordering::Relaxed);
+                    let mut last = self.last_send_error_log.lock().expect("poisoned");
+                    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, dest = ?self.dest.as_socket(), "send failed");
+                        *last = Some(std::time::Instant::now());
+                    }
+                    return Err(TransportError::io("send", e));
+                }
+            }
+        }
+    }
+
+    /// Adds the send counters to `s`.
+    pub fn fill_stats(&self, s: &mut TransportStats) {
+        s.sent_datagrams = self.sent_datagrams.load(Ordering::Relaxed);
+        s.sent_bytes = self.sent_bytes.load(Ordering::Relaxed);
+        s.send_errors = self.send_errors.load(Ordering::Relaxed);
+    }
+}
+
+/// Joins `group` on `interface` (unspecified: the routing table decides) with `socket`.
+///
+/// # Errors
+/// The OS refused, typically for lack of a multicast route; the message says what to add.
+pub fn join_group(socket: &Socket, group: Ipv4Addr, interface: Option<Ipv4Addr>) -> Result<(), TransportError> {
+    let ifa = interface.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    socket.join_multicast_v4(&group, &ifa).map_err(|e| {
+        TransportError::io(
+            format!(
+                "join multicast group {group} on {ifa}: is there a multicast route? \
+                 (`ip route add 224.0.0.0/4 dev <interface>`, or set network.interface)"
+            ),
+            e,
+        )
+    })
 }
 
 /// One channel's sockets.
 #[derive(Debug)]
 pub struct UdpSocketTransport {
     rx: UdpSocket,
-    tx: Socket,
-    dest: SockAddr,
+    tx: UdpSender,
     endpoint: Endpoint,
     interface: Option<Ipv4Addr>,
     joined: Mutex<Vec<Ipv4Addr>>,
     read_timeout: Mutex<Option<Duration>>,
     granted: u64,
     counters: Counters,
-    last_send_error_log: Mutex<Option<std::time::Instant>>,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TransportError {
@@ -86,15 +167,13 @@ impl UdpSocketTransport {
         rx.bind(&bind.into()).map_err(io(format!("bind {bind}")))?;
         let t = Self {
             rx: rx.into(),
-            tx: open_sender(ep, interface)?,
-            dest: SocketAddrV4::new(ep.group, ep.port).into(),
+            tx: UdpSender::open(ep)?,
             endpoint: ep.clone(),
             interface,
             joined: Mutex::new(Vec::new()),
             read_timeout: Mutex::new(None),
             granted,
             counters: Counters::default(),
-            last_send_error_log: Mutex::new(None),
         };
         if ep.mode == Mode::Network {
             t.join(ep.group)?;
@@ -139,7 +218,7 @@ fn set_receive_buffer(s: &Socket, bytes: usize, warn: bool) -> u64 {
     got as u64
 }
 
-fn open_sender(ep: &Endpoint, interface: Option<Ipv4Addr>) -> Result<Socket, TransportError> {
+pub(crate) fn open_sender(ep: &Endpoint, interface: Option<Ipv4Addr>) -> Result<Socket, TransportError> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(io("create send socket"))?;
     match ep.mode {
         Mode::Network => {
@@ -165,33 +244,7 @@ impl Transport for UdpSocketTransport {
     }
 
     fn send(&self, header: &[u8], body: &[u8]) -> Result<(), TransportError> {
-        let bufs = [IoSlice::new(header), IoSlice::new(body)];
-        let len = header.len() + body.len();
-        loop {
-            match self.tx.send_to_vectored(&bufs, &self.dest) {
-                Ok(_) => {
-                    self.counters.sent_datagrams.fetch_add(1, Ordering::Relaxed);
-                    self.counters.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // A full send queue: wait for it to drain rather than drop (blocking socket,
-                // so this is rare: ENOBUFS on some kernels).
-                Err(e) if e.raw_os_error() == Some(105) => {
-                    std::thread::sleep(Duration::from_micros(100));
-                    continue;
-                }
-                Err(e) => {
-                    self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
-                    let mut last = self.last_send_error_log.lock().expect("poisoned");
-                    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(error = %e, dest = ?self.dest.as_socket(), "send failed");
-                        *last = Some(std::time::Instant::now());
-                    }
-                    return Err(TransportError::io("send", e));
-                }
-            }
-        }
+        self.tx.send(header, body)
     }
 
     fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<RecvMeta>, TransportError> {
@@ -230,27 +283,16 @@ impl Transport for UdpSocketTransport {
             return Ok(());
         }
         let sock = socket2::SockRef::from(&self.rx);
-        let ifa = self.interface.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        sock.join_multicast_v4(&group, &ifa).map_err(|e| {
-            TransportError::io(
-                format!(
-                    "join multicast group {group} on {ifa}: is there a multicast route? \
-                     (`ip route add 224.0.0.0/4 dev <interface>`, or set network.interface)"
-                ),
-                e,
-            )
-        })?;
+        join_group(&sock, group, self.interface)?;
         joined.push(group);
-        tracing::debug!(%group, interface = %ifa, port = self.endpoint.port, "joined multicast group");
+        tracing::debug!(%group, interface = ?self.interface, port = self.endpoint.port, "joined multicast group");
         Ok(())
     }
 
     fn stats(&self) -> TransportStats {
         let c = &self.counters;
         let mut s = TransportStats::default();
-        s.sent_datagrams = c.sent_datagrams.load(Ordering::Relaxed);
-        s.sent_bytes = c.sent_bytes.load(Ordering::Relaxed);
-        s.send_errors = c.send_errors.load(Ordering::Relaxed);
+        self.tx.fill_stats(&mut s);
         s.received_datagrams = c.received_datagrams.load(Ordering::Relaxed);
         s.received_bytes = c.received_bytes.load(Ordering::Relaxed);
         s.truncated = c.truncated.load(Ordering::Relaxed);

@@ -1,0 +1,207 @@
+//! Owns the pcap handles: one receive thread per capture device, feeding the per-port queues.
+//! The only module that touches the `pcap` crate.
+
+use crate::config::NpcapConfig;
+use crate::demux::{Demux, DemuxStats};
+use crate::filter::bpf;
+use crate::frame::LinkType;
+use crate::ip_reassembly::IpReassemblyStats;
+use crate::queue::ByteQueue;
+use middleware_core::transport::TransportError;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What the receive threads deliver to, shared with the transports.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// Destination port -> queue of the channel bound to it.
+    pub ports: RwLock<HashMap<u16, Arc<ByteQueue>>>,
+    /// Destination addresses accepted (joined groups, or the broadcast address).
+    pub destinations: RwLock<Vec<Ipv4Addr>>,
+    /// Set when ports or destinations change: the threads recompile their filters.
+    pub generation: AtomicU64,
+}
+
+impl Routes {
+    fn wanted(&self, d: SocketAddrV4) -> bool {
+        self.destinations.read().expect("poisoned").contains(d.ip())
+            && self.ports.read().expect("poisoned").contains_key(&d.port())
+    }
+
+    pub fn filter(&self) -> String {
+        let d = self.destinations.read().expect("poisoned").clone();
+        let mut p: Vec<u16> = self.ports.read().expect("poisoned").keys().copied().collect();
+        p.sort_unstable();
+        bpf(&d, &p)
+    }
+}
+
+/// Counters of one device, updated by its thread.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct DeviceStats {
+    pub device: String,
+    pub demux: DemuxStats,
+    pub ip: IpReassemblyStats,
+    /// pcap `ps_recv`, `ps_drop`, `ps_ifdrop`.
+    pub pcap_received: u64,
+    pub pcap_dropped: u64,
+    pub pcap_if_dropped: u64,
+    pub filter_updates: u64,
+    pub read_errors: u64,
+}
+
+/// The running capture on one or more devices.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    breakers: Vec<pcap::BreakLoop>,
+    pub stats: Vec<Arc<Mutex<DeviceStats>>>,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture").field("devices", &self.stats.len()).finish()
+    }
+}
+
+fn unavailable(device: &str, e: &pcap::Error) -> TransportError {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("permission") || lower.contains("not permitted") {
+        TransportError::Unavailable(format!(
+            "no permission to capture on `{device}` ({text}); run as root or grant the program the \
+             capabilities: `sudo setcap cap_net_raw,cap_net_admin=eip <path to the binary>`"
+        ))
+    } else {
+        TransportError::Unavailable(format!("cannot open capture device `{device}`: {text}"))
+    }
+}
+
+impl Capture {
+    /// Opens every device and starts its thread.
+    ///
+    /// # Errors
+    /// A device cannot be opened (missing, no permission, unsupported link type).
+    pub fn start(devices: &[String], cfg: &NpcapConfig, routes: Arc<Routes>) -> Result<Self, TransportError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut me = Self { stop: Arc::clone(&stop), threads: Vec::new(), breakers: Vec::new(), stats: Vec::new() };
+        for dev in devices {
+            let mut cap = pcap::Capture::from_device(dev.as_str())
+                .map_err(|e| unavailable(dev, &e))?
+                .promisc(false)
+                .snaplen(cfg.snaplen as i32)
+                .buffer_size(cfg.buffer_size as i32)
+                .timeout(cfg.timeout_ms as i32)
+                .immediate_mode(cfg.immediate)
+                .open()
+                .map_err(|e| unavailable(dev, &e))?;
+            let dlt = cap.get_datalink().0;
+            let link = LinkType::from_dlt(dlt).ok_or_else(|| {
+                TransportError::Unavailable(format!(
+                    "capture device `{dev}` has link type {dlt}, which is not supported"
+                ))
+            })?;
+            // Only frames arriving at this host: our own outgoing frames are not decoded twice.
+            if let Err(e) = cap.direction(pcap::Direction::In) {
+                tracing::warn!(device = %dev, error = %e, "cannot restrict capture to incoming frames");
+            }
+            cap.filter(&routes.filter(), true)
+                .map_err(|e| TransportError::Unavailable(format!("cannot set the capture filter on `{dev}`: {e}")))?;
+            me.breakers.push(cap.breakloop_handle());
+            let stats = Arc::new(Mutex::new(DeviceStats { device: dev.clone(), ..Default::default() }));
+            me.stats.push(Arc::clone(&stats));
+            let (routes, stop, ipc) = (Arc::clone(&routes), Arc::clone(&stop), cfg.ip.clone());
+            let name = dev.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("mw-pcap-{dev}"))
+                .spawn(move || run(cap, link, ipc, routes, stop, stats, name))
+                .map_err(|e| TransportError::io("spawn capture thread", e))?;
+            me.threads.push(t);
+            tracing::info!(device = %dev, ?link, immediate = cfg.immediate, timeout_ms = cfg.timeout_ms, buffer = cfg.buffer_size, "capture started");
+        }
+        Ok(me)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for b in &self.breakers {
+            b.breakloop();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    mut cap: pcap::Capture<pcap::Active>,
+    link: LinkType,
+    ip: crate::ip_reassembly::IpReassemblyConfig,
+    routes: Arc<Routes>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<DeviceStats>>,
+    device: String,
+) {
+    let mut demux = Demux::new(link, ip);
+    let mut generation = routes.generation.load(Ordering::Acquire);
+    let mut last_stats = Instant::now();
+    let (mut filter_updates, mut read_errors) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let g = routes.generation.load(Ordering::Acquire);
+        if g != generation {
+            generation = g;
+            match cap.filter(&routes.filter(), true) {
+                Ok(()) => filter_updates += 1,
+                Err(e) => tracing::warn!(%device, error = %e, "updating the capture filter failed"),
+            }
+        }
+        let now = Instant::now();
+        let r = cap.dispatch(None, |pkt| {
+            demux.on_frame(
+                now,
+                pkt.data,
+                |d| routes.wanted(d),
+                |d| {
+                    if let Some(q) = routes.ports.read().expect("poisoned").get(&d.destination.port()) {
+                        q.push(d.payload, d.source);
+                    }
+                },
+            );
+        });
+        match r {
+            Ok(0) => demux.expire(Instant::now()),
+            Ok(_) => {}
+            Err(pcap::Error::TimeoutExpired) => demux.expire(Instant::now()),
+            Err(e) => {
+                read_errors += 1;
+                if read_errors == 1 || read_errors % 1000 == 0 {
+                    tracing::error!(%device, error = %e, "capture read failed");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if last_stats.elapsed() >= Duration::from_millis(100) || stop.load(Ordering::Relaxed) {
+            last_stats = Instant::now();
+            let ps = cap.stats().ok();
+            let mut s = stats.lock().expect("poisoned");
+            s.demux = demux.stats();
+            s.ip = demux.ip_stats();
+            if let Some(ps) = ps {
+                s.pcap_received = ps.received.into();
+                s.pcap_dropped = ps.dropped.into();
+                s.pcap_if_dropped = ps.if_dropped.into();
+            }
+            s.filter_updates = filter_updates;
+            s.read_errors = read_errors;
+        }
+    }
+    let mut s = stats.lock().expect("poisoned");
+    s.demux = demux.stats();
+    s.ip = demux.ip_stats();
+}

@@ -1,0 +1,140 @@
+//! The pcap transport's own options, under `npcap.` in the common configuration
+//! (`[npcap]` in the file, `MW_NPCAP_<KEY>` in the environment).
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `npcap.interfaces` | the interface the group routes to (network mode), loopback (local mode) | comma-separated capture device names |
+//! | `npcap.buffer_size` | `64MiB` | kernel capture buffer (ring); the perf notes show 4 MiB suffices for small datagrams but fragmented streams need 64 MiB |
+//! | `npcap.snaplen` | `65535` | bytes captured per frame |
+//! | `npcap.immediate` | `false` | deliver every frame at once (lowest latency, most CPU) instead of in blocks |
+//! | `npcap.timeout_ms` | `2` | with `immediate = false`: the longest a frame waits in a partly filled block (the latency bound; WinPcap's "delayed write") |
+//! | `npcap.queue_bytes` | `64MiB` | datagrams waiting for the node's receive thread, per channel; beyond, datagrams are dropped and counted |
+//! | `npcap.ip_timeout_ms` | `5000` | IPv4 reassembly expiry |
+//! | `npcap.ip_max_datagrams` | `1024` | concurrent partial IPv4 datagrams |
+//! | `npcap.ip_max_buffered_bytes` | `64MiB` | bytes held by partial IPv4 datagrams |
+
+use crate::ip_reassembly::IpReassemblyConfig;
+use middleware_core::config::{parse_bytes, ConfigError, Origin};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub const KEYS: &[&str] = &[
+    "interfaces",
+    "buffer_size",
+    "snaplen",
+    "immediate",
+    "timeout_ms",
+    "queue_bytes",
+    "ip_timeout_ms",
+    "ip_max_datagrams",
+    "ip_max_buffered_bytes",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpcapConfig {
+    pub interfaces: Vec<String>,
+    pub buffer_size: usize,
+    pub snaplen: usize,
+    pub immediate: bool,
+    pub timeout_ms: u32,
+    pub queue_bytes: usize,
+    pub ip: IpReassemblyConfig,
+}
+
+impl Default for NpcapConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            buffer_size: 64 << 20,
+            snaplen: 65535,
+            immediate: false,
+            timeout_ms: 2,
+            queue_bytes: 64 << 20,
+            ip: IpReassemblyConfig::default(),
+        }
+    }
+}
+
+impl NpcapConfig {
+    /// Parses the `npcap.*` entries of the common configuration.
+    ///
+    /// # Errors
+    /// Unknown key or bad value, naming the key and what it accepts.
+    pub fn from_entries(entries: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut c = Self::default();
+        for (k, v) in entries {
+            let key = format!("npcap.{k}");
+            let bad = |expected: &str| ConfigError::InvalidValue {
+                key: key.clone(),
+                origin: Origin::Code,
+                value: v.clone(),
+                expected: expected.into(),
+            };
+            let int = |lo: u64, hi: u64| v.parse::<u64>().ok().filter(|x| (lo..=hi).contains(x));
+            match k.as_str() {
+                "interfaces" => {
+                    c.interfaces = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+                }
+                "buffer_size" => {
+                    c.buffer_size = parse_bytes(v)
+                        .filter(|b| (65536..=(1 << 31) - 1).contains(b))
+                        .ok_or_else(|| bad("a size from 64KiB to 2GiB"))?
+                }
+                "snaplen" => c.snaplen = int(1514, 262_144).ok_or_else(|| bad("an integer 1514..=262144"))? as usize,
+                "immediate" => {
+                    c.immediate = match v.to_ascii_lowercase().as_str() {
+                        "true" | "1" | "yes" | "on" => true,
+                        "false" | "0" | "no" | "off" => false,
+                        _ => return Err(bad("true or false")),
+                    }
+                }
+                "timeout_ms" => c.timeout_ms = int(1, 1000).ok_or_else(|| bad("milliseconds 1..=1000"))? as u32,
+                "queue_bytes" => {
+                    c.queue_bytes =
+                        parse_bytes(v).filter(|b| *b >= 1 << 20).ok_or_else(|| bad("a size of at least 1MiB"))?
+                }
+                "ip_timeout_ms" => {
+                    c.ip.timeout = Duration::from_millis(int(1, 600_000).ok_or_else(|| bad("milliseconds 1..=600000"))?)
+                }
+                "ip_max_datagrams" => {
+                    c.ip.max_datagrams = int(1, 1 << 20).ok_or_else(|| bad("an integer 1..=1048576"))? as usize
+                }
+                "ip_max_buffered_bytes" => {
+                    c.ip.max_buffered_bytes =
+                        parse_bytes(v).filter(|b| *b >= 1 << 16).ok_or_else(|| bad("a size of at least 64KiB"))?
+                }
+                _ => {
+                    return Err(ConfigError::UnknownKey {
+                        key,
+                        origin: Origin::Code,
+                        known: KEYS.iter().map(|k| format!("npcap.{k}")).collect::<Vec<_>>().join(", "),
+                    })
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_errors() {
+        let mut m = BTreeMap::new();
+        m.insert("interfaces".to_string(), "eth0, lo".to_string());
+        m.insert("immediate".to_string(), "on".to_string());
+        m.insert("buffer_size".to_string(), "8MiB".to_string());
+        let c = NpcapConfig::from_entries(&m).unwrap();
+        assert_eq!(c.interfaces, vec!["eth0", "lo"]);
+        assert!(c.immediate);
+        assert_eq!(c.buffer_size, 8 << 20);
+        m.insert("timeout_ms".to_string(), "0".to_string());
+        let e = NpcapConfig::from_entries(&m).unwrap_err().to_string();
+        assert!(e.contains("npcap.timeout_ms") && e.contains("1..=1000"), "{e}");
+        let mut m = BTreeMap::new();
+        m.insert("bufer_size".to_string(), "1".to_string());
+        assert!(NpcapConfig::from_entries(&m).unwrap_err().to_string().contains("npcap.buffer_size"));
+    }
+}

@@ -2,7 +2,10 @@
 //!
 //! Key: (source, destination, protocol, identification). Policy, decided and tested:
 //! * fragments may arrive in any order; a non-last fragment must carry a multiple of 8 bytes;
-//! * an exact duplicate (same offset, length and bytes) is dropped and counted;
+//! * an exact duplicate (same offset, length and bytes) is dropped and counted; once a datagram
+//!   completed, its key is forgotten (the identification is reused after 65 536 datagrams, at
+//!   high rates within seconds), so a complete duplicate set delivers the same datagram again and
+//!   the eCAL layer above drops it as a duplicate message;
 //! * any other overlap (a teardrop-style attack, or the identification wrapped around and a new
 //!   datagram reuses the key while an old one is incomplete) discards the old partial datagram
 //!   and starts afresh with the new fragment (counted as `conflicts`): bytes of two datagrams
@@ -113,6 +116,8 @@ impl Partial {
 
     fn insert(&mut self, start: usize, end: usize, more: bool, bytes: &[u8]) {
         if self.buf.len() < end {
+            // Exact growth keeps the capacity (what the limits count) at the datagram's size.
+            self.buf.reserve_exact(end - self.buf.len());
             self.buf.resize(end, 0);
         }
         self.buf[start..end].copy_from_slice(bytes);

@@ -74,22 +74,41 @@ pub fn stopping() -> bool {
     STOP.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Opens a node on the transport the config selects.
+/// Which transport [`open_node`] chose and why (for summaries and `doctor`-style output).
+pub static TRANSPORT_CHOICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn open_npcap(config: &Config) -> anyhow::Result<Node> {
+    transport_udp_npcap::probe()?;
+    let factory = transport_udp_npcap::NpcapFactory::new(config)?;
+    Ok(Node::new(config.clone(), &factory)?)
+}
+
+/// Opens a node on the transport the config selects. `auto` tries packet capture and falls back
+/// to sockets with one warning, recorded in [`TRANSPORT_CHOICE`].
 ///
 /// # Errors
-/// The transport cannot be opened, or is not available in this build.
+/// The transport cannot be opened (for `npcap`: the library or the capture permission is
+/// missing; the message says what to install or grant).
 pub fn open_node(config: Config) -> anyhow::Result<Node> {
-    match config.transport {
-        TransportKind::Socket => Node::new(config, &transport_udp_socket::factory).context("opening socket transport"),
-        TransportKind::Npcap => anyhow::bail!(
-            "transport `npcap` was selected, but this build has no packet-capture transport yet \
-             (crate transport-udp-npcap); select `socket` or `auto` (config key `transport`, env MW_TRANSPORT)"
+    let (node, choice) = match config.transport {
+        TransportKind::Socket => (
+            Node::new(config, &transport_udp_socket::factory).context("opening socket transport")?,
+            "socket".to_string(),
         ),
-        TransportKind::Auto => {
-            tracing::warn!("transport `auto`: no packet-capture transport in this build, using sockets");
-            Node::new(config, &transport_udp_socket::factory).context("opening socket transport")
+        TransportKind::Npcap => {
+            (open_npcap(&config).context("opening the npcap (packet capture) transport")?, "npcap".to_string())
         }
-    }
+        TransportKind::Auto => match open_npcap(&config) {
+            Ok(node) => (node, "npcap (auto)".to_string()),
+            Err(e) => {
+                tracing::warn!("transport auto: packet capture unavailable ({e:#}); falling back to sockets");
+                let node = Node::new(config, &transport_udp_socket::factory).context("opening socket transport")?;
+                (node, format!("socket (auto fallback: {e:#})"))
+            }
+        },
+    };
+    let _ = TRANSPORT_CHOICE.set(choice);
+    Ok(node)
 }
 
 /// Payload `k` of the captures' `mod251` generator: `size` bytes, byte i = (i + k) mod 251.

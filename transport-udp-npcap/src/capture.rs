@@ -58,7 +58,6 @@ pub struct DeviceStats {
 pub struct Capture {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    breakers: Vec<pcap::BreakLoop>,
     pub stats: Vec<Arc<Mutex<DeviceStats>>>,
 }
 
@@ -86,10 +85,17 @@ impl Capture {
     ///
     /// # Errors
     /// A device cannot be opened (missing, no permission, unsupported link type).
-    pub fn start(devices: &[String], cfg: &NpcapConfig, routes: Arc<Routes>) -> Result<Self, TransportError> {
+    /// `devices` are (name, is loopback). `hear_own_host`: decode frames this host sends (multicast
+    /// loopback semantics).
+    pub fn start(
+        devices: &[(String, bool)],
+        cfg: &NpcapConfig,
+        routes: Arc<Routes>,
+        hear_own_host: bool,
+    ) -> Result<Self, TransportError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut me = Self { stop: Arc::clone(&stop), threads: Vec::new(), breakers: Vec::new(), stats: Vec::new() };
-        for dev in devices {
+        let mut me = Self { stop: Arc::clone(&stop), threads: Vec::new(), stats: Vec::new() };
+        for (dev, loopback) in devices {
             let mut cap = pcap::Capture::from_device(dev.as_str())
                 .map_err(|e| unavailable(dev, &e))?
                 .promisc(false)
@@ -105,13 +111,22 @@ impl Capture {
                     "capture device `{dev}` has link type {dlt}, which is not supported"
                 ))
             })?;
-            // Only frames arriving at this host: our own outgoing frames are not decoded twice.
-            if let Err(e) = cap.direction(pcap::Direction::In) {
-                tracing::warn!(device = %dev, error = %e, "cannot restrict capture to incoming frames");
+            // Which copies to decode, so that every datagram is decoded exactly once:
+            // * loopback devices show each frame twice (sent, then received): incoming only;
+            // * other devices show frames from other hosts as incoming and this host's own as
+            //   outgoing only (Linux never shows the multicast loopback copy to packet sockets),
+            //   so same-host peers are heard by also taking outgoing frames, unless
+            //   network.multicast_loopback is off.
+            let direction = if *loopback || !hear_own_host { pcap::Direction::In } else { pcap::Direction::InOut };
+            if let Err(e) = cap.direction(direction) {
+                tracing::warn!(device = %dev, error = %e, ?direction, "cannot set the capture direction");
             }
             cap.filter(&routes.filter(), true)
                 .map_err(|e| TransportError::Unavailable(format!("cannot set the capture filter on `{dev}`: {e}")))?;
-            me.breakers.push(cap.breakloop_handle());
+            // Non-blocking reads plus our own wait (poll) so the thread notices filter changes
+            // and shutdown even when no frame arrives; on Windows the read timeout does that.
+            #[cfg(unix)]
+            let cap = cap.setnonblock().map_err(|e| unavailable(dev, &e))?;
             let stats = Arc::new(Mutex::new(DeviceStats { device: dev.clone(), ..Default::default() }));
             me.stats.push(Arc::clone(&stats));
             let (routes, stop, ipc) = (Arc::clone(&routes), Arc::clone(&stop), cfg.ip.clone());
@@ -130,9 +145,6 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for b in &self.breakers {
-            b.breakloop();
-        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -149,7 +161,9 @@ fn run(
     device: String,
 ) {
     let mut demux = Demux::new(link, ip);
-    let mut generation = routes.generation.load(Ordering::Acquire);
+    // Routes may change between the handle's first filter and this thread's start: compare
+    // against a value no generation has, so the first pass always installs the current filter.
+    let mut generation = u64::MAX;
     let mut last_stats = Instant::now();
     let (mut filter_updates, mut read_errors) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
@@ -161,23 +175,28 @@ fn run(
                 Err(e) => tracing::warn!(%device, error = %e, "updating the capture filter failed"),
             }
         }
-        let now = Instant::now();
-        let r = cap.dispatch(None, |pkt| {
-            demux.on_frame(
-                now,
-                pkt.data,
-                |d| routes.wanted(d),
-                |d| {
-                    if let Some(q) = routes.ports.read().expect("poisoned").get(&d.destination.port()) {
-                        q.push(d.payload, d.source);
-                    }
-                },
-            );
-        });
+        let r = if crate::sys::wait_readable(&cap, Duration::from_millis(100)) {
+            let now = Instant::now();
+            cap.dispatch(None, |pkt| {
+                demux.on_frame(
+                    now,
+                    pkt.data,
+                    |d| routes.wanted(d),
+                    |d| {
+                        if let Some(q) = routes.ports.read().expect("poisoned").get(&d.destination.port()) {
+                            q.push(d.payload, d.source);
+                        }
+                    },
+                );
+            })
+        } else {
+            Ok(0)
+        };
         match r {
             Ok(0) => demux.expire(Instant::now()),
             Ok(_) => {}
             Err(pcap::Error::TimeoutExpired) => demux.expire(Instant::now()),
+            Err(_) if stop.load(Ordering::Relaxed) => break,
             Err(e) => {
                 read_errors += 1;
                 if read_errors == 1 || read_errors % 1000 == 0 {

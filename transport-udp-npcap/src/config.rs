@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `npcap.interfaces` | the interface the group routes to (network mode), loopback (local mode) | comma-separated capture device names |
 //! | `npcap.buffer_size` | `64MiB` | kernel capture buffer (ring); the perf notes show 4 MiB suffices for small datagrams but fragmented streams need 64 MiB |
-//! | `npcap.snaplen` | `65535` | bytes captured per frame |
+//! | `npcap.snaplen` | `262144` | bytes captured per frame (loopback frames reach 65 550 bytes, so 65 535 is too small) |
 //! | `npcap.immediate` | `false` | deliver every frame at once (lowest latency, most CPU) instead of in blocks |
 //! | `npcap.timeout_ms` | `2` | with `immediate = false`: the longest a frame waits in a partly filled block (the latency bound; WinPcap's "delayed write") |
 //! | `npcap.queue_bytes` | `64MiB` | datagrams waiting for the node's receive thread, per channel; beyond, datagrams are dropped and counted |
@@ -46,7 +46,7 @@ impl Default for NpcapConfig {
         Self {
             interfaces: Vec::new(),
             buffer_size: 64 << 20,
-            snaplen: 65535,
+            snaplen: 262_144,
             immediate: false,
             timeout_ms: 2,
             queue_bytes: 64 << 20,

@@ -54,6 +54,7 @@ pub struct NpcapFactory {
     mode: Mode,
     interface: Option<String>,
     group: Ipv4Addr,
+    multicast_loopback: bool,
     shared: Mutex<Option<Arc<Shared>>>,
 }
 
@@ -73,6 +74,7 @@ impl NpcapFactory {
             mode: config.mode,
             interface: config.interface.clone(),
             group: config.destination(),
+            multicast_loopback: config.multicast_loopback,
             shared: Mutex::new(None),
         })
     }
@@ -129,7 +131,12 @@ impl NpcapFactory {
             Mode::Network => Some(Membership::open(self.interface.as_deref())?),
             Mode::Local => None,
         };
-        let capture = Capture::start(&devices, &self.config, Arc::clone(&routes))?;
+        let loopbacks: Vec<String> = pcap::Device::list()
+            .map(|l| l.into_iter().filter(|d| d.flags.is_loopback()).map(|d| d.name).collect())
+            .unwrap_or_default();
+        let with_kind: Vec<(String, bool)> =
+            devices.iter().map(|d| (d.clone(), loopbacks.contains(d) || d == "lo")).collect();
+        let capture = Capture::start(&with_kind, &self.config, Arc::clone(&routes), self.multicast_loopback)?;
         let s = Arc::new(Shared { routes, capture, devices, membership });
         *guard = Some(Arc::clone(&s));
         Ok(s)
@@ -146,6 +153,8 @@ impl TransportFactory for NpcapFactory {
             port: ep.port,
             sender: UdpSender::open(ep)?,
             mode: ep.mode,
+            received_datagrams: Default::default(),
+            received_bytes: Default::default(),
         };
         shared.routes.ports.write().expect("poisoned").insert(ep.port, queue);
         shared.routes.generation.fetch_add(1, Ordering::Release);
@@ -195,6 +204,8 @@ pub struct NpcapTransport {
     port: u16,
     sender: UdpSender,
     mode: Mode,
+    received_datagrams: std::sync::atomic::AtomicU64,
+    received_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for NpcapTransport {
@@ -225,6 +236,8 @@ impl Transport for NpcapTransport {
             return Ok(None);
         }
         buf[..d.len()].copy_from_slice(&d);
+        self.received_datagrams.fetch_add(1, Ordering::Relaxed);
+        self.received_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
         Ok(Some(RecvMeta::new(d.len(), from)))
     }
 
@@ -248,6 +261,8 @@ impl Transport for NpcapTransport {
     fn stats(&self) -> TransportStats {
         let mut s = TransportStats::default();
         self.sender.fill_stats(&mut s);
+        s.received_datagrams = self.received_datagrams.load(Ordering::Relaxed);
+        s.received_bytes = self.received_bytes.load(Ordering::Relaxed);
         let mut details = std::collections::BTreeMap::new();
         let mut add = |k: &str, v: u64| *details.entry(k.to_string()).or_insert(0) += v;
         for dev in &self.shared.capture.stats {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Impl {
     Ours,
+    OursNpcap,
     Ecal,
 }
 
@@ -26,6 +27,7 @@ impl Impl {
     fn name(self) -> &'static str {
         match self {
             Impl::Ours => "ours(socket)",
+            Impl::OursNpcap => "ours(npcap)",
             Impl::Ecal => "eCAL 6.1.1",
         }
     }
@@ -81,7 +83,15 @@ impl Case {
 }
 
 fn cases() -> Vec<Case> {
-    let pairs = [(Impl::Ours, Impl::Ours), (Impl::Ecal, Impl::Ours), (Impl::Ours, Impl::Ecal)];
+    let pairs = [
+        (Impl::Ours, Impl::Ours),
+        (Impl::Ecal, Impl::Ours),
+        (Impl::Ours, Impl::Ecal),
+        (Impl::Ours, Impl::OursNpcap),
+        (Impl::OursNpcap, Impl::Ours),
+        (Impl::OursNpcap, Impl::OursNpcap),
+        (Impl::Ecal, Impl::OursNpcap),
+    ];
     // (size, count, rate, topics)
     let loads: [(usize, usize, f64, &[&str]); 4] = [
         (10, 10, 20.0, &["interop_small"]),
@@ -142,8 +152,9 @@ fn peer_command(env: &Env, host: &Host, who: Impl, publisher: bool, case: &Case)
         args.extend(["--timeout".into(), "30".into()]);
     }
     let mut cmd = match who {
-        Impl::Ours => {
-            args.extend(["--mode".into(), case.placement.mode().into(), "--transport".into(), "socket".into()]);
+        Impl::Ours | Impl::OursNpcap => {
+            let transport = if who == Impl::Ours { "socket" } else { "npcap" };
+            args.extend(["--mode".into(), case.placement.mode().into(), "--transport".into(), transport.into()]);
             let prog = env.bin_dir.join(if publisher { "publisher" } else { "subscriber" });
             host.command(&prog.display().to_string(), &args)
         }

@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         let line = serde_json::json!({
             "role": "pub", "topic": p.topic(), "sent": d.count, "bytes": d.bytes, "sha256": d.hex(),
             "entity_id": p.entity_id().to_string(), "stats": p.stats(),
+            "transport": examples::TRANSPORT_CHOICE.get(),
         });
         println!("{line}");
     }

@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         let line = serde_json::json!({
             "role": "sub", "topic": s.topic(), "received": d.count, "bytes": d.bytes, "sha256": d.hex(),
             "verified": verified[i],
+            "transport": examples::TRANSPORT_CHOICE.get(),
             "stats": { "subscriber": s.stats(), "data": stats.data, "registration": stats.registration },
         });
         println!("{line}");

@@ -8,4 +8,4 @@ mod imp;
 #[path = "other.rs"]
 mod imp;
 
-pub(crate) use imp::cold_start;
+pub(crate) use imp::{cold_start, wait_readable};

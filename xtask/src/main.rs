@@ -5,6 +5,7 @@
 //! * `test`: everything a user or CI runs: the workspace tests, then `interop`;
 //! * `ecal-venv`: create (or reuse) the Python virtual environment with eclipse-ecal 6.1.1.
 
+mod bench;
 mod ecal;
 mod interop;
 mod netns;
@@ -36,6 +37,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo xtask <command>\n\
          \n  demo [--transport T]       build and run a subscriber and a publisher talking (default transport, local mode)\
+         \n  bench [--sizes 64,1024]    end-to-end throughput table (root; writes BENCHMARKS.md)\
          \n  test                       workspace tests (nextest when installed, else cargo test), then interop\
          \n  interop [--filter TEXT]    interop matrix in network namespaces (root), with real eCAL 6.1.1\
          \n  ecal-venv                  create/reuse the eclipse-ecal 6.1.1 virtual environment"
@@ -52,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         "ecal-venv" => ecal::venv().map(|p| println!("{}", p.display())),
         "test" => test_all(rest),
         "demo" => demo(rest),
+        "bench" => bench::run(rest),
         _ => usage(),
     }
 }

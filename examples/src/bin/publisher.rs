@@ -27,6 +27,9 @@ struct Args {
     /// Seconds to stay after the last message so it can be received and registration seen.
     #[arg(long, default_value_t = 1.0)]
     linger: f64,
+    /// Count messages without hashing them (benchmarks); the summary's sha256 is then empty.
+    #[arg(long)]
+    no_digest: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -48,7 +51,8 @@ fn main() -> anyhow::Result<()> {
             anyhow::bail!("no subscriber for topic {} within {:.1} s", p.topic(), args.wait_subscriber);
         }
     }
-    let mut digests = vec![StreamDigest::default(); pubs.len()];
+    let proto = if args.no_digest { StreamDigest::counting_only() } else { StreamDigest::default() };
+    let mut digests = vec![proto; pubs.len()];
     let period = if args.rate > 0.0 { Some(Duration::from_secs_f64(1.0 / args.rate)) } else { None };
     let start = Instant::now();
     // One buffer per round, regenerated in place: (i + k) mod 251.

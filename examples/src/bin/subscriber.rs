@@ -18,9 +18,16 @@ struct Args {
     /// Seconds to wait for all messages.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// Stop this many seconds after the last message once at least one arrived (benchmarks
+    /// with loss); 0 = wait for `--count` or `--timeout`.
+    #[arg(long, default_value_t = 0.0)]
+    idle: f64,
     /// Payload check: mod251 (message k is byte i = (i + k) mod 251), counter (`msg-%06d`), none.
     #[arg(long, default_value = "mod251")]
     verify: String,
+    /// Count messages without hashing them (benchmarks); the summary's sha256 is then empty.
+    #[arg(long)]
+    no_digest: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -32,8 +39,10 @@ fn main() -> anyhow::Result<()> {
     let config = args.common.load()?;
     let node = open_node(config)?;
     let subs = args.topics.iter().map(|t| node.subscriber::<Raw>(t)).collect::<Result<Vec<_>, _>>()?;
-    let mut digests = vec![StreamDigest::default(); subs.len()];
+    let proto = if args.no_digest { StreamDigest::counting_only() } else { StreamDigest::default() };
+    let mut digests = vec![proto; subs.len()];
     let mut verified = vec![true; subs.len()];
+    let mut first_last: Vec<Option<(Instant, Instant)>> = vec![None; subs.len()];
     let end = Instant::now() + Duration::from_secs_f64(args.timeout);
     'outer: loop {
         let mut done = true;
@@ -54,9 +63,18 @@ fn main() -> anyhow::Result<()> {
                     verified[i] = false;
                 }
                 digests[i].update(&r.value);
+                let now = Instant::now();
+                first_last[i] = Some(first_last[i].map_or((now, now), |(f, _)| (f, now)));
             }
         }
-        if done || Instant::now() >= end || stopping() {
+        let idle = args.idle > 0.0
+            && first_last
+                .iter()
+                .flatten()
+                .map(|(_, l)| l.elapsed().as_secs_f64())
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))))
+                .is_some_and(|since_last| since_last >= args.idle);
+        if done || idle || Instant::now() >= end || stopping() {
             break 'outer;
         }
     }
@@ -69,6 +87,8 @@ fn main() -> anyhow::Result<()> {
             "role": "sub", "topic": s.topic(), "received": d.count, "bytes": d.bytes, "sha256": d.hex(),
             "verified": verified[i],
             "transport": examples::TRANSPORT_CHOICE.get(),
+            "first_to_last_s": first_last[i].map(|(f, l)| (l - f).as_secs_f64()),
+            "cpu_s": examples::process_cpu_seconds(),
             "stats": { "subscriber": s.stats(), "data": stats.data, "registration": stats.registration },
         });
         println!("{line}");

@@ -1,0 +1,268 @@
+//! `cargo xtask bench`: end-to-end throughput over the interop harness's two-namespace veth
+//! link, for each payload size and each pair, in one run so the ratios compare like with like:
+//!
+//! * raw UDP baseline (`benches` crate `raw_udp`): the same datagrams, no middleware (the ceiling);
+//! * this project, socket -> socket;
+//! * this project, socket publisher -> pcap subscriber;
+//! * real eCAL 6.1.1 publisher -> real eCAL subscriber (Python-driven, UDP only).
+//!
+//! Senders run flat out (no pacing), receivers count what arrives and stop 2 s after the last
+//! message. Per row: messages/s and MB/s delivered (first to last message), loss, and receiver
+//! CPU time per delivered message (user + system of the whole receiver process, from
+//! /proc/<pid>/stat). Writes BENCHMARKS.md and prints the table.
+
+use crate::ecal;
+use crate::netns::{Host, Lab};
+use crate::{cargo, project_root};
+use anyhow::Context;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pair {
+    Raw,
+    SocketSocket,
+    SocketNpcap,
+    EcalEcal,
+}
+
+impl Pair {
+    fn name(self) -> &'static str {
+        match self {
+            Pair::Raw => "raw UDP baseline",
+            Pair::SocketSocket => "ours socket -> socket",
+            Pair::SocketNpcap => "ours socket -> npcap",
+            Pair::EcalEcal => "eCAL 6.1.1 -> eCAL 6.1.1",
+        }
+    }
+}
+
+struct Row {
+    size: usize,
+    pair: Pair,
+    sent: u64,
+    received: u64,
+    secs: f64,
+    cpu_s: f64,
+}
+
+impl Row {
+    fn msgs_per_s(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.received.saturating_sub(1) as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+    fn mb_per_s(&self) -> f64 {
+        self.msgs_per_s() * self.size as f64 / 1e6
+    }
+    fn loss(&self) -> f64 {
+        if self.sent == 0 {
+            1.0
+        } else {
+            1.0 - self.received as f64 / self.sent as f64
+        }
+    }
+    fn cpu_us_per_msg(&self) -> f64 {
+        if self.received == 0 {
+            f64::NAN
+        } else {
+            self.cpu_s * 1e6 / self.received as f64
+        }
+    }
+}
+
+fn count_for(size: usize) -> u64 {
+    match size {
+        s if s <= 64 => 200_000,
+        s if s <= 1024 => 100_000,
+        s if s <= 65_536 => 5_000,
+        s if s <= 1 << 20 => 300,
+        _ => 40,
+    }
+}
+
+fn spawn(host: &Host, prog: &str, args: &[String], ecal_data: Option<&std::path::Path>) -> anyhow::Result<Child> {
+    let mut c = host.command(prog, args);
+    if let Some(d) = ecal_data {
+        c.env("ECAL_DATA", d);
+    }
+    c.env("MW_LOG", "error").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    c.spawn().with_context(|| format!("starting {prog}"))
+}
+
+fn finish(mut child: Child, timeout: Duration) -> Value {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut out = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    out.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok()).unwrap_or(Value::Null)
+}
+
+fn run_pair(lab: &Lab, pair: Pair, size: usize, python: &std::path::Path) -> anyhow::Result<Row> {
+    let bin = project_root().join("target").join("release");
+    let count = count_for(size);
+    let topic = "bench".to_string();
+    let common = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["--topic".into(), topic.clone(), "--count".into(), count.to_string()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let size_s = size.to_string();
+    let (rx, tx) = match pair {
+        Pair::Raw => {
+            let count_s = count.to_string();
+            let r = vec!["recv", "--size", &size_s, "--count", &count_s, "--timeout", "60", "--idle", "2"];
+            let t = vec!["send", "--size", &size_s, "--count", &count_s];
+            let prog = bin.join("raw_udp").display().to_string();
+            let r: Vec<String> = r.into_iter().map(String::from).collect();
+            let t: Vec<String> = t.into_iter().map(String::from).collect();
+            let rx = spawn(&lab.b, &prog, &r, None)?;
+            std::thread::sleep(Duration::from_millis(500));
+            let tx = spawn(&lab.a, &prog, &t, None)?;
+            (rx, tx)
+        }
+        Pair::SocketSocket | Pair::SocketNpcap => {
+            let transport = if pair == Pair::SocketSocket { "socket" } else { "npcap" };
+            let rx = spawn(
+                &lab.b,
+                &bin.join("subscriber").display().to_string(),
+                &common(&[
+                    "--mode",
+                    "network",
+                    "--transport",
+                    transport,
+                    "--timeout",
+                    "60",
+                    "--idle",
+                    "2",
+                    "--verify",
+                    "none",
+                    "--no-digest",
+                ]),
+                None,
+            )?;
+            std::thread::sleep(Duration::from_millis(700));
+            let tx = spawn(
+                &lab.a,
+                &bin.join("publisher").display().to_string(),
+                &common(&["--mode", "network", "--size", &size_s, "--rate", "0", "--linger", "0.5", "--no-digest"]),
+                None,
+            )?;
+            (rx, tx)
+        }
+        Pair::EcalEcal => {
+            let cfg = ecal::config_dir("network")?;
+            let script = ecal::peer_script().display().to_string();
+            let py = python.display().to_string();
+            let mut r = vec![script.clone(), "sub".into()];
+            r.extend(common(&["--timeout", "60", "--idle", "2", "--verify", "none", "--no-digest"]));
+            let mut t = vec![script, "pub".into()];
+            t.extend(common(&["--size", &size_s, "--rate", "0", "--linger", "0.5", "--no-digest"]));
+            let rx = spawn(&lab.b, &py, &r, Some(&cfg))?;
+            std::thread::sleep(Duration::from_millis(1500));
+            let tx = spawn(&lab.a, &py, &t, Some(&cfg))?;
+            (rx, tx)
+        }
+    };
+    let p = finish(tx, Duration::from_secs(120));
+    let s = finish(rx, Duration::from_secs(90));
+    Ok(Row {
+        size,
+        pair,
+        sent: p["sent"].as_u64().unwrap_or(0),
+        received: s["received"].as_u64().unwrap_or(0),
+        secs: s["first_to_last_s"].as_f64().unwrap_or(0.0),
+        cpu_s: s["cpu_s"].as_f64().unwrap_or(f64::NAN),
+    })
+}
+
+fn human(size: usize) -> String {
+    match size {
+        s if s >= 1 << 20 => format!("{} MiB", s >> 20),
+        s if s >= 1024 => format!("{} KiB", s >> 10),
+        s => format!("{s} B"),
+    }
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let sizes: Vec<usize> = match args.iter().position(|a| a == "--sizes") {
+        Some(i) => args.get(i + 1).context("--sizes LIST")?.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
+        None => vec![64, 1024, 65_536, 1 << 20, 8 << 20],
+    };
+    crate::run(cargo().args(["build", "--release", "-p", "examples", "-p", "benches", "--bins"]))?;
+    let python = ecal::venv()?;
+    let lab = Lab::new("mwb")?;
+    let pairs = [Pair::Raw, Pair::SocketSocket, Pair::SocketNpcap, Pair::EcalEcal];
+    let mut rows = Vec::new();
+    for &size in &sizes {
+        for &pair in &pairs {
+            let r = run_pair(&lab, pair, size, &python)?;
+            eprintln!(
+                "{:>8} {:<26} {:>10.0} msg/s {:>8.1} MB/s loss {:>5.1}% cpu {:>8.2} us/msg",
+                human(size),
+                pair.name(),
+                r.msgs_per_s(),
+                r.mb_per_s(),
+                r.loss() * 100.0,
+                r.cpu_us_per_msg()
+            );
+            rows.push(r);
+        }
+    }
+    drop(lab);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mut md = format!(
+        "# Benchmarks\n\nOne run of `cargo xtask bench` on {cores} cores, kernel {}: two network namespaces joined by a veth \
+         pair (MTU 1500), sender in one, receiver in the other. Senders run flat out; receivers count what arrives. \
+         msg/s and MB/s are delivered rates (first to last message at the receiver); loss is 1 - received/sent; \
+         CPU is the receiver process's user+system time per delivered message. The raw baseline sends the same \
+         datagrams with no middleware and counts datagrams (a message = its datagram count, not checked for \
+         completeness, so it is an upper bound).\n\n\
+         | payload | pair | sent | received | msg/s | MB/s | loss | receiver CPU/msg | ours/raw (MB/s) | ours/eCAL (MB/s) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        kernel.trim()
+    );
+    for &size in &sizes {
+        let of = |p: Pair| rows.iter().find(|r| r.size == size && r.pair == p);
+        let (raw, ecal) = (of(Pair::Raw).map(Row::mb_per_s), of(Pair::EcalEcal).map(Row::mb_per_s));
+        for r in rows.iter().filter(|r| r.size == size) {
+            let ratio = |base: Option<f64>| match (r.pair, base) {
+                (Pair::SocketSocket | Pair::SocketNpcap, Some(b)) if b > 0.0 => format!("{:.2}", r.mb_per_s() / b),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1}% | {:.2} us | {} | {} |",
+                human(size),
+                r.pair.name(),
+                r.sent,
+                r.received,
+                r.msgs_per_s(),
+                r.mb_per_s(),
+                r.loss() * 100.0,
+                r.cpu_us_per_msg(),
+                ratio(raw),
+                ratio(ecal)
+            );
+        }
+    }
+    println!("{md}");
+    std::fs::write(project_root().join("BENCHMARKS.md"), &md)?;
+    eprintln!("wrote BENCHMARKS.md");
+    Ok(())
+}

@@ -159,7 +159,18 @@ fn run_pair(lab: &Lab, pair: Pair, size: usize, python: &std::path::Path) -> any
             let tx = spawn(
                 &lab.a,
                 &bin.join("publisher").display().to_string(),
-                &common(&["--mode", "network", "--size", &size_s, "--rate", "0", "--linger", "0.5", "--no-digest"]),
+                &common(&[
+                    "--mode",
+                    "network",
+                    "--size",
+                    &size_s,
+                    "--rate",
+                    "0",
+                    "--linger",
+                    "0.5",
+                    "--no-digest",
+                    "--same-payload",
+                ]),
                 None,
             )?;
             (rx, tx)

@@ -27,6 +27,10 @@ struct Args {
     /// Seconds to stay after the last message so it can be received and registration seen.
     #[arg(long, default_value_t = 1.0)]
     linger: f64,
+    /// Send payload 0 every time instead of regenerating payload k (benchmarks: regenerating a
+    /// 1 MiB payload byte by byte costs more than sending it). Receivers must not verify.
+    #[arg(long)]
+    same_payload: bool,
     /// Count messages without hashing them (benchmarks); the summary's sha256 is then empty.
     #[arg(long)]
     no_digest: bool,
@@ -61,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         if stopping() {
             break;
         }
-        if k > 0 {
+        if k > 0 && !args.same_payload {
             for b in payload.iter_mut() {
                 *b = if *b == 250 { 0 } else { *b + 1 };
             }

@@ -103,7 +103,8 @@ struct PubShared {
     /// Pre-encoded `Sample.topic` of data samples (name, id, pid, host).
     topic_header: Vec<u8>,
     clock: AtomicI64,
-    scratch: Mutex<Vec<u8>>,
+    /// Reused buffers: the message, and the content fields before the payload.
+    scratch: Mutex<(Vec<u8>, Vec<u8>)>,
     connections_local: AtomicUsize,
     connections_external: AtomicUsize,
     last_size: AtomicI64,
@@ -263,7 +264,7 @@ impl Node {
             datatype,
             topic_header: header.encode_to_vec(),
             clock: AtomicI64::new(0),
-            scratch: Mutex::new(Vec::new()),
+            scratch: Mutex::new((Vec::new(), Vec::new())),
             connections_local: AtomicUsize::new(0),
             connections_external: AtomicUsize::new(0),
             last_size: AtomicI64::new(0),
@@ -738,11 +739,13 @@ impl<C: Codec> Publisher<C> {
             return Ok(false);
         }
         let plen = C::encoded_len(value);
-        let mut buf = s.scratch.lock().expect("poisoned");
+        let mut scratch = s.scratch.lock().expect("poisoned");
+        let (buf, content_head) = &mut *scratch;
         buf.clear();
+        content_head.clear();
         // Sample{1 cmd_type, 5 topic, 6 content{1,2,3,6,7, 4 payload}, 8 padding}; fields in any
         // order are valid protobuf, the payload goes last in content so it is written once.
-        let content_head = pb::Content {
+        pb::Content {
             id: 0,
             clock,
             time: now_us(),
@@ -750,26 +753,26 @@ impl<C: Codec> Publisher<C> {
             hash: (s.entity_id ^ ((clock as u64) << 1)) as i64,
             payload: Vec::new(),
         }
-        .encode_to_vec();
+        .encode_raw(content_head);
         let payload_field = if plen > 0 { 1 + prost::encoding::encoded_len_varint(plen as u64) + plen } else { 0 };
         let content_len = content_head.len() + payload_field;
         buf.reserve(s.topic.len() + 3 + 2 + 3 + s.topic_header.len() + 11 + content_len + 2);
-        SampleFrameRepr { name: &s.topic }.emit_prefix(&mut buf);
+        SampleFrameRepr { name: &s.topic }.emit_prefix(buf);
         buf.extend_from_slice(&[0x08, CmdType::SetSample as u8, 0x2a]);
-        put_varint(&mut buf, s.topic_header.len() as u64);
+        put_varint(buf, s.topic_header.len() as u64);
         buf.extend_from_slice(&s.topic_header);
         buf.push(0x32);
-        put_varint(&mut buf, content_len as u64);
-        buf.extend_from_slice(&content_head);
+        put_varint(buf, content_len as u64);
+        buf.extend_from_slice(content_head);
         if plen > 0 {
             buf.push(0x22);
-            put_varint(&mut buf, plen as u64);
+            put_varint(buf, plen as u64);
             let before = buf.len();
-            C::encode(value, &mut buf);
+            C::encode(value, buf);
             debug_assert_eq!(buf.len() - before, plen, "Codec::encoded_len disagrees with encode");
         }
         buf.extend_from_slice(&[0x42, 0x00]);
-        match self.node.send_message(&*self.node.data, &buf) {
+        match self.node.send_message(&*self.node.data, buf) {
             Ok(()) => {
                 s.sent.inc();
                 s.sent_bytes.add(plen as u64);

@@ -93,8 +93,9 @@ pub struct Content {
     pub clock: i64,
     #[prost(int64, tag = "3")]
     pub time: i64,
-    #[prost(bytes = "vec", tag = "4")]
-    pub payload: Vec<u8>,
+    /// `Bytes`, so that decoding from a reassembled buffer slices it instead of copying.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub payload: bytes::Bytes,
     #[prost(int32, tag = "6")]
     pub size: i32,
     #[prost(int64, tag = "7")]
@@ -257,7 +258,7 @@ mod tests {
         let c = s.content.unwrap();
         assert_eq!(c.clock, 1);
         assert_eq!(c.time, 1795352600017851);
-        assert_eq!(c.payload, b"msg-000000");
+        assert_eq!(&c.payload[..], b"msg-000000");
         assert_eq!(c.hash, 14431506724487168 ^ (1 << 1));
     }
 

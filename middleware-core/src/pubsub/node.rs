@@ -501,7 +501,7 @@ impl Inner {
         &self,
         t: &dyn Transport,
         stats: &Mutex<ReassemblyStats>,
-        mut on_message: impl FnMut(&[u8]),
+        mut on_message: impl FnMut(std::borrow::Cow<'_, [u8]>),
         mut on_tick: impl FnMut(Instant),
     ) {
         let mut reassembler = Reassembler::new(self.config.reassembly.clone());
@@ -512,7 +512,7 @@ impl Inner {
                 Ok(Some(meta)) => {
                     let now = Instant::now();
                     if let Outcome::Message(m) = reassembler.on_datagram(now, meta.source, &buf[..meta.len]) {
-                        on_message(&m);
+                        on_message(m);
                     }
                     on_tick(now);
                 }
@@ -576,7 +576,7 @@ impl Inner {
         self.receive_loop(
             &*self.reg,
             &self.reg_reassembly,
-            |m| self.on_registration(m, &accept),
+            |m| self.on_registration(&m, &accept),
             |now| {
                 if now.saturating_duration_since(last_expire) >= POLL {
                     last_expire = now;
@@ -594,9 +594,9 @@ impl Inner {
         self.receive_loop(&*self.data, &self.data_reassembly, |m| self.on_data(m), |_| {});
     }
 
-    fn on_data(&self, msg: &[u8]) {
+    fn on_data(&self, msg: std::borrow::Cow<'_, [u8]>) {
         let c = &self.data_counters;
-        let Ok(frame) = SampleFrame::new_checked(msg) else {
+        let Ok(frame) = SampleFrame::new_checked(&msg) else {
             c.bad_frame.inc();
             tracing::debug!(len = msg.len(), "malformed data message frame");
             return;
@@ -611,13 +611,21 @@ impl Inner {
                 }
             }
         };
-        let Ok(sample) = Sample::decode(frame.body()) else {
+        // A reassembled message is decoded in place: the payload becomes a slice of its buffer,
+        // and that buffer (no second allocation) becomes the delivered payload.
+        let body_start = msg.len() - frame.body().len();
+        let body = match msg {
+            std::borrow::Cow::Owned(v) => bytes::Bytes::from(v).slice(body_start..),
+            std::borrow::Cow::Borrowed(b) => bytes::Bytes::copy_from_slice(&b[body_start..]),
+        };
+        let topic_name = &subs[0].topic;
+        let Ok(sample) = Sample::decode(body) else {
             c.bad_protobuf.inc();
-            tracing::debug!(topic = frame.name(), "undecodable data sample");
+            tracing::debug!(topic = %topic_name, "undecodable data sample");
             return;
         };
         let topic = sample.topic.unwrap_or_default();
-        if sample.cmd_type != CmdType::SetSample as i32 || topic.topic_name != frame.name() {
+        if sample.cmd_type != CmdType::SetSample as i32 || topic.topic_name != *topic_name {
             c.wrong_cmd.inc();
             return;
         }
@@ -625,10 +633,10 @@ impl Inner {
             c.bad_topic_id.inc();
             return;
         };
-        let content = sample.content.unwrap_or_default();
+        let mut content = sample.content.unwrap_or_default();
         let now = Instant::now();
         let last = subs.len() - 1;
-        let mut payload = Some(content.payload);
+        let mut payload = Some(std::mem::take(&mut content.payload));
         for (i, s) in subs.iter().enumerate() {
             let verdict = s.filters.lock().expect("poisoned").check(
                 now,
@@ -652,8 +660,12 @@ impl Inner {
                     }
                 }
             }
-            let value =
-                if i == last { payload.take().unwrap_or_default() } else { payload.clone().unwrap_or_default() };
+            // The last subscriber takes the buffer itself (unique by then: moved, not copied).
+            let value: Vec<u8> = if i == last {
+                payload.take().map(Vec::from).unwrap_or_default()
+            } else {
+                payload.as_ref().map(|p| p.to_vec()).unwrap_or_default()
+            };
             s.delivered.inc();
             s.delivered_bytes.add(value.len() as u64);
             s.last_clock.store(content.clock, Ordering::Relaxed);
@@ -751,7 +763,7 @@ impl<C: Codec> Publisher<C> {
             time: now_us(),
             size: i32::try_from(plen).unwrap_or(0),
             hash: (s.entity_id ^ ((clock as u64) << 1)) as i64,
-            payload: Vec::new(),
+            payload: bytes::Bytes::new(),
         }
         .encode_raw(content_head);
         let payload_field = if plen > 0 { 1 + prost::encoding::encoded_len_varint(plen as u64) + plen } else { 0 };

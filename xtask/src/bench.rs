@@ -209,17 +209,43 @@ fn human(size: usize) -> String {
     }
 }
 
+/// Round-trip latency: `pingpong pong` in host B, `pingpong ping` in host A.
+fn latency(lab: &Lab, transport: &str, immediate: bool, size: usize) -> anyhow::Result<Value> {
+    let prog = project_root().join("target").join("release").join("pingpong").display().to_string();
+    let common = |role: &str| -> Vec<String> {
+        // The transport options belong to the program, before the subcommand.
+        vec!["--mode".into(), "network".into(), "--transport".into(), transport.into(), role.into()]
+    };
+    let mut pong_args = common("pong");
+    pong_args.extend(["--seconds".into(), "60".into()]);
+    let mut pong = lab.b.command(&prog, &pong_args);
+    pong.env("MW_NPCAP_IMMEDIATE", immediate.to_string()).env("MW_LOG", "error");
+    let pong = pong.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    std::thread::sleep(Duration::from_millis(700));
+    let mut ping_args = common("ping");
+    ping_args.extend(["--size".into(), size.to_string(), "--count".into(), "2000".into()]);
+    let mut ping = lab.a.command(&prog, &ping_args);
+    ping.env("MW_NPCAP_IMMEDIATE", immediate.to_string()).env("MW_LOG", "error");
+    let ping = ping.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let v = finish(ping, Duration::from_secs(90));
+    let mut pong = pong;
+    let _ = pong.kill();
+    let _ = pong.wait();
+    Ok(v)
+}
+
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let sizes: Vec<usize> = match args.iter().position(|a| a == "--sizes") {
         Some(i) => args.get(i + 1).context("--sizes LIST")?.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
         None => vec![64, 1024, 65_536, 1 << 20, 8 << 20],
     };
     crate::run(cargo().args(["build", "--release", "-p", "examples", "-p", "benches", "--bins"]))?;
+    let latency_only = args.iter().any(|a| a == "--latency-only");
     let python = ecal::venv()?;
     let lab = Lab::new("mwb")?;
     let pairs = [Pair::Raw, Pair::SocketSocket, Pair::SocketNpcap, Pair::EcalEcal];
     let mut rows = Vec::new();
-    for &size in &sizes {
+    for &size in sizes.iter().filter(|_| !latency_only) {
         for &pair in &pairs {
             let r = run_pair(&lab, pair, size, &python)?;
             eprintln!(
@@ -232,6 +258,23 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 r.cpu_us_per_msg()
             );
             rows.push(r);
+        }
+    }
+    let mut lat_rows = Vec::new();
+    for size in [64usize, 65_536] {
+        for (label, transport, immediate) in
+            [("socket", "socket", false), ("npcap, immediate", "npcap", true), ("npcap, blocks (2 ms)", "npcap", false)]
+        {
+            let v = latency(&lab, transport, immediate, size)?;
+            eprintln!(
+                "latency {:>8} {:<22} p50 {} us p99 {} us lost {}",
+                human(size),
+                label,
+                v["p50_us"],
+                v["p99_us"],
+                v["lost"]
+            );
+            lat_rows.push((size, label, v));
         }
     }
     drop(lab);
@@ -271,6 +314,23 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 ratio(ecal)
             );
         }
+    }
+    md.push_str(
+        "\n## Round-trip latency (ping-pong, cross-host, both processes on the named transport)\n\n\
+         | payload | transport | p50 | p99 | round trips | lost |\n|---|---|---|---|---|---|\n",
+    );
+    for (size, label, v) in &lat_rows {
+        let us = |k: &str| v[k].as_f64().map(|x| format!("{x:.0} us")).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            human(*size),
+            label,
+            us("p50_us"),
+            us("p99_us"),
+            v["round_trips"],
+            v["lost"]
+        );
     }
     println!("{md}");
     std::fs::write(project_root().join("BENCHMARKS.md"), &md)?;

@@ -5,7 +5,7 @@
 use crate::frame::{decode, parse_udp, FrameError, LinkType};
 use crate::ip_reassembly::{IpReassembler, IpReassemblyConfig, IpReassemblyStats};
 use std::borrow::Cow;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 const UDP: u8 = 17;
@@ -116,9 +116,4 @@ impl Demux {
             self.ip.recycle(buf);
         }
     }
-}
-
-/// Whether `dst` is one of `groups` (exact) or a broadcast/unicast address we accept.
-pub fn destination_matches(dst: Ipv4Addr, groups: &[Ipv4Addr]) -> bool {
-    groups.contains(&dst)
 }

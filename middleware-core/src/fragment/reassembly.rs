@@ -17,7 +17,7 @@
 //!
 //! Time is a parameter: nothing here reads a clock.
 
-use crate::wire::{Datagram, DatagramRepr, DecodeError};
+use crate::wire::{Datagram, DatagramRepr};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -405,9 +405,6 @@ impl Reassembler {
         }
     }
 }
-
-/// Re-exported for callers that want to classify a drop themselves.
-pub type ReassemblyError = DecodeError;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,8 @@
 
 use anyhow::Context;
 use middleware_core::config::{Config, TransportKind};
-use middleware_core::Node;
+use middleware_core::{Node, Tap};
+use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
@@ -77,10 +78,22 @@ pub fn stopping() -> bool {
 /// Which transport [`open_node`] chose and why (for summaries and `doctor`-style output).
 pub static TRANSPORT_CHOICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-fn open_npcap(config: &Config) -> anyhow::Result<Node> {
+/// Observers a tool attaches when it opens its node: see [`open_node_with`].
+#[derive(Clone, Default)]
+pub struct Taps {
+    /// Sees every datagram and decoded sample the node receives.
+    pub node: Option<Arc<dyn Tap>>,
+    /// Sees every captured frame (packet capture transport only).
+    pub frames: Option<transport_udp_npcap::FrameTap>,
+}
+
+fn open_npcap(config: &Config, taps: &Taps) -> anyhow::Result<Node> {
     transport_udp_npcap::probe()?;
-    let factory = transport_udp_npcap::NpcapFactory::new(config)?;
-    Ok(Node::new(config.clone(), &factory)?)
+    let mut factory = transport_udp_npcap::NpcapFactory::new(config)?;
+    if let Some(t) = &taps.frames {
+        factory = factory.with_frame_tap(Arc::clone(t));
+    }
+    Ok(Node::with_tap(config.clone(), &factory, taps.node.clone())?)
 }
 
 /// Opens a node on the transport the config selects. `auto` tries packet capture and falls back
@@ -90,19 +103,27 @@ fn open_npcap(config: &Config) -> anyhow::Result<Node> {
 /// The transport cannot be opened (for `npcap`: the library or the capture permission is
 /// missing; the message says what to install or grant).
 pub fn open_node(config: Config) -> anyhow::Result<Node> {
+    open_node_with(config, &Taps::default())
+}
+
+/// [`open_node`] with observers attached.
+///
+/// # Errors
+/// As [`open_node`].
+pub fn open_node_with(config: Config, taps: &Taps) -> anyhow::Result<Node> {
+    let socket = |config: Config| {
+        Node::with_tap(config, &transport_udp_socket::factory, taps.node.clone()).context("opening socket transport")
+    };
     let (node, choice) = match config.transport {
-        TransportKind::Socket => (
-            Node::new(config, &transport_udp_socket::factory).context("opening socket transport")?,
-            "socket".to_string(),
-        ),
+        TransportKind::Socket => (socket(config)?, "socket".to_string()),
         TransportKind::Npcap => {
-            (open_npcap(&config).context("opening the npcap (packet capture) transport")?, "npcap".to_string())
+            (open_npcap(&config, taps).context("opening the npcap (packet capture) transport")?, "npcap".to_string())
         }
-        TransportKind::Auto => match open_npcap(&config) {
+        TransportKind::Auto => match open_npcap(&config, taps) {
             Ok(node) => (node, "npcap (auto)".to_string()),
             Err(e) => {
                 tracing::warn!("transport auto: packet capture unavailable ({e:#}); falling back to sockets");
-                let node = Node::new(config, &transport_udp_socket::factory).context("opening socket transport")?;
+                let node = socket(config)?;
                 (node, format!("socket (auto fallback: {e:#})"))
             }
         },

@@ -40,6 +40,22 @@ impl Routes {
     }
 }
 
+/// One frame as captured, before decoding: what a recorder writes to a pcapng file.
+#[derive(Debug, Clone, Copy)]
+pub struct CapturedFrame<'a> {
+    pub device: &'a str,
+    /// The device's link type (pcap DLT / LINKTYPE value).
+    pub link_type: i32,
+    /// Capture time, µs since the Unix epoch.
+    pub timestamp_us: i64,
+    /// Length on the wire (`data` may be shorter: snaplen).
+    pub original_len: u32,
+    pub data: &'a [u8],
+}
+
+/// Sees every frame that passed the kernel filter (only the ports and groups a node listens to).
+pub type FrameTap = Arc<dyn Fn(&CapturedFrame<'_>) + Send + Sync>;
+
 /// Counters of one device, updated by its thread.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct DeviceStats {
@@ -67,7 +83,7 @@ impl std::fmt::Debug for Capture {
     }
 }
 
-fn unavailable(device: &str, e: &pcap::Error) -> TransportError {
+pub(crate) fn unavailable(device: &str, e: &pcap::Error) -> TransportError {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
     if lower.contains("permission") || lower.contains("not permitted") {
@@ -92,6 +108,7 @@ impl Capture {
         cfg: &NpcapConfig,
         routes: Arc<Routes>,
         hear_own_host: bool,
+        tap: Option<FrameTap>,
     ) -> Result<Self, TransportError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut me = Self { stop: Arc::clone(&stop), threads: Vec::new(), stats: Vec::new() };
@@ -131,9 +148,10 @@ impl Capture {
             me.stats.push(Arc::clone(&stats));
             let (routes, stop, ipc) = (Arc::clone(&routes), Arc::clone(&stop), cfg.ip.clone());
             let name = dev.clone();
+            let tap = tap.clone();
             let t = std::thread::Builder::new()
                 .name(format!("mw-pcap-{dev}"))
-                .spawn(move || run(cap, link, ipc, routes, stop, stats, name))
+                .spawn(move || run(cap, (link, dlt), ipc, routes, stop, stats, name, tap))
                 .map_err(|e| TransportError::io("spawn capture thread", e))?;
             me.threads.push(t);
             tracing::info!(device = %dev, ?link, immediate = cfg.immediate, timeout_ms = cfg.timeout_ms, buffer = cfg.buffer_size, "capture started");
@@ -151,14 +169,16 @@ impl Drop for Capture {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     mut cap: pcap::Capture<pcap::Active>,
-    link: LinkType,
+    (link, dlt): (LinkType, i32),
     ip: crate::ip_reassembly::IpReassemblyConfig,
     routes: Arc<Routes>,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<DeviceStats>>,
     device: String,
+    tap: Option<FrameTap>,
 ) {
     let mut demux = Demux::new(link, ip);
     // Routes may change between the handle's first filter and this thread's start: compare
@@ -178,6 +198,15 @@ fn run(
         let r = if crate::sys::wait_readable(&cap, Duration::from_millis(100)) {
             let now = Instant::now();
             cap.dispatch(None, |pkt| {
+                if let Some(tap) = &tap {
+                    tap(&CapturedFrame {
+                        device: &device,
+                        link_type: dlt,
+                        timestamp_us: pkt.header.ts.tv_sec as i64 * 1_000_000 + pkt.header.ts.tv_usec as i64,
+                        original_len: pkt.header.len,
+                        data: pkt.data,
+                    });
+                }
                 demux.on_frame(
                     now,
                     pkt.data,

@@ -25,6 +25,7 @@ pub mod ip_reassembly;
 mod queue;
 mod sys;
 
+pub use crate::capture::{CapturedFrame, FrameTap};
 use crate::capture::{Capture, Routes};
 use crate::config::NpcapConfig;
 use crate::queue::ByteQueue;
@@ -56,6 +57,7 @@ pub struct NpcapFactory {
     group: Ipv4Addr,
     multicast_loopback: bool,
     shared: Mutex<Option<Arc<Shared>>>,
+    tap: Option<capture::FrameTap>,
 }
 
 struct Shared {
@@ -76,7 +78,30 @@ impl NpcapFactory {
             group: config.destination(),
             multicast_loopback: config.multicast_loopback,
             shared: Mutex::new(None),
+            tap: None,
         })
+    }
+
+    /// Calls `tap` with every captured frame (e.g. to record it), before it is decoded.
+    #[must_use]
+    pub fn with_frame_tap(mut self, tap: capture::FrameTap) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+
+    /// Which devices this configuration would capture on, each opened once to prove the
+    /// permission (for diagnostics: `mwctl doctor`).
+    ///
+    /// # Errors
+    /// No device, or one that cannot be opened (the message says what to grant).
+    pub fn check(&self) -> Result<Vec<String>, TransportError> {
+        let devices = self.devices()?;
+        for d in &devices {
+            pcap::Capture::from_device(d.as_str())
+                .and_then(|c| c.snaplen(128).timeout(1).open())
+                .map_err(|e| capture::unavailable(d, &e))?;
+        }
+        Ok(devices)
     }
 
     fn devices(&self) -> Result<Vec<String>, TransportError> {
@@ -136,7 +161,7 @@ impl NpcapFactory {
             .unwrap_or_default();
         let with_kind: Vec<(String, bool)> =
             devices.iter().map(|d| (d.clone(), loopbacks.contains(d) || d == "lo")).collect();
-        let capture = Capture::start(&with_kind, &self.config, Arc::clone(&routes), self.multicast_loopback)?;
+        let capture = Capture::start(&with_kind, &self.config, Arc::clone(&routes), self.multicast_loopback, self.tap.clone())?;
         let s = Arc::new(Shared { routes, capture, devices, membership });
         *guard = Some(Arc::clone(&s));
         Ok(s)

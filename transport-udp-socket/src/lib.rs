@@ -26,6 +26,21 @@ pub fn factory(ep: &Endpoint) -> Result<Box<dyn Transport>, TransportError> {
     Ok(Box::new(UdpSocketTransport::open(ep)?))
 }
 
+/// One IPv4 address of a network interface, with the interface's flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    pub name: String,
+    pub ipv4: Ipv4Addr,
+    pub up: bool,
+    pub multicast: bool,
+    pub loopback: bool,
+}
+
+/// The host's IPv4 interfaces (empty where enumeration is not implemented: non-Linux).
+pub fn interfaces() -> Vec<InterfaceInfo> {
+    sys::interfaces()
+}
+
 /// Resolves `network.interface` (a name or an IPv4 address) to an IPv4 address.
 ///
 /// # Errors

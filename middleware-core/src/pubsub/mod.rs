@@ -7,7 +7,9 @@
 pub mod codec;
 pub mod filter;
 mod node;
+pub mod tap;
 
 pub use codec::{Codec, CodecError, Proto, ProtoType, Raw, Text};
 pub use filter::{FilterTable, SeqFilter, Verdict, MAX_TRACKED_PUBLISHERS};
 pub use node::{Node, NodeError, NodeStats, Publisher, Received, Subscriber};
+pub use tap::{Tap, TappedSample};

@@ -2,6 +2,7 @@
 
 use super::codec::Codec;
 use super::filter::{FilterTable, Verdict};
+use super::tap::{Tap, TappedSample};
 use crate::config::{Config, Mode};
 use crate::fragment::{split, Outcome, Reassembler, ReassemblyStats};
 use crate::pb::{self, CmdType, DataTypeInformation, Sample};
@@ -131,6 +132,7 @@ struct Inner {
     registrations_sent: Counter,
     shutdown: AtomicBool,
     wake: (Mutex<bool>, Condvar),
+    tap: Option<Arc<dyn Tap>>,
 }
 
 /// One participant. Dropping it sends unregistrations and stops its threads.
@@ -191,6 +193,18 @@ impl Node {
     /// # Errors
     /// A transport could not be opened.
     pub fn new(config: Config, factory: &dyn TransportFactory) -> Result<Self, NodeError> {
+        Self::with_tap(config, factory, None)
+    }
+
+    /// Like [`Node::new`], with a [`Tap`] that sees every datagram and decoded sample received.
+    ///
+    /// # Errors
+    /// A transport could not be opened.
+    pub fn with_tap(
+        config: Config,
+        factory: &dyn TransportFactory,
+        tap: Option<Arc<dyn Tap>>,
+    ) -> Result<Self, NodeError> {
         let identity = default_identity(&config);
         let reg = factory.open(&Endpoint::from_config(&config, Channel::Registration))?;
         let data = factory.open(&Endpoint::from_config(&config, Channel::Data))?;
@@ -211,6 +225,7 @@ impl Node {
             registrations_sent: Counter::default(),
             shutdown: AtomicBool::new(false),
             wake: (Mutex::new(false), Condvar::new()),
+            tap,
             config,
         });
         tracing::info!(
@@ -324,6 +339,25 @@ impl Node {
         self.inner.register_now();
         tracing::debug!(topic, entity_id, "subscriber created");
         Ok(Subscriber { node: Arc::clone(&self.inner), shared, _codec: PhantomData })
+    }
+
+    /// Receives the data of `topic` without subscribing to it (network mode: joins the group
+    /// pre-6.1 senders use for it; 6.1 senders use the base group, always joined). For taps.
+    ///
+    /// # Errors
+    /// Invalid topic name, or the transport could not join the group.
+    pub fn join_topic(&self, topic: &str) -> Result<(), NodeError> {
+        validate_topic(topic)?;
+        if self.inner.config.mode == Mode::Network {
+            let g = crate::topic_group::topic_group(
+                topic,
+                self.inner.config.network_group,
+                self.inner.config.network_mask,
+                self.inner.config.group_mapping,
+            );
+            self.inner.data.join(g)?;
+        }
+        Ok(())
     }
 
     pub fn identity(&self) -> &Identity {
@@ -500,8 +534,9 @@ impl Inner {
     fn receive_loop(
         &self,
         t: &dyn Transport,
+        channel: Channel,
         stats: &Mutex<ReassemblyStats>,
-        mut on_message: impl FnMut(std::borrow::Cow<'_, [u8]>),
+        mut on_message: impl FnMut(std::borrow::Cow<'_, [u8]>, std::net::SocketAddr),
         mut on_tick: impl FnMut(Instant),
     ) {
         let mut reassembler = Reassembler::new(self.config.reassembly.clone());
@@ -511,8 +546,11 @@ impl Inner {
             match t.recv(&mut buf, POLL) {
                 Ok(Some(meta)) => {
                     let now = Instant::now();
+                    if let Some(tap) = &self.tap {
+                        tap.datagram(channel, meta.source, &buf[..meta.len]);
+                    }
                     if let Outcome::Message(m) = reassembler.on_datagram(now, meta.source, &buf[..meta.len]) {
-                        on_message(m);
+                        on_message(m, meta.source);
                     }
                     on_tick(now);
                 }
@@ -533,7 +571,7 @@ impl Inner {
         }
     }
 
-    fn on_registration(&self, msg: &[u8], accept: &Acceptance) {
+    fn on_registration(&self, msg: &[u8], source: std::net::SocketAddr, accept: &Acceptance) {
         let c = &self.reg_counters;
         let Ok(frame) = SampleFrame::new_checked(msg) else {
             c.bad_frame.inc();
@@ -544,6 +582,9 @@ impl Inner {
             tracing::debug!("undecodable registration sample");
             return;
         };
+        if let Some(tap) = &self.tap {
+            tap.registration(&sample, source);
+        }
         let result = self.remote.lock().expect("poisoned").on_sample(Instant::now(), &sample, accept);
         match result {
             Ok(Change::New(id)) => {
@@ -575,8 +616,9 @@ impl Inner {
         let mut last_expire = Instant::now();
         self.receive_loop(
             &*self.reg,
+            Channel::Registration,
             &self.reg_reassembly,
-            |m| self.on_registration(&m, &accept),
+            |m, source| self.on_registration(&m, source, &accept),
             |now| {
                 if now.saturating_duration_since(last_expire) >= POLL {
                     last_expire = now;
@@ -591,10 +633,10 @@ impl Inner {
     }
 
     fn data_rx(self: Arc<Self>) {
-        self.receive_loop(&*self.data, &self.data_reassembly, |m| self.on_data(m), |_| {});
+        self.receive_loop(&*self.data, Channel::Data, &self.data_reassembly, |m, source| self.on_data(m, source), |_| {});
     }
 
-    fn on_data(&self, msg: std::borrow::Cow<'_, [u8]>) {
+    fn on_data(&self, msg: std::borrow::Cow<'_, [u8]>, source: std::net::SocketAddr) {
         let c = &self.data_counters;
         let Ok(frame) = SampleFrame::new_checked(&msg) else {
             c.bad_frame.inc();
@@ -603,29 +645,36 @@ impl Inner {
         };
         let subs = {
             let map = self.subscribers.read().expect("poisoned");
-            match map.get(frame.name()) {
-                Some(v) if !v.is_empty() => v.clone(),
-                _ => {
-                    c.unmatched_topic.inc();
-                    return;
-                }
-            }
+            map.get(frame.name()).filter(|v| !v.is_empty()).cloned().unwrap_or_default()
         };
+        if subs.is_empty() && self.tap.is_none() {
+            c.unmatched_topic.inc();
+            return;
+        }
         // A reassembled message is decoded in place: the payload becomes a slice of its buffer,
         // and that buffer (no second allocation) becomes the delivered payload.
-        let body_start = msg.len() - frame.body().len();
+        let message_len = msg.len();
+        let body_start = message_len - frame.body().len();
+        // Borrowed from the subscriber when there is one: no allocation per message.
+        let unmatched_name;
+        let topic_name: &str = match subs.first() {
+            Some(s) => &s.topic,
+            None => {
+                unmatched_name = frame.name().to_string();
+                &unmatched_name
+            }
+        };
         let body = match msg {
             std::borrow::Cow::Owned(v) => bytes::Bytes::from(v).slice(body_start..),
             std::borrow::Cow::Borrowed(b) => bytes::Bytes::copy_from_slice(&b[body_start..]),
         };
-        let topic_name = &subs[0].topic;
         let Ok(sample) = Sample::decode(body) else {
             c.bad_protobuf.inc();
             tracing::debug!(topic = %topic_name, "undecodable data sample");
             return;
         };
         let topic = sample.topic.unwrap_or_default();
-        if sample.cmd_type != CmdType::SetSample as i32 || topic.topic_name != *topic_name {
+        if sample.cmd_type != CmdType::SetSample as i32 || topic.topic_name != topic_name {
             c.wrong_cmd.inc();
             return;
         }
@@ -633,6 +682,23 @@ impl Inner {
             c.bad_topic_id.inc();
             return;
         };
+        if let Some(tap) = &self.tap {
+            let content = sample.content.as_ref();
+            tap.data_sample(&TappedSample {
+                topic: topic_name,
+                publisher_id,
+                host_name: &topic.host_name,
+                clock: content.map_or(0, |c| c.clock),
+                send_time_us: content.map_or(0, |c| c.time),
+                payload: content.map_or(&[][..], |c| &c.payload[..]),
+                message_len,
+                source,
+            });
+        }
+        if subs.is_empty() {
+            c.unmatched_topic.inc();
+            return;
+        }
         let mut content = sample.content.unwrap_or_default();
         let now = Instant::now();
         let last = subs.len() - 1;

@@ -142,11 +142,15 @@ pub struct RemoteEntity {
     pub udp: bool,
     /// It lists no transport layer at all (an eCAL publisher before its first subscriber).
     pub no_layers: bool,
+    /// Usable transport layers it lists, by name (`udp`, `shm`, `tcp`), `+` marking active ones.
+    pub layers: Vec<String>,
     pub connections_local: i32,
     pub connections_external: i32,
     pub data_clock: i64,
     pub data_frequency_mhz: i32,
     pub message_drops: i32,
+    /// Size of the last message sent (publishers).
+    pub topic_size: i32,
     /// Registrations received for this entity.
     pub samples: u64,
     #[serde(skip)]
@@ -189,6 +193,20 @@ pub enum Rejected {
     Incomplete,
     /// A new entity or process while the table holds its maximum.
     TableFull,
+}
+
+fn layer_name(l: &TransportLayer) -> String {
+    let name = match LayerType::try_from(l.r#type) {
+        Ok(LayerType::UdpMc) => "udp".to_string(),
+        Ok(LayerType::Shm) => "shm".to_string(),
+        Ok(LayerType::Tcp) => "tcp".to_string(),
+        _ => format!("layer{}", l.r#type),
+    };
+    if l.active {
+        name + "+"
+    } else {
+        name
+    }
 }
 
 /// Remote publishers and subscribers held at most (registration arrives from the network, so
@@ -290,11 +308,13 @@ impl RemoteTable {
                         datatype_descriptor: dt.descriptor_information,
                         udp: t.transport_layer.iter().any(|l| l.r#type == LayerType::UdpMc as i32 && l.is_usable()),
                         no_layers: t.transport_layer.is_empty(),
+                        layers: t.transport_layer.iter().filter(|l| l.is_usable()).map(layer_name).collect(),
                         connections_local: t.connections_local,
                         connections_external: t.connections_external,
                         data_clock: t.data_clock,
                         data_frequency_mhz: t.data_frequency,
                         message_drops: t.message_drops,
+                        topic_size: t.topic_size,
                         samples: prev + 1,
                         last_seen: now,
                     },

@@ -6,12 +6,17 @@ use std::os::fd::AsRawFd;
 
 /// First IPv4 address of the interface called `name`.
 pub(crate) fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
+    interfaces().into_iter().find(|i| i.name == name).map(|i| i.ipv4)
+}
+
+/// Every interface with an IPv4 address (one entry per address).
+pub(crate) fn interfaces() -> Vec<crate::InterfaceInfo> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return None;
+        return Vec::new();
     }
-    let mut found = None;
+    let mut found = Vec::new();
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: cur is a node of the list getifaddrs returned; it stays valid until freeifaddrs.
@@ -24,11 +29,17 @@ pub(crate) fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
         let n = unsafe { CStr::from_ptr(ifa.ifa_name) };
         // SAFETY: ifa_addr is non-null and points to a sockaddr of at least its family's size.
         let family = unsafe { (*ifa.ifa_addr).sa_family };
-        if n.to_bytes() == name.as_bytes() && i32::from(family) == libc::AF_INET {
+        if i32::from(family) == libc::AF_INET {
             // SAFETY: family AF_INET means the sockaddr is a sockaddr_in.
             let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            break;
+            let flags = ifa.ifa_flags;
+            found.push(crate::InterfaceInfo {
+                name: n.to_string_lossy().into_owned(),
+                ipv4: Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                up: flags & libc::IFF_UP as u32 != 0,
+                multicast: flags & libc::IFF_MULTICAST as u32 != 0,
+                loopback: flags & libc::IFF_LOOPBACK as u32 != 0,
+            });
         }
     }
     // SAFETY: head came from getifaddrs and is freed once.

@@ -1,5 +1,5 @@
 //! The only OS-specific code of this crate. Every platform file exports the same names:
-//! `interface_ipv4(name)` and `force_recv_buffer(socket, bytes)`.
+//! `interface_ipv4(name)`, `interfaces()` and `force_recv_buffer(socket, bytes)`.
 
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]
@@ -9,4 +9,4 @@ mod imp;
 #[path = "other.rs"]
 mod imp;
 
-pub(crate) use imp::{force_recv_buffer, interface_ipv4};
+pub(crate) use imp::{force_recv_buffer, interface_ipv4, interfaces};

@@ -6,6 +6,11 @@ pub(crate) fn interface_ipv4(_name: &str) -> Option<Ipv4Addr> {
     None
 }
 
+/// Not enumerated on this platform yet.
+pub(crate) fn interfaces() -> Vec<crate::InterfaceInfo> {
+    Vec::new()
+}
+
 pub(crate) fn force_recv_buffer(_socket: &socket2::Socket, _bytes: usize) -> std::io::Result<()> {
     Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "no SO_RCVBUFFORCE on this platform"))
 }

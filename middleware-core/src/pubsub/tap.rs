@@ -1,0 +1,31 @@
+//! Read-only hooks into a node's receive path, for tools that watch traffic (monitors,
+//! recorders) rather than subscribe to it. A node without a tap pays nothing for this.
+
+use crate::pb::Sample;
+use crate::transport::Channel;
+use std::net::SocketAddr;
+
+/// One data sample as a node decoded it, whether or not a local subscriber wants the topic.
+#[derive(Debug, Clone, Copy)]
+pub struct TappedSample<'a> {
+    pub topic: &'a str,
+    pub publisher_id: u64,
+    pub host_name: &'a str,
+    pub clock: i64,
+    /// Send time, µs since the Unix epoch of the sender's clock.
+    pub send_time_us: i64,
+    pub payload: &'a [u8],
+    /// Length of the whole message (name prefix + protobuf) on the wire.
+    pub message_len: usize,
+    pub source: SocketAddr,
+}
+
+/// Observer of a node's receive path. Called on the receive threads: keep it short.
+pub trait Tap: Send + Sync {
+    /// Every datagram a transport delivered, before reassembly.
+    fn datagram(&self, _channel: Channel, _source: SocketAddr, _bytes: &[u8]) {}
+    /// Every registration sample that decoded, accepted by the node or not (own process too).
+    fn registration(&self, _sample: &Sample, _source: SocketAddr) {}
+    /// Every data sample that decoded.
+    fn data_sample(&self, _sample: &TappedSample<'_>) {}
+}

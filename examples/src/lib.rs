@@ -7,9 +7,9 @@
 use anyhow::Context;
 use middleware_core::config::{Config, TransportKind};
 use middleware_core::{Node, Tap};
-use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Options every program takes; each falls back to the config file and environment.
 #[derive(Debug, Clone, clap::Args)]

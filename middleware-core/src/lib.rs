@@ -28,5 +28,7 @@ pub mod wire;
 pub mod testing;
 
 pub use config::{Config, Mode, TransportKind};
-pub use pubsub::{Codec, Node, NodeError, Proto, ProtoType, Publisher, Raw, Received, Subscriber, Tap, TappedSample, Text};
+pub use pubsub::{
+    Codec, Node, NodeError, Proto, ProtoType, Publisher, Raw, Received, Subscriber, Tap, TappedSample, Text,
+};
 pub use transport::{Transport, TransportError, TransportFactory};

@@ -91,12 +91,9 @@ fn capture_checks(config: &Config, out: &mut Vec<Check>) {
         }
     };
     match factory.check() {
-        Ok(devices) => out.push(check(
-            "capture permission",
-            Status::Ok,
-            format!("can capture on {}", devices.join(", ")),
-            None,
-        )),
+        Ok(devices) => {
+            out.push(check("capture permission", Status::Ok, format!("can capture on {}", devices.join(", ")), None))
+        }
         Err(e) => out.push(check(
             "capture permission",
             needed,
@@ -170,7 +167,12 @@ fn route_checks(config: &Config, ifaces: &[InterfaceInfo], out: &mut Vec<Check>)
             out.push(check(
                 "interface flags",
                 Status::Fail,
-                format!("{}: {}{}", i.name, if i.up { "" } else { "down " }, if i.multicast { "" } else { "no MULTICAST flag" }),
+                format!(
+                    "{}: {}{}",
+                    i.name,
+                    if i.up { "" } else { "down " },
+                    if i.multicast { "" } else { "no MULTICAST flag" }
+                ),
                 Some(format!("ip link set dev {} up multicast on", i.name)),
             ));
         } else {
@@ -191,9 +193,13 @@ fn buffer_check(config: &Config, out: &mut Vec<Check>) {
                 "udp.receive_buffer asks for {want} bytes but net.core.rmem_max is {max}: processes without \
                  CAP_NET_ADMIN (real eCAL ones included) get {max}, and bursts of large messages are lost"
             ),
-            Some(format!("sysctl -w net.core.rmem_max={want}   (persist in /etc/sysctl.d/), or lower udp.receive_buffer")),
+            Some(format!(
+                "sysctl -w net.core.rmem_max={want}   (persist in /etc/sysctl.d/), or lower udp.receive_buffer"
+            )),
         )),
-        Some(max) => out.push(check("receive buffer", Status::Ok, format!("{want} bytes requested, rmem_max {max}"), None)),
+        Some(max) => {
+            out.push(check("receive buffer", Status::Ok, format!("{want} bytes requested, rmem_max {max}"), None))
+        }
         None => {
             // Elsewhere: ask for it and see what is granted.
             let got = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
@@ -251,7 +257,8 @@ fn listen(config: &Config, seconds: f64) -> (Vec<Peer>, Vec<String>) {
         Err(e) => errors.push(format!("cannot listen on {}:{port}: {e}", config.network_group)),
     }
     let mut peers: BTreeMap<(&'static str, String, i32), Peer> = BTreeMap::new();
-    let mut reassemblers: Vec<Reassembler> = socks.iter().map(|_| Reassembler::new(config.reassembly.clone())).collect();
+    let mut reassemblers: Vec<Reassembler> =
+        socks.iter().map(|_| Reassembler::new(config.reassembly.clone())).collect();
     let end = Instant::now() + Duration::from_secs_f64(seconds.max(0.0));
     let mut buf = vec![0u8; 65536];
     while Instant::now() < end {
@@ -287,7 +294,8 @@ fn peer_checks(config: &Config, ifaces: &[InterfaceInfo], seconds: f64, out: &mu
     }
     let mine = config.mode.to_string();
     let (same, other): (Vec<&Peer>, Vec<&Peer>) = peers.iter().partition(|p| p.mode == mine);
-    let list = |v: &[&Peer]| v.iter().map(|p| format!("{}@{}", p.process_id, p.host_name)).collect::<Vec<_>>().join(", ");
+    let list =
+        |v: &[&Peer]| v.iter().map(|p| format!("{}@{}", p.process_id, p.host_name)).collect::<Vec<_>>().join(", ");
     out.push(check(
         "peers",
         Status::Info,
@@ -300,8 +308,13 @@ fn peer_checks(config: &Config, ifaces: &[InterfaceInfo], seconds: f64, out: &mu
         out.push(check(
             "mode",
             status,
-            format!("this config uses {mine} mode, but {} use {other_mode} mode: they do not hear each other", list(&other)),
-            Some(format!("set `mode = \"{other_mode}\"` (or MW_MODE={other_mode}) here, or change the peers' eCAL config")),
+            format!(
+                "this config uses {mine} mode, but {} use {other_mode} mode: they do not hear each other",
+                list(&other)
+            ),
+            Some(format!(
+                "set `mode = \"{other_mode}\"` (or MW_MODE={other_mode}) here, or change the peers' eCAL config"
+            )),
         ));
     } else if !peers.is_empty() {
         out.push(check("mode", Status::Ok, format!("all peers use {mine} mode"), None));
@@ -342,7 +355,10 @@ fn firewall_check(out: &mut Vec<Check>) {
             "firewall",
             Status::Info,
             "Windows Defender Firewall inspects every received multicast datagram in the kernel",
-            Some("allow the program for UDP 14000-14002, or use the npcap transport (captures below the firewall)".into()),
+            Some(
+                "allow the program for UDP 14000-14002, or use the npcap transport (captures below the firewall)"
+                    .into(),
+            ),
         ));
         return;
     }
@@ -417,7 +433,10 @@ pub fn run(config: &Config, args: &Args) -> anyhow::Result<i32> {
             }
         }
         for p in &peers {
-            println!("       peer: {}@{} {} ({} mode, from {})", p.process_id, p.host_name, p.unit_name, p.mode, p.source);
+            println!(
+                "       peer: {}@{} {} ({} mode, from {})",
+                p.process_id, p.host_name, p.unit_name, p.mode, p.source
+            );
         }
         let fails = checks.iter().filter(|c| c.status == Status::Fail).count();
         println!("{}", if fails == 0 { "no problems found".to_string() } else { format!("{fails} problems found") });

@@ -51,7 +51,8 @@ impl Decoder {
             .remote_entities()
             .into_iter()
             .find(|e| e.direction == Direction::Publisher && e.topic_name == topic)?;
-        let schema = if e.datatype_encoding == "proto" { Schema::from_descriptor(&e.datatype_descriptor) } else { None };
+        let schema =
+            if e.datatype_encoding == "proto" { Schema::from_descriptor(&e.datatype_descriptor) } else { None };
         Some(Self { encoding: e.datatype_encoding, type_name: e.datatype_name, schema })
     }
 
@@ -73,7 +74,9 @@ fn body(format: Format, dec: Option<&Decoder>, payload: &[u8], hex_lines: usize)
     match format {
         Format::Hex => hex_dump(payload, hex_lines),
         Format::Text => format!("{}\n", String::from_utf8_lossy(payload)),
-        Format::Proto => proto(dec).unwrap_or_else(|e| format!("(not protobuf: {e})\n{}", hex_dump(payload, hex_lines))),
+        Format::Proto => {
+            proto(dec).unwrap_or_else(|e| format!("(not protobuf: {e})\n{}", hex_dump(payload, hex_lines)))
+        }
         Format::Auto | Format::Json => {
             if dec.is_some_and(|d| d.encoding == "proto") {
                 if let Ok(t) = proto(dec) {
@@ -103,7 +106,8 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<i32> {
         }
         n += 1;
         let publisher = sub.publishers().into_iter().find(|p| p.entity_id == r.publisher_id);
-        let from = publisher.map_or_else(|| r.publisher_id.to_string(), |p| format!("{}@{}", p.process_id, p.host_name));
+        let from =
+            publisher.map_or_else(|| r.publisher_id.to_string(), |p| format!("{}@{}", p.process_id, p.host_name));
         if args.format == Format::Json {
             let text = printable(&r.value).map(str::to_string);
             let v = serde_json::json!({

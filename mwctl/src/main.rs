@@ -21,7 +21,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
-#[command(name = "mwctl", version, about = "Monitor, echo, record, replay and diagnose eCAL-compatible pub/sub traffic")]
+#[command(
+    name = "mwctl",
+    version,
+    about = "Monitor, echo, record, replay and diagnose eCAL-compatible pub/sub traffic"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

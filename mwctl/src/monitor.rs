@@ -113,7 +113,9 @@ impl Rates {
         let mut processes = ctx.node.remote_processes();
         processes.sort_by(|a, b| (&a.host_name, a.process_id).cmp(&(&b.host_name, b.process_id)));
         let mut entities = ctx.node.remote_entities();
-        entities.sort_by(|a, b| (&a.topic_name, a.direction as u8, a.entity_id).cmp(&(&b.topic_name, b.direction as u8, b.entity_id)));
+        entities.sort_by(|a, b| {
+            (&a.topic_name, a.direction as u8, a.entity_id).cmp(&(&b.topic_name, b.direction as u8, b.entity_id))
+        });
         let (traffic, untracked) = tap.snapshot();
         let clocks: HashMap<u64, (i64, i32)> = entities
             .iter()

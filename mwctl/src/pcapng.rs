@@ -196,7 +196,11 @@ pub fn read_all(mut input: impl Read) -> anyhow::Result<Vec<Packet>> {
                         2 => name = String::from_utf8_lossy(v).into_owned(),
                         9 if !v.is_empty() => {
                             let r = v[0];
-                            tps = if r & 0x80 == 0 { 10u64.saturating_pow(u32::from(r)) } else { 1u64 << (r & 0x3f).min(63) };
+                            tps = if r & 0x80 == 0 {
+                                10u64.saturating_pow(u32::from(r))
+                            } else {
+                                1u64 << (r & 0x3f).min(63)
+                            };
                         }
                         _ => {}
                     }
@@ -212,7 +216,12 @@ pub fn read_all(mut input: impl Read) -> anyhow::Result<Vec<Packet>> {
                 }
                 let (name, link, tps) = ifaces.get(id).cloned().context("packet of an undeclared interface")?;
                 let us = (u128::from(ticks) * 1_000_000 / u128::from(tps)) as i64;
-                out.push(Packet { link_type: link, interface: name, timestamp_us: us, data: body[20..20 + cap].to_vec() });
+                out.push(Packet {
+                    link_type: link,
+                    interface: name,
+                    timestamp_us: us,
+                    data: body[20..20 + cap].to_vec(),
+                });
             }
             SPB if body.len() >= 4 => {
                 let (name, link, _) = ifaces.first().cloned().context("packet of an undeclared interface")?;
@@ -254,7 +263,12 @@ fn read_classic(data: &[u8], e: Endian, nanos: bool) -> anyhow::Result<Vec<Packe
             bail!("corrupt record length {cap} at offset {pos}");
         }
         let us = sec * 1_000_000 + if nanos { frac / 1000 } else { frac };
-        out.push(Packet { link_type: link, interface: "pcap".into(), timestamp_us: us, data: data[pos + 16..pos + 16 + cap].to_vec() });
+        out.push(Packet {
+            link_type: link,
+            interface: "pcap".into(),
+            timestamp_us: us,
+            data: data[pos + 16..pos + 16 + cap].to_vec(),
+        });
         pos += 16 + cap;
     }
     Ok(out)
@@ -276,7 +290,15 @@ mod tests {
         assert_eq!(bytes.len() % 4, 0);
         let p = read_all(&bytes[..]).unwrap();
         assert_eq!(p.len(), 2);
-        assert_eq!(p[0], Packet { link_type: 1, interface: "eth0".into(), timestamp_us: 1_700_000_000_123_456, data: b"hello".to_vec() });
+        assert_eq!(
+            p[0],
+            Packet {
+                link_type: 1,
+                interface: "eth0".into(),
+                timestamp_us: 1_700_000_000_123_456,
+                data: b"hello".to_vec()
+            }
+        );
         assert_eq!(p[1].link_type, 113);
         assert_eq!(p[1].data, vec![1, 2, 3, 4]);
     }
@@ -315,6 +337,9 @@ mod tests {
         }
         h.extend_from_slice(&[7, 8]);
         let p = read_all(&h[..]).unwrap();
-        assert_eq!(p, vec![Packet { link_type: 1, interface: "pcap".into(), timestamp_us: 10_000_020, data: vec![7, 8] }]);
+        assert_eq!(
+            p,
+            vec![Packet { link_type: 1, interface: "pcap".into(), timestamp_us: 10_000_020, data: vec![7, 8] }]
+        );
     }
 }

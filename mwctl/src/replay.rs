@@ -71,9 +71,8 @@ pub fn load(path: &std::path::Path, ports: (u16, u16)) -> anyhow::Result<Recordi
         };
         // Time as recorded drives IP and message reassembly timeouts.
         let now = base + Duration::from_micros((p.timestamp_us - t0).max(0) as u64);
-        let demux = demuxes
-            .entry((p.interface.clone(), p.link_type))
-            .or_insert_with(|| Demux::new(link, Default::default()));
+        let demux =
+            demuxes.entry((p.interface.clone(), p.link_type)).or_insert_with(|| Demux::new(link, Default::default()));
         let mut datagrams = Vec::new();
         demux.on_frame(
             now,

@@ -25,8 +25,8 @@ pub mod ip_reassembly;
 mod queue;
 mod sys;
 
-pub use crate::capture::{CapturedFrame, FrameTap};
 use crate::capture::{Capture, Routes};
+pub use crate::capture::{CapturedFrame, FrameTap};
 use crate::config::NpcapConfig;
 use crate::queue::ByteQueue;
 use middleware_core::config::{Config, Mode};
@@ -161,7 +161,8 @@ impl NpcapFactory {
             .unwrap_or_default();
         let with_kind: Vec<(String, bool)> =
             devices.iter().map(|d| (d.clone(), loopbacks.contains(d) || d == "lo")).collect();
-        let capture = Capture::start(&with_kind, &self.config, Arc::clone(&routes), self.multicast_loopback, self.tap.clone())?;
+        let capture =
+            Capture::start(&with_kind, &self.config, Arc::clone(&routes), self.multicast_loopback, self.tap.clone())?;
         let s = Arc::new(Shared { routes, capture, devices, membership });
         *guard = Some(Arc::clone(&s));
         Ok(s)

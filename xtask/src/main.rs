@@ -2,13 +2,15 @@
 //!
 //! * `interop [--filter S] [--keep-going]`: the sender x receiver matrix over two network
 //!   namespaces (and same-host), this project and real eCAL 6.1.1, comparing counts and digests;
-//! * `test`: everything a user or CI runs: the workspace tests, then `interop`;
+//! * `tools`: the operator tool `mwctl` against real eCAL and this project's processes;
+//! * `test`: everything a user or CI runs: the workspace tests, then `interop` and `tools`;
 //! * `ecal-venv`: create (or reuse) the Python virtual environment with eclipse-ecal 6.1.1.
 
 mod bench;
 mod ecal;
 mod interop;
 mod netns;
+mod tools;
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -38,8 +40,9 @@ fn usage() -> ! {
         "usage: cargo xtask <command>\n\
          \n  demo [--transport T]       build and run a subscriber and a publisher talking (default transport, local mode)\
          \n  bench [--sizes 64,1024]    end-to-end throughput table (root; writes BENCHMARKS.md)\
-         \n  test                       workspace tests (nextest when installed, else cargo test), then interop\
+         \n  test                       workspace tests (nextest when installed, else cargo test), then interop and tools\
          \n  interop [--filter TEXT]    interop matrix in network namespaces (root), with real eCAL 6.1.1\
+         \n  tools                      mwctl monitor/echo/record/replay/doctor vs real eCAL and ours (root)\
          \n  ecal-venv                  create/reuse the eclipse-ecal 6.1.1 virtual environment"
     );
     std::process::exit(2)
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         "test" => test_all(rest),
         "demo" => demo(rest),
         "bench" => bench::run(rest),
+        "tools" => tools::run(rest),
         _ => usage(),
     }
 }
@@ -73,7 +77,8 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
         run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
     }
     windows_check()?;
-    interop::run(rest)
+    interop::run(rest)?;
+    tools::run(&[])
 }
 
 /// `cargo check` for Windows when the target is installed; says so plainly when it is not.

@@ -633,7 +633,13 @@ impl Inner {
     }
 
     fn data_rx(self: Arc<Self>) {
-        self.receive_loop(&*self.data, Channel::Data, &self.data_reassembly, |m, source| self.on_data(m, source), |_| {});
+        self.receive_loop(
+            &*self.data,
+            Channel::Data,
+            &self.data_reassembly,
+            |m, source| self.on_data(m, source),
+            |_| {},
+        );
     }
 
     fn on_data(&self, msg: std::borrow::Cow<'_, [u8]>, source: std::net::SocketAddr) {

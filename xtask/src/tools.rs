@@ -1,0 +1,428 @@
+//! `cargo xtask tools`: the operator tool `mwctl` against real eCAL 6.1.1 processes and this
+//! project's, in the two-namespace lab. Every case checks counts and payload bytes; any failure
+//! makes the command exit non-zero.
+
+use crate::ecal;
+use crate::netns::{Host, Lab};
+use crate::{cargo, project_root};
+use anyhow::{bail, ensure, Context};
+use serde_json::Value;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Env {
+    bin: PathBuf,
+    python: PathBuf,
+    logs: PathBuf,
+}
+
+impl Env {
+    fn ours(&self, host: &Host, prog: &str, args: &[&str]) -> Command {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut c = host.command(&self.bin.join(prog).display().to_string(), &args);
+        c.env("MW_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::piped());
+        c
+    }
+
+    fn ecal(&self, host: &Host, args: &[&str]) -> anyhow::Result<Command> {
+        let mut a = vec![ecal::peer_script().display().to_string()];
+        a.extend(args.iter().map(|s| s.to_string()));
+        let mut c = host.command(&self.python.display().to_string(), &a);
+        c.env("ECAL_DATA", ecal::config_dir("network")?).stdin(Stdio::null()).stdout(Stdio::piped());
+        Ok(c)
+    }
+
+    fn spawn(&self, mut c: Command, log: &str) -> anyhow::Result<Child> {
+        c.stderr(std::fs::File::create(self.logs.join(format!("tools-{log}.log")))?);
+        c.spawn().with_context(|| format!("starting {log}"))
+    }
+}
+
+fn finish(mut child: Child, timeout: Duration) -> (Option<i32>, String) {
+    let end = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st.code(),
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    (status, out)
+}
+
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines().filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok()).collect()
+}
+
+fn summary<'a>(lines: &'a [Value], role: &str, topic: &str) -> anyhow::Result<&'a Value> {
+    lines
+        .iter()
+        .find(|v| v["role"] == role && v["topic"] == topic)
+        .with_context(|| format!("no {role} summary for {topic}"))
+}
+
+fn mod251(size: usize, k: usize) -> Vec<u8> {
+    (0..size).map(|i| ((i + k) % 251) as u8).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+/// monitor: lists the real eCAL process, its topic and its traffic, and ours.
+fn monitor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
+    let count = "60";
+    let sub = env.spawn(
+        env.ours(
+            &lab.b,
+            "subscriber",
+            &[
+                "--topic",
+                "tools_mon_ecal",
+                "--topic",
+                "tools_mon_ours",
+                "--count",
+                count,
+                "--timeout",
+                "40",
+                "--mode",
+                "network",
+            ],
+        ),
+        "mon-sub",
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let epub = env.spawn(
+        env.ecal(&lab.a, &["pub", "--topic", "tools_mon_ecal", "--count", count, "--size", "100", "--rate", "10"])?,
+        "mon-ecal-pub",
+    )?;
+    let opub = env.spawn(
+        env.ours(
+            &lab.a,
+            "publisher",
+            &["--topic", "tools_mon_ours", "--count", count, "--size", "200", "--rate", "10", "--mode", "network"],
+        ),
+        "mon-ours-pub",
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let mon =
+        env.spawn(env.ours(&lab.b, "mwctl", &["monitor", "--json", "--wait", "4", "--mode", "network"]), "mon")?;
+    let (code, out) = finish(mon, Duration::from_secs(30));
+    let _ = (
+        finish(epub, Duration::from_secs(30)),
+        finish(opub, Duration::from_secs(30)),
+        finish(sub, Duration::from_secs(30)),
+    );
+    ensure!(code == Some(0), "monitor exited {code:?}");
+    let v: Value = serde_json::from_str(&out).context("monitor --json output")?;
+    let procs = v["processes"].as_array().context("processes")?;
+    let ecal_proc = procs
+        .iter()
+        .find(|p| p["host_name"] == "hosta" && p["unit_name"] == "ecal_peer_pub")
+        .context("the eCAL process is not listed")?;
+    ensure!(
+        ecal_proc["runtime_version"].as_str().unwrap_or("").contains("6.1.1"),
+        "eCAL runtime version {}",
+        ecal_proc["runtime_version"]
+    );
+    ensure!(
+        procs.iter().any(|p| p["host_name"] == "hosta" && p["unit_name"] == "publisher"),
+        "our publisher process is not listed"
+    );
+    let ents = v["entities"].as_array().context("entities")?;
+    let e = ents
+        .iter()
+        .find(|e| e["direction"] == "publisher" && e["topic_name"] == "tools_mon_ecal")
+        .context("the eCAL publisher is not listed")?;
+    ensure!(
+        e["unit_name"] == "ecal_peer_pub" && e["datatype_name"] == "bytes" && e["datatype_encoding"] == "raw",
+        "eCAL publisher row {e}"
+    );
+    let mut detail = Vec::new();
+    for t in ["tools_mon_ecal", "tools_mon_ours"] {
+        let row = v["topics"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["topic"] == t))
+            .with_context(|| format!("topic {t} missing"))?;
+        let rate = row["rate_hz"].as_f64().unwrap_or(0.0);
+        ensure!(row["publishers"] == 1 && row["subscribers"].as_u64().unwrap_or(0) >= 1, "{t}: {row}");
+        ensure!(
+            row["messages_seen"].as_u64().unwrap_or(0) > 0 && (5.0..=15.0).contains(&rate),
+            "{t}: rate {rate} ({row})"
+        );
+        ensure!(row["drops"] == 0, "{t}: drops {}", row["drops"]);
+        detail.push(format!("{t} {rate:.1} msg/s"));
+    }
+    Ok(format!("{} processes; {}", procs.len(), detail.join(", ")))
+}
+
+/// echo: prints every message of a real eCAL publisher with its exact bytes (and ours through
+/// the capture transport), and a protobuf record field by field from the registered descriptor.
+fn echo(env: &Env, lab: &Lab) -> anyhow::Result<String> {
+    let mut notes = Vec::new();
+    for (label, transport) in [("eCAL", "socket"), ("ours", "npcap")] {
+        let n = 5usize;
+        let topic = format!("tools_echo_{transport}");
+        let e = env.spawn(
+            env.ours(
+                &lab.b,
+                "mwctl",
+                &[
+                    "echo",
+                    &topic,
+                    "--format",
+                    "json",
+                    "--count",
+                    "5",
+                    "--seconds",
+                    "40",
+                    "--mode",
+                    "network",
+                    "--transport",
+                    transport,
+                ],
+            ),
+            &format!("echo-{transport}"),
+        )?;
+        std::thread::sleep(Duration::from_millis(500));
+        let p = if label == "eCAL" {
+            env.spawn(
+                env.ecal(&lab.a, &["pub", "--topic", &topic, "--count", "5", "--size", "64", "--rate", "10"])?,
+                "echo-ecal-pub",
+            )?
+        } else {
+            env.spawn(
+                env.ours(
+                    &lab.a,
+                    "publisher",
+                    &["--topic", &topic, "--count", "5", "--size", "64", "--rate", "10", "--mode", "network"],
+                ),
+                "echo-ours-pub",
+            )?
+        };
+        let (code, out) = finish(e, Duration::from_secs(45));
+        let _ = finish(p, Duration::from_secs(30));
+        ensure!(code == Some(0), "{label}: echo exited {code:?}");
+        let lines = json_lines(&out);
+        ensure!(lines.len() == n, "{label}: {} messages printed, {n} sent", lines.len());
+        for (k, l) in lines.iter().enumerate() {
+            let bytes = unhex(l["hex"].as_str().context("hex payload")?);
+            ensure!(bytes == mod251(64, k), "{label}: message {k} bytes differ");
+        }
+        notes.push(format!("{label} {n}/{n} byte-exact"));
+    }
+    let e = env.spawn(
+        env.ours(&lab.b, "mwctl", &["echo", "person", "--count", "3", "--seconds", "40", "--mode", "network"]),
+        "echo-proto",
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let p = env.spawn(env.ours(&lab.a, "people", &["--mode", "network", "pub", "--count", "3"]), "echo-people")?;
+    let (code, out) = finish(e, Duration::from_secs(45));
+    let _ = finish(p, Duration::from_secs(30));
+    ensure!(code == Some(0), "protobuf echo exited {code:?}");
+    for id in 1..3 {
+        ensure!(
+            out.contains(&format!("id: {id}\nname: \"person {id}\"\nemail: \"p{id}@example.org\"")),
+            "person {id} not decoded:\n{out}"
+        );
+    }
+    ensure!(out.contains("proto:pb.People.Person"), "datatype not shown");
+    notes.push("protobuf decoded by descriptor".into());
+    Ok(notes.join("; "))
+}
+
+fn tcpdump_count(file: &std::path::Path, filter: &str) -> anyhow::Result<(usize, String)> {
+    let o = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(file)
+        .arg(filter)
+        .output()
+        .context("running tcpdump (apt-get install tcpdump)")?;
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    ensure!(o.status.success(), "tcpdump -r failed: {err}");
+    Ok((String::from_utf8_lossy(&o.stdout).lines().count(), err))
+}
+
+/// record from a real eCAL publisher (both transports), open the file with tcpdump, then replay
+/// it to a real eCAL subscriber and compare the digest with the original publisher's.
+fn record(env: &Env, lab: &Lab) -> anyhow::Result<String> {
+    let dir = project_root().join("target").join("xtask").join("tools");
+    std::fs::create_dir_all(&dir)?;
+    let mut notes = Vec::new();
+    // Small messages: one frame per sample, counted with tcpdump. 200 kB messages: eCAL
+    // fragments and IP fragments, reassembled again from the file by replay.
+    for (transport, size, n) in
+        [("socket", 100usize, 30u64), ("npcap", 100, 30), ("socket", 200_000, 5), ("npcap", 200_000, 5)]
+    {
+        let topic = format!("tools_rec_{transport}_{size}");
+        let file = dir.join(format!("record-{transport}-{size}.pcapng"));
+        let (count, size_s) = (n.to_string(), size.to_string());
+        let r = env.spawn(
+            env.ours(
+                &lab.b,
+                "mwctl",
+                &[
+                    "record",
+                    "--out",
+                    &file.display().to_string(),
+                    "--topic",
+                    &topic,
+                    "--samples",
+                    &count,
+                    "--seconds",
+                    "40",
+                    "--mode",
+                    "network",
+                    "--transport",
+                    transport,
+                ],
+            ),
+            &format!("record-{transport}-{size}"),
+        )?;
+        std::thread::sleep(Duration::from_millis(500));
+        let p = env.spawn(
+            env.ecal(&lab.a, &["pub", "--topic", &topic, "--count", &count, "--size", &size_s, "--rate", "20"])?,
+            "record-ecal-pub",
+        )?;
+        let (pcode, pout) = finish(p, Duration::from_secs(45));
+        let (code, out) = finish(r, Duration::from_secs(45));
+        ensure!(
+            code == Some(0) && pcode == Some(0),
+            "{transport} {size} B: record exited {code:?}, publisher {pcode:?}"
+        );
+        let totals = &json_lines(&out).first().cloned().context("record summary")?["totals"];
+        ensure!(totals["data_samples"] == n, "{transport} {size} B: recorder saw {} samples", totals["data_samples"]);
+        let (reg, info) = tcpdump_count(&file, "udp dst port 14000")?;
+        ensure!(reg > 0, "{transport} {size} B: no registration packets recorded");
+        let link = info.split(", ").find(|p| p.starts_with("link-type")).unwrap_or("").to_string();
+        let mut note = format!("{transport} {size} B x {n}: ");
+        if size < 1400 {
+            let (data, _) = tcpdump_count(&file, "udp dst port 14002")?;
+            ensure!(data as u64 == n, "{transport}: tcpdump reads {data} data packets, expected {n}");
+            note += &format!("tcpdump reads {data} data + {reg} registration packets ({link})");
+        } else {
+            let (frames, _) = tcpdump_count(&file, "")?;
+            note += &format!("{frames} frames ({link})");
+        }
+        let digest = summary(&json_lines(&pout), "pub", &topic)?["sha256"].clone();
+        // Replay into a real eCAL subscriber on the other host.
+        let s = env.spawn(
+            env.ecal(&lab.a, &["sub", "--topic", &topic, "--count", &count, "--timeout", "40"])?,
+            "replay-ecal-sub",
+        )?;
+        std::thread::sleep(Duration::from_secs(1));
+        let rp = env.spawn(
+            env.ours(&lab.b, "mwctl", &["replay", &file.display().to_string(), "--speed", "4", "--mode", "network"]),
+            &format!("replay-{transport}-{size}"),
+        )?;
+        let (rcode, rout) = finish(rp, Duration::from_secs(60));
+        let (scode, sout) = finish(s, Duration::from_secs(60));
+        ensure!(rcode == Some(0), "{transport} {size} B: replay exited {rcode:?}: {rout}");
+        let sub_lines = json_lines(&sout);
+        let sub = summary(&sub_lines, "sub", &topic)?;
+        ensure!(
+            scode == Some(0) && sub["received"] == n && sub["sha256"] == digest,
+            "{transport} {size} B: replayed to eCAL: {sub}"
+        );
+        notes.push(note + "; replayed to eCAL, digest match");
+    }
+    Ok(notes.join("; "))
+}
+
+/// doctor: flags a missing multicast route, a too-small rmem_max, a peer in the other mode and a
+/// peer on another machine with this machine's host name; passes when all is well.
+fn doctor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
+    let b = &lab.b;
+    let run = |args: &[&str], log: &str| -> anyhow::Result<(Option<i32>, String)> {
+        let c = env.spawn(env.ours(b, "mwctl", args), log)?;
+        Ok(finish(c, Duration::from_secs(30)))
+    };
+    let dir = project_root().join("target").join("xtask").join("tools");
+    std::fs::create_dir_all(&dir)?;
+    let rmem: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")?.trim().parse()?;
+    let cfg = |name: &str, bytes: usize| -> anyhow::Result<String> {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("[udp]\nreceive_buffer = {bytes}\n"))?;
+        Ok(p.display().to_string())
+    };
+    let fits = cfg("doctor-fits.toml", rmem.max(65536))?;
+    let too_big = cfg("doctor-too-big.toml", rmem * 2)?;
+    // Healthy.
+    let (code, out) = run(&["doctor", "--mode", "network", "--listen", "1", "--config", &fits], "doctor-ok")?;
+    ensure!(code == Some(0) && !out.contains("[FAIL]"), "healthy lab: doctor exited {code:?}:\n{out}");
+    // rmem_max below the request.
+    let (code, out) = run(&["doctor", "--mode", "network", "--listen", "0.5", "--config", &too_big], "doctor-rmem")?;
+    ensure!(code == Some(1) && out.contains("[FAIL] receive buffer"), "rmem_max not flagged ({code:?}):\n{out}");
+    // No multicast route.
+    crate::run(Command::new("ip").args(["-n", &b.ns, "route", "del", "224.0.0.0/4"]))?;
+    let r = run(&["doctor", "--mode", "network", "--listen", "0.5", "--config", &fits], "doctor-route");
+    crate::run(Command::new("ip").args(["-n", &b.ns, "route", "add", "224.0.0.0/4", "dev", &b.dev]))?;
+    let (code, out) = r?;
+    ensure!(code == Some(1) && out.contains("[FAIL] multicast route"), "missing route not flagged ({code:?}):\n{out}");
+    // A network-mode peer on host A that calls itself "hostb", seen from B in local mode.
+    let mut c = env.ours(
+        &lab.a,
+        "subscriber",
+        &["--topic", "tools_doc", "--count", "1", "--timeout", "8", "--mode", "network"],
+    );
+    c.env("MW_HOST_NAME", &b.hostname);
+    let peer = env.spawn(c, "doctor-peer")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out) = run(&["doctor", "--listen", "2.5", "--config", &fits], "doctor-peers")?;
+    let (nw_code, nw_out) =
+        run(&["doctor", "--mode", "network", "--listen", "2.5", "--config", &fits], "doctor-clash")?;
+    let _ = finish(peer, Duration::from_secs(15));
+    ensure!(code == Some(1) && out.contains("[FAIL] mode"), "mode mismatch not flagged ({code:?}):\n{out}");
+    ensure!(
+        nw_code == Some(1) && nw_out.contains("[FAIL] host name") && nw_out.contains("10.77.0.1"),
+        "host name clash not flagged ({nw_code:?}):\n{nw_out}"
+    );
+    Ok(format!("healthy: pass; flagged: rmem_max {rmem} < {}, missing route, mode mismatch, host name clash", rmem * 2))
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if let Some(a) = args.first() {
+        bail!("tools: unknown argument {a}");
+    }
+    crate::run(cargo().args(["build", "--release", "-p", "examples", "-p", "mwctl", "--bins"]))?;
+    if Command::new("tcpdump").arg("--version").output().is_err() {
+        bail!("tcpdump is needed to check recorded files: apt-get install tcpdump");
+    }
+    let env = Env {
+        bin: project_root().join("target").join("release"),
+        python: ecal::venv()?,
+        logs: project_root().join("target").join("xtask").join("logs"),
+    };
+    std::fs::create_dir_all(&env.logs)?;
+    let lab = Lab::new("mwt")?;
+    type Case = fn(&Env, &Lab) -> anyhow::Result<String>;
+    let cases: [(&str, Case); 4] =
+        [("monitor", monitor), ("echo", echo), ("record+replay", record), ("doctor", doctor)];
+    let mut failures = 0;
+    for (name, f) in cases {
+        let t0 = Instant::now();
+        match f(&env, &lab) {
+            Ok(d) => eprintln!("tools {name:<14} PASS ({:.1} s) {d}", t0.elapsed().as_secs_f64()),
+            Err(e) => {
+                failures += 1;
+                eprintln!("tools {name:<14} FAIL ({:.1} s) {e:#}", t0.elapsed().as_secs_f64());
+            }
+        }
+    }
+    drop(lab);
+    if failures > 0 {
+        bail!("{failures} tools case(s) failed; logs in {}", env.logs.display());
+    }
+    println!("tools: all {} cases passed", cases.len());
+    Ok(())
+}

@@ -231,3 +231,69 @@ fn unregistration_disconnects_and_timeout_expires() {
     }
     assert!(!publ.is_connected());
 }
+
+/// What a tap recorded: (topic, clock, payload) of data samples, and datagram/registration counts.
+#[derive(Default)]
+struct Recording {
+    samples: Mutex<Vec<(String, i64, Vec<u8>)>>,
+    datagrams: Mutex<[u64; 2]>,
+    registrations: Mutex<u64>,
+}
+
+impl middleware_core::Tap for Recording {
+    fn datagram(&self, channel: middleware_core::transport::Channel, _s: SocketAddr, _b: &[u8]) {
+        let i = usize::from(channel == middleware_core::transport::Channel::Data);
+        self.datagrams.lock().unwrap()[i] += 1;
+    }
+    fn registration(&self, _s: &middleware_core::pb::Sample, _src: SocketAddr) {
+        *self.registrations.lock().unwrap() += 1;
+    }
+    fn data_sample(&self, s: &middleware_core::TappedSample<'_>) {
+        self.samples.lock().unwrap().push((s.topic.to_string(), s.clock, s.payload.to_vec()));
+    }
+}
+
+#[test]
+fn a_tap_sees_every_sample_including_topics_nobody_here_subscribes() {
+    let bus = LoopbackBus::new();
+    let rec = Arc::new(Recording::default());
+    let b2 = bus.clone();
+    let watcher = Node::with_tap(config(), &move |ep: &_| b2.open(ep), Some(rec.clone())).unwrap();
+    let a = node(&bus, config());
+    let b = node(&bus, config());
+    // `watched` has a subscriber in the tapped node, `other` only in node b.
+    let tapped_sub = watcher.subscriber::<Raw>("watched").unwrap();
+    let sub = b.subscriber::<Raw>("other").unwrap();
+    let p1 = a.publisher::<Raw>("watched").unwrap();
+    let p2 = a.publisher::<Raw>("other").unwrap();
+    assert!(p1.wait_for_subscriber(WAIT) && p2.wait_for_subscriber(WAIT));
+    for k in 0..3 {
+        p1.send(&mod251(100 + k, k)).unwrap();
+        p2.send(&mod251(70_000, k)).unwrap();
+    }
+    for k in 0..3 {
+        assert_eq!(tapped_sub.recv_timeout(WAIT).unwrap().value, mod251(100 + k, k));
+        assert_eq!(sub.recv_timeout(WAIT).unwrap().value, mod251(70_000, k));
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while rec.samples.lock().unwrap().len() < 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut got = rec.samples.lock().unwrap().clone();
+    got.sort();
+    let mut want: Vec<_> = (0..3)
+        .flat_map(|k| {
+            [
+                ("other".to_string(), k as i64 + 1, mod251(70_000, k)),
+                ("watched".to_string(), k as i64 + 1, mod251(100 + k, k)),
+            ]
+        })
+        .collect();
+    want.sort();
+    assert!(got == want, "tap saw {} samples", got.len());
+    // 3 whole datagrams + 3 x (info + 2 fragments) for the 70 kB messages.
+    assert_eq!(rec.datagrams.lock().unwrap()[1], 3 + 9);
+    assert!(*rec.registrations.lock().unwrap() > 0);
+    // The tapped node still counts the other topic as unmatched: it does not subscribe to it.
+    assert_eq!(watcher.stats().data.unmatched_topic, 3);
+}

@@ -100,10 +100,13 @@ pub struct View {
     pub untracked_samples: u64,
 }
 
+/// Time, traffic per topic, and (send clock, message size) per publisher at one refresh.
+type Snapshot = (Instant, HashMap<String, Traffic>, HashMap<u64, (i64, i32)>);
+
 /// Rate computation between refreshes.
 #[derive(Default)]
 pub struct Rates {
-    last: Option<(Instant, HashMap<String, Traffic>, HashMap<u64, (i64, i32)>)>,
+    last: Option<Snapshot>,
     history: HashMap<String, VecDeque<f64>>,
 }
 
@@ -243,7 +246,7 @@ pub fn render(v: &View) -> String {
         v.entities.len(),
         v.topics.len()
     );
-    let _ = writeln!(o, "\nPROCESSES\n{:<16} {:>8}  {:<24} {}", "HOST", "PID", "UNIT", "RUNTIME");
+    let _ = writeln!(o, "\nPROCESSES\n{:<16} {:>8}  {:<24} RUNTIME", "HOST", "PID", "UNIT");
     for p in &v.processes {
         let _ = writeln!(
             o,
@@ -256,8 +259,8 @@ pub fn render(v: &View) -> String {
     }
     let _ = writeln!(
         o,
-        "\nTOPICS\n{:<24} {:<28} {:>4} {:>4} {:>9} {:>11} {:>7}  {}",
-        "TOPIC", "DATATYPE", "PUB", "SUB", "MSG/S", "BANDWIDTH", "DROPS", "RATE"
+        "\nTOPICS\n{:<24} {:<28} {:>4} {:>4} {:>9} {:>11} {:>7}  RATE",
+        "TOPIC", "DATATYPE", "PUB", "SUB", "MSG/S", "BANDWIDTH", "DROPS"
     );
     for t in &v.topics {
         let mark = if t.rate_source == "registration" { "*" } else { " " };

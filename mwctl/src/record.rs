@@ -333,15 +333,15 @@ pub fn run(ctx: &Ctx, rec: &Arc<Recorder>, args: &Args) -> anyhow::Result<i32> {
             args.topic.clone()
         };
         for t in wanted {
-            if !subs.contains_key(&t) {
-                match ctx.node.subscriber::<Raw>(&t) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = subs.entry(t) {
+                match ctx.node.subscriber::<Raw>(slot.key()) {
                     Ok(s) => {
                         // Discard at once: the tap has already written the datagrams.
                         s.on_receive(|_| {});
-                        tracing::info!(topic = %t, "recording topic");
-                        subs.insert(t, s);
+                        tracing::info!(topic = %slot.key(), "recording topic");
+                        slot.insert(s);
                     }
-                    Err(e) => tracing::warn!(topic = %t, error = %e, "cannot subscribe"),
+                    Err(e) => tracing::warn!(topic = %slot.key(), error = %e, "cannot subscribe"),
                 }
             }
         }
@@ -399,7 +399,7 @@ mod tests {
 
     fn datagrams(topic: &str, len: usize, id: i32) -> Vec<Vec<u8>> {
         let m = message(topic, len);
-        split(&m, 1000, id).unwrap().into_iter().map(|p| [&p.header[..], p.body].concat()).collect()
+        split(&m, 1000, id).unwrap().map(|p| [&p.header[..], p.body].concat()).collect()
     }
 
     #[test]

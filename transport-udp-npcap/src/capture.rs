@@ -202,7 +202,9 @@ fn run(
                     tap(&CapturedFrame {
                         device: &device,
                         link_type: dlt,
-                        timestamp_us: pkt.header.ts.tv_sec as i64 * 1_000_000 + pkt.header.ts.tv_usec as i64,
+                        // timeval fields are i64 here, 32-bit `long` on Windows.
+                        #[allow(clippy::useless_conversion)]
+                        timestamp_us: i64::from(pkt.header.ts.tv_sec) * 1_000_000 + i64::from(pkt.header.ts.tv_usec),
                         original_len: pkt.header.len,
                         data: pkt.data,
                     });

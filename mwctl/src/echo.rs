@@ -97,11 +97,14 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<i32> {
     let sub = ctx.node.subscriber::<Raw>(&args.topic)?;
     let start = Instant::now();
     let mut dec: Option<Decoder> = None;
+    let mut last_lookup: Option<Instant> = None;
     let mut n = 0u64;
     let done = |n: u64| args.count.is_some_and(|c| n >= c);
     while !done(n) && !examples::stopping() && !args.seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s) {
         let Some(r) = sub.recv_timeout(Duration::from_millis(100)) else { continue };
-        if dec.is_none() {
+        // The publisher's registration may trail its first messages: look again, now and then.
+        if dec.is_none() && last_lookup.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
+            last_lookup = Some(Instant::now());
             dec = Decoder::from_registration(ctx, &args.topic);
         }
         n += 1;

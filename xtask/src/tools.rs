@@ -261,9 +261,16 @@ fn record(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     let mut notes = Vec::new();
     // Small messages: one frame per sample, counted with tcpdump. 200 kB messages: eCAL
     // fragments and IP fragments, reassembled again from the file by replay.
-    for (transport, size, n) in
-        [("socket", 100usize, 30u64), ("npcap", 100, 30), ("socket", 200_000, 5), ("npcap", 200_000, 5)]
-    {
+    // The last row records our own publisher and replays into our subscriber.
+    let rows = [
+        ("socket", 100usize, 30u64, true),
+        ("npcap", 100, 30, true),
+        ("socket", 200_000, 5, true),
+        ("npcap", 200_000, 5, true),
+        ("npcap", 1000, 20, false),
+    ];
+    for (transport, size, n, from_ecal) in rows {
+        let who = if from_ecal { "eCAL" } else { "ours" };
         let topic = format!("tools_rec_{transport}_{size}");
         let file = dir.join(format!("record-{transport}-{size}.pcapng"));
         let (count, size_s) = (n.to_string(), size.to_string());
@@ -290,10 +297,15 @@ fn record(env: &Env, lab: &Lab) -> anyhow::Result<String> {
             &format!("record-{transport}-{size}"),
         )?;
         std::thread::sleep(Duration::from_millis(500));
-        let p = env.spawn(
-            env.ecal(&lab.a, &["pub", "--topic", &topic, "--count", &count, "--size", &size_s, "--rate", "20"])?,
-            "record-ecal-pub",
-        )?;
+        let pub_args = ["--topic", &topic, "--count", &count, "--size", &size_s, "--rate", "20"];
+        let p = if from_ecal {
+            env.spawn(env.ecal(&lab.a, &[&["pub"][..], &pub_args].concat())?, "record-ecal-pub")?
+        } else {
+            env.spawn(
+                env.ours(&lab.a, "publisher", &[&pub_args[..], &["--mode", "network"]].concat()),
+                "record-ours-pub",
+            )?
+        };
         let (pcode, pout) = finish(p, Duration::from_secs(45));
         let (code, out) = finish(r, Duration::from_secs(45));
         ensure!(
@@ -305,7 +317,7 @@ fn record(env: &Env, lab: &Lab) -> anyhow::Result<String> {
         let (reg, info) = tcpdump_count(&file, "udp dst port 14000")?;
         ensure!(reg > 0, "{transport} {size} B: no registration packets recorded");
         let link = info.split(", ").find(|p| p.starts_with("link-type")).unwrap_or("").to_string();
-        let mut note = format!("{transport} {size} B x {n}: ");
+        let mut note = format!("{who} {transport} {size} B x {n}: ");
         if size < 1400 {
             let (data, _) = tcpdump_count(&file, "udp dst port 14002")?;
             ensure!(data as u64 == n, "{transport}: tcpdump reads {data} data packets, expected {n}");
@@ -315,11 +327,16 @@ fn record(env: &Env, lab: &Lab) -> anyhow::Result<String> {
             note += &format!("{frames} frames ({link})");
         }
         let digest = summary(&json_lines(&pout), "pub", &topic)?["sha256"].clone();
-        // Replay into a real eCAL subscriber on the other host.
-        let s = env.spawn(
-            env.ecal(&lab.a, &["sub", "--topic", &topic, "--count", &count, "--timeout", "40"])?,
-            "replay-ecal-sub",
-        )?;
+        // Replay into a subscriber of the same kind on the other host.
+        let s = if from_ecal {
+            env.spawn(
+                env.ecal(&lab.a, &["sub", "--topic", &topic, "--count", &count, "--timeout", "40"])?,
+                "replay-ecal-sub",
+            )?
+        } else {
+            let a = ["--topic", &topic, "--count", &count, "--timeout", "40", "--mode", "network"];
+            env.spawn(env.ours(&lab.a, "subscriber", &a), "replay-ours-sub")?
+        };
         std::thread::sleep(Duration::from_secs(1));
         let rp = env.spawn(
             env.ours(&lab.b, "mwctl", &["replay", &file.display().to_string(), "--speed", "4", "--mode", "network"]),
@@ -332,9 +349,9 @@ fn record(env: &Env, lab: &Lab) -> anyhow::Result<String> {
         let sub = summary(&sub_lines, "sub", &topic)?;
         ensure!(
             scode == Some(0) && sub["received"] == n && sub["sha256"] == digest,
-            "{transport} {size} B: replayed to eCAL: {sub}"
+            "{transport} {size} B: replayed to {who}: {sub}"
         );
-        notes.push(note + "; replayed to eCAL, digest match");
+        notes.push(note + &format!("; replayed to {who}, digest match"));
     }
     Ok(notes.join("; "))
 }
@@ -349,7 +366,9 @@ fn doctor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     };
     let dir = project_root().join("target").join("xtask").join("tools");
     std::fs::create_dir_all(&dir)?;
-    let rmem: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")?.trim().parse()?;
+    // As the namespace sees it (per-namespace on newer kernels).
+    let o = Command::new("ip").args(["netns", "exec", &b.ns, "cat", "/proc/sys/net/core/rmem_max"]).output()?;
+    let rmem: usize = String::from_utf8_lossy(&o.stdout).trim().parse().context("reading net.core.rmem_max")?;
     let cfg = |name: &str, bytes: usize| -> anyhow::Result<String> {
         let p = dir.join(name);
         std::fs::write(&p, format!("[udp]\nreceive_buffer = {bytes}\n"))?;
@@ -377,17 +396,26 @@ fn doctor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     );
     c.env("MW_HOST_NAME", &b.hostname);
     let peer = env.spawn(c, "doctor-peer")?;
-    std::thread::sleep(Duration::from_millis(500));
+    let ecal_peer = env.spawn(
+        env.ecal(&lab.a, &["sub", "--topic", "tools_doc", "--count", "1", "--timeout", "8"])?,
+        "doctor-ecal-peer",
+    )?;
+    std::thread::sleep(Duration::from_millis(1500));
     let (code, out) = run(&["doctor", "--listen", "2.5", "--config", &fits], "doctor-peers")?;
     let (nw_code, nw_out) =
         run(&["doctor", "--mode", "network", "--listen", "2.5", "--config", &fits], "doctor-clash")?;
     let _ = finish(peer, Duration::from_secs(15));
+    let _ = finish(ecal_peer, Duration::from_secs(15));
     ensure!(code == Some(1) && out.contains("[FAIL] mode"), "mode mismatch not flagged ({code:?}):\n{out}");
+    ensure!(out.contains("ecal_peer_sub (network mode, from 10.77.0.1)"), "the real eCAL peer is not listed:\n{out}");
     ensure!(
         nw_code == Some(1) && nw_out.contains("[FAIL] host name") && nw_out.contains("10.77.0.1"),
         "host name clash not flagged ({nw_code:?}):\n{nw_out}"
     );
-    Ok(format!("healthy: pass; flagged: rmem_max {rmem} < {}, missing route, mode mismatch, host name clash", rmem * 2))
+    Ok(format!(
+        "healthy: pass; flagged: rmem_max {rmem} < {}, missing route, mode mismatch (our and eCAL's peers), host name clash",
+        rmem * 2
+    ))
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {

@@ -50,11 +50,15 @@ impl Tap for TrafficTap {
             let e = st.clocks.entry(s.publisher_id).or_insert(s.clock);
             *e = (*e).max(s.clock);
         }
-        if !st.topics.contains_key(s.topic) && st.topics.len() >= MAX_TOPICS {
-            st.untracked += 1;
-            return;
+        // Known topics are found without allocating a key.
+        if !st.topics.contains_key(s.topic) {
+            if st.topics.len() >= MAX_TOPICS {
+                st.untracked += 1;
+                return;
+            }
+            st.topics.insert(s.topic.to_string(), Traffic::default());
         }
-        let t = st.topics.entry(s.topic.to_string()).or_default();
+        let t = st.topics.get_mut(s.topic).expect("inserted above");
         t.messages += 1;
         t.bytes += s.payload.len() as u64;
         t.gaps += gap;

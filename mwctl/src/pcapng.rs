@@ -304,17 +304,31 @@ mod tests {
     }
 
     #[test]
-    fn every_truncation_is_an_error_or_a_prefix() {
+    fn every_truncation_is_an_error_or_exactly_the_whole_blocks() {
         let mut w = Writer::new(Vec::new(), "t").unwrap();
         let i = w.interface("x", 1).unwrap();
         for k in 0..3 {
             w.packet(i, k, 3, &[k as u8; 3]).unwrap();
         }
         let bytes = w.into_inner();
-        for n in 0..bytes.len() {
-            // Never a panic; a cut inside a block is an error.
-            if let Ok(p) = read_all(&bytes[..n]) {
-                assert!(p.len() <= 3);
+        // Block ends and the packets complete at each: SHB, IDB, then three packets.
+        let mut ends = Vec::new();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            pos += u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+            ends.push(pos);
+        }
+        assert_eq!(ends.len(), 5);
+        for n in 1..=bytes.len() {
+            match ends.iter().position(|&e| e == n) {
+                Some(b) => {
+                    let p = read_all(&bytes[..n]).unwrap();
+                    assert_eq!(p.len(), b.saturating_sub(1), "cut at {n}");
+                    for (k, pk) in p.iter().enumerate() {
+                        assert_eq!(pk.data, vec![k as u8; 3]);
+                    }
+                }
+                None => assert!(read_all(&bytes[..n]).is_err(), "cut at {n} inside a block must be an error"),
             }
         }
         let mut bad = bytes.clone();

@@ -123,11 +123,23 @@ impl TopicFilter {
                 Some(true) => Decision::Keep(vec![bytes.to_vec()]),
                 Some(false) => Decision::Drop(1),
                 None => {
-                    if !self.pending.contains_key(&key) {
-                        self.pending_order.push_back(key);
-                    }
-                    self.pending.entry(key).or_default().push(bytes.to_vec());
+                    let held = self.pending.entry(key).or_default();
+                    let first = held.is_empty();
+                    held.push(bytes.to_vec());
                     self.pending_bytes += bytes.len();
+                    if first {
+                        self.pending_order.push_back(key);
+                        // Keys decided since are stale: drop them so the order list stays bounded.
+                        while self.pending_order.front().is_some_and(|k| !self.pending.contains_key(k)) {
+                            self.pending_order.pop_front();
+                        }
+                        // Mostly stale entries left (one stuck key at the front): compact, which
+                        // at least halves the list, so the cost per datagram stays constant.
+                        if self.pending_order.len() > 2 * self.pending.len() + MAX_DECIDED {
+                            let pending = &self.pending;
+                            self.pending_order.retain(|k| pending.contains_key(k));
+                        }
+                    }
                     while self.pending_bytes > MAX_PENDING_BYTES {
                         let Some(old) = self.pending_order.pop_front() else { break };
                         if let Some(v) = self.pending.remove(&old) {
@@ -427,6 +439,28 @@ mod tests {
         assert!(matches!(f.on_datagram(src, &datagrams("a", 10, 9)[0], &mut ev), Decision::Keep(_)));
         assert!(matches!(f.on_datagram(src, &datagrams("c", 10, 9)[0], &mut ev), Decision::Drop(1)));
         assert!(matches!(f.on_datagram(src, b"garbage", &mut ev), Decision::Drop(1)));
+    }
+
+    #[test]
+    fn bookkeeping_stays_bounded_over_a_long_recording() {
+        let mut f = TopicFilter { topics: ["a".to_string()].into_iter().collect(), ..Default::default() };
+        let src: SocketAddr = "10.0.0.1:5".parse().unwrap();
+        let mut ev = 0;
+        let mut kept = 0u64;
+        // A message whose first fragment never comes stays at the front of the order list.
+        assert!(matches!(f.on_datagram(src, &datagrams("a", 1500, -1)[0], &mut ev), Decision::Wait));
+        for id in 0..20_000 {
+            // Info datagram (waits), then fragments 0 and 1 (decided).
+            for d in datagrams(if id % 2 == 0 { "a" } else { "b" }, 1500, id) {
+                if let Decision::Keep(v) = f.on_datagram(src, &d, &mut ev) {
+                    kept += v.len() as u64;
+                }
+            }
+        }
+        assert_eq!(kept, 10_000 * 3);
+        assert!(f.pending.len() == 1 && ev == 0);
+        assert!(f.pending_order.len() <= 2 + MAX_DECIDED + 1, "{}", f.pending_order.len());
+        assert!(f.decided.len() <= MAX_DECIDED);
     }
 
     #[test]

@@ -178,7 +178,8 @@ struct Outcome {
     note: String,
 }
 
-fn wait_output(mut child: Child, timeout: Duration) -> (Option<i32>, String) {
+/// Waits for `child` (killing it after `timeout`); its exit code and standard output.
+pub(crate) fn wait_output(mut child: Child, timeout: Duration) -> (Option<i32>, String) {
     let end = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {

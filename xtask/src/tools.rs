@@ -3,11 +3,11 @@
 //! makes the command exit non-zero.
 
 use crate::ecal;
+use crate::interop::wait_output;
 use crate::netns::{Host, Lab};
 use crate::{cargo, project_root};
 use anyhow::{bail, ensure, Context};
 use serde_json::Value;
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,26 +38,6 @@ impl Env {
         c.stderr(std::fs::File::create(self.logs.join(format!("tools-{log}.log")))?);
         c.spawn().with_context(|| format!("starting {log}"))
     }
-}
-
-fn finish(mut child: Child, timeout: Duration) -> (Option<i32>, String) {
-    let end = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st.code(),
-            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let mut out = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    (status, out)
 }
 
 fn json_lines(out: &str) -> Vec<Value> {
@@ -117,11 +97,11 @@ fn monitor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     std::thread::sleep(Duration::from_secs(2));
     let mon =
         env.spawn(env.ours(&lab.b, "mwctl", &["monitor", "--json", "--wait", "4", "--mode", "network"]), "mon")?;
-    let (code, out) = finish(mon, Duration::from_secs(30));
+    let (code, out) = wait_output(mon, Duration::from_secs(30));
     let _ = (
-        finish(epub, Duration::from_secs(30)),
-        finish(opub, Duration::from_secs(30)),
-        finish(sub, Duration::from_secs(30)),
+        wait_output(epub, Duration::from_secs(30)),
+        wait_output(opub, Duration::from_secs(30)),
+        wait_output(sub, Duration::from_secs(30)),
     );
     ensure!(code == Some(0), "monitor exited {code:?}");
     let v: Value = serde_json::from_str(&out).context("monitor --json output")?;
@@ -210,8 +190,8 @@ fn echo(env: &Env, lab: &Lab) -> anyhow::Result<String> {
                 "echo-ours-pub",
             )?
         };
-        let (code, out) = finish(e, Duration::from_secs(45));
-        let _ = finish(p, Duration::from_secs(30));
+        let (code, out) = wait_output(e, Duration::from_secs(45));
+        let _ = wait_output(p, Duration::from_secs(30));
         ensure!(code == Some(0), "{label}: echo exited {code:?}");
         let lines = json_lines(&out);
         ensure!(lines.len() == n, "{label}: {} messages printed, {n} sent", lines.len());
@@ -227,8 +207,8 @@ fn echo(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     )?;
     std::thread::sleep(Duration::from_millis(500));
     let p = env.spawn(env.ours(&lab.a, "people", &["--mode", "network", "pub", "--count", "3"]), "echo-people")?;
-    let (code, out) = finish(e, Duration::from_secs(45));
-    let _ = finish(p, Duration::from_secs(30));
+    let (code, out) = wait_output(e, Duration::from_secs(45));
+    let _ = wait_output(p, Duration::from_secs(30));
     ensure!(code == Some(0), "protobuf echo exited {code:?}");
     for id in 1..3 {
         ensure!(
@@ -306,8 +286,8 @@ fn record(env: &Env, lab: &Lab) -> anyhow::Result<String> {
                 "record-ours-pub",
             )?
         };
-        let (pcode, pout) = finish(p, Duration::from_secs(45));
-        let (code, out) = finish(r, Duration::from_secs(45));
+        let (pcode, pout) = wait_output(p, Duration::from_secs(45));
+        let (code, out) = wait_output(r, Duration::from_secs(45));
         ensure!(
             code == Some(0) && pcode == Some(0),
             "{transport} {size} B: record exited {code:?}, publisher {pcode:?}"
@@ -342,8 +322,8 @@ fn record(env: &Env, lab: &Lab) -> anyhow::Result<String> {
             env.ours(&lab.b, "mwctl", &["replay", &file.display().to_string(), "--speed", "4", "--mode", "network"]),
             &format!("replay-{transport}-{size}"),
         )?;
-        let (rcode, rout) = finish(rp, Duration::from_secs(60));
-        let (scode, sout) = finish(s, Duration::from_secs(60));
+        let (rcode, rout) = wait_output(rp, Duration::from_secs(60));
+        let (scode, sout) = wait_output(s, Duration::from_secs(60));
         ensure!(rcode == Some(0), "{transport} {size} B: replay exited {rcode:?}: {rout}");
         let sub_lines = json_lines(&sout);
         let sub = summary(&sub_lines, "sub", &topic)?;
@@ -362,7 +342,7 @@ fn doctor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     let b = &lab.b;
     let run = |args: &[&str], log: &str| -> anyhow::Result<(Option<i32>, String)> {
         let c = env.spawn(env.ours(b, "mwctl", args), log)?;
-        Ok(finish(c, Duration::from_secs(30)))
+        Ok(wait_output(c, Duration::from_secs(30)))
     };
     let dir = project_root().join("target").join("xtask").join("tools");
     std::fs::create_dir_all(&dir)?;
@@ -404,8 +384,8 @@ fn doctor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     let (code, out) = run(&["doctor", "--listen", "2.5", "--config", &fits], "doctor-peers")?;
     let (nw_code, nw_out) =
         run(&["doctor", "--mode", "network", "--listen", "2.5", "--config", &fits], "doctor-clash")?;
-    let _ = finish(peer, Duration::from_secs(15));
-    let _ = finish(ecal_peer, Duration::from_secs(15));
+    let _ = wait_output(peer, Duration::from_secs(15));
+    let _ = wait_output(ecal_peer, Duration::from_secs(15));
     ensure!(code == Some(1) && out.contains("[FAIL] mode"), "mode mismatch not flagged ({code:?}):\n{out}");
     ensure!(out.contains("ecal_peer_sub (network mode, from 10.77.0.1)"), "the real eCAL peer is not listed:\n{out}");
     ensure!(

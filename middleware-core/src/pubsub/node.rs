@@ -300,18 +300,8 @@ impl Node {
     /// # Errors
     /// Invalid topic name, or the transport could not join the topic's group.
     pub fn subscriber<C: Codec>(&self, topic: &str) -> Result<Subscriber<C>, NodeError> {
-        validate_topic(topic)?;
+        self.join_topic(topic)?;
         let entity_id = self.inner.ids.next();
-        if self.inner.config.mode == Mode::Network {
-            // 6.1 senders use the base group, 5.x senders the hashed one: join both (SPEC §8.3).
-            let g = crate::topic_group::topic_group(
-                topic,
-                self.inner.config.network_group,
-                self.inner.config.network_mask,
-                self.inner.config.group_mapping,
-            );
-            self.inner.data.join(g)?;
-        }
         let shared = Arc::new(SubShared {
             entity_id,
             topic: topic.to_string(),
@@ -349,6 +339,7 @@ impl Node {
     pub fn join_topic(&self, topic: &str) -> Result<(), NodeError> {
         validate_topic(topic)?;
         if self.inner.config.mode == Mode::Network {
+            // 6.1 senders use the base group, 5.x senders the hashed one: join both (SPEC §8.3).
             let g = crate::topic_group::topic_group(
                 topic,
                 self.inner.config.network_group,

@@ -88,7 +88,6 @@ pub struct Taps {
 }
 
 fn open_npcap(config: &Config, taps: &Taps) -> anyhow::Result<Node> {
-    transport_udp_npcap::probe()?;
     let mut factory = transport_udp_npcap::NpcapFactory::new(config)?;
     if let Some(t) = &taps.frames {
         factory = factory.with_frame_tap(Arc::clone(t));
@@ -96,8 +95,10 @@ fn open_npcap(config: &Config, taps: &Taps) -> anyhow::Result<Node> {
     Ok(Node::with_tap(config.clone(), &factory, taps.node.clone())?)
 }
 
-/// Opens a node on the transport the config selects. `auto` tries packet capture and falls back
-/// to sockets with one warning, recorded in [`TRANSPORT_CHOICE`].
+/// Opens a node on the transport the config selects. `auto` captures when the capture library
+/// (loaded at run time) is installed, lists the devices the mode needs and the devices open;
+/// otherwise it falls back to sockets. Either way one log line says what was chosen and why,
+/// also recorded in [`TRANSPORT_CHOICE`].
 ///
 /// # Errors
 /// The transport cannot be opened (for `npcap`: the library or the capture permission is
@@ -119,14 +120,22 @@ pub fn open_node_with(config: Config, taps: &Taps) -> anyhow::Result<Node> {
         TransportKind::Npcap => {
             (open_npcap(&config, taps).context("opening the npcap (packet capture) transport")?, "npcap".to_string())
         }
-        TransportKind::Auto => match open_npcap(&config, taps) {
-            Ok(node) => (node, "npcap (auto)".to_string()),
-            Err(e) => {
-                tracing::warn!("transport auto: packet capture unavailable ({e:#}); falling back to sockets");
-                let node = socket(config)?;
-                (node, format!("socket (auto fallback: {e:#})"))
+        TransportKind::Auto => {
+            let d = transport_udp_npcap::decide(config.mode, &transport_udp_npcap::availability(&config));
+            let opened =
+                if d.capture { open_npcap(&config, taps).map_err(|e| format!("{e:#}")) } else { Err(d.reason.clone()) };
+            match opened {
+                Ok(node) => {
+                    tracing::info!("transport auto: packet capture with {}", d.reason);
+                    (node, format!("npcap (auto: {})", d.reason))
+                }
+                Err(why) => {
+                    tracing::warn!("transport auto: packet capture unavailable ({why}); falling back to sockets");
+                    let node = socket(config)?;
+                    (node, format!("socket (auto fallback: {why})"))
+                }
             }
-        },
+        }
     };
     let _ = TRANSPORT_CHOICE.set(choice);
     Ok(node)

@@ -62,13 +62,18 @@ fn capture_checks(config: &Config, out: &mut Vec<Check>) {
         TransportKind::Auto => "transport auto falls back to sockets",
         TransportKind::Socket => "not needed: this config uses the socket transport",
     };
-    match transport_udp_npcap::probe() {
-        Ok(devices) => out.push(check(
-            "capture library",
-            Status::Ok,
-            format!("libpcap/Npcap loaded; {} capture devices", devices.len()),
-            None,
-        )),
+    let available = transport_udp_npcap::availability(config);
+    let decision = transport_udp_npcap::decide(config.mode, &available);
+    match &available.library {
+        Ok((path, version)) => {
+            let devices = available.devices.as_ref().map_or(0, Vec::len);
+            out.push(check(
+                "capture library",
+                Status::Ok,
+                format!("{version}, loaded at run time from {path}; {devices} capture devices"),
+                None,
+            ))
+        }
         Err(e) => {
             out.push(check(
                 "capture library",
@@ -80,8 +85,14 @@ fn capture_checks(config: &Config, out: &mut Vec<Check>) {
                     "install libpcap: `apt-get install libpcap0.8` (Debian/Ubuntu)".into()
                 }),
             ));
+            auto_choice(config, &decision.reason, false, out);
             return;
         }
+    }
+    if !decision.capture {
+        out.push(check("capture devices", needed, format!("{} ({consequence})", decision.reason), None));
+        auto_choice(config, &decision.reason, false, out);
+        return;
     }
     let factory = match transport_udp_npcap::NpcapFactory::new(config) {
         Ok(f) => f,
@@ -92,15 +103,32 @@ fn capture_checks(config: &Config, out: &mut Vec<Check>) {
     };
     match factory.check() {
         Ok(devices) => {
-            out.push(check("capture permission", Status::Ok, format!("can capture on {}", devices.join(", ")), None))
+            out.push(check("capture permission", Status::Ok, format!("can capture on {}", devices.join(", ")), None));
+            auto_choice(config, &decision.reason, true, out);
         }
-        Err(e) => out.push(check(
-            "capture permission",
-            needed,
-            format!("{e} ({consequence})"),
-            Some("run as root, or `sudo setcap cap_net_raw,cap_net_admin=eip <binary>`".into()),
-        )),
+        Err(e) => {
+            out.push(check(
+                "capture permission",
+                needed,
+                format!("{e} ({consequence})"),
+                Some("run as root, or `sudo setcap cap_net_raw,cap_net_admin=eip <binary>`".into()),
+            ));
+            auto_choice(config, &e.to_string(), false, out);
+        }
     }
+}
+
+/// What `transport = auto` picks with this configuration, in the words the program logs.
+fn auto_choice(config: &Config, reason: &str, capture: bool, out: &mut Vec<Check>) {
+    if config.transport != TransportKind::Auto {
+        return;
+    }
+    let text = if capture {
+        format!("packet capture with {reason}")
+    } else {
+        format!("sockets, packet capture unavailable: {reason}")
+    };
+    out.push(check("transport auto", Status::Info, text, None));
 }
 
 /// Where the group routes, and whether that interface can carry multicast.

@@ -149,6 +149,7 @@ impl Endian {
 ///
 /// # Errors
 /// Unreadable or corrupt file; the message gives the offset.
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; the MSRV is 1.85
 pub fn read_all(mut input: impl Read) -> anyhow::Result<Vec<Packet>> {
     let mut data = Vec::new();
     input.read_to_end(&mut data).context("reading the capture file")?;
@@ -183,7 +184,7 @@ pub fn read_all(mut input: impl Read) -> anyhow::Result<Vec<Packet>> {
         }
         let kind = e.u32(&data[pos..]);
         let len = e.u32(&data[pos + 4..]) as usize;
-        if len < 12 || !len.is_multiple_of(4) || len > MAX_BLOCK || pos + len > data.len() {
+        if len < 12 || len % 4 != 0 || len > MAX_BLOCK || pos + len > data.len() {
             bail!("corrupt block length {len} at offset {pos}");
         }
         let body = &data[pos + 8..pos + len - 4];

@@ -1,11 +1,11 @@
-//! Owns the pcap handles: one receive thread per capture device, feeding the per-port queues.
-//! The only module that touches the `pcap` crate.
+//! Owns the capture handles: one receive thread per capture device, feeding the per-port queues.
 
 use crate::config::NpcapConfig;
 use crate::demux::{Demux, DemuxStats};
 use crate::filter::bpf;
 use crate::frame::LinkType;
 use crate::ip_reassembly::IpReassemblyStats;
+use crate::libpcap::{Direction, Handle, Library, LiveOptions, OpenError};
 use crate::queue::ByteQueue;
 use middleware_core::transport::TransportError;
 use std::collections::HashMap;
@@ -83,16 +83,29 @@ impl std::fmt::Debug for Capture {
     }
 }
 
-pub(crate) fn unavailable(device: &str, e: &pcap::Error) -> TransportError {
-    let text = e.to_string();
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("permission") || lower.contains("not permitted") {
-        TransportError::Unavailable(format!(
+pub(crate) fn unavailable(device: &str, e: &OpenError) -> TransportError {
+    match e {
+        OpenError::PermissionDenied(text) => TransportError::Unavailable(format!(
             "no permission to capture on `{device}` ({text}); run as root or grant the program the \
              capabilities: `sudo setcap cap_net_raw,cap_net_admin=eip <path to the binary>`"
-        ))
-    } else {
-        TransportError::Unavailable(format!("cannot open capture device `{device}`: {text}"))
+        )),
+        OpenError::InterfaceDown(text) => TransportError::Unavailable(format!(
+            "capture device `{device}` is down ({text}); bring it up (`ip link set {device} up`)"
+        )),
+        OpenError::NoSuchDevice(text) => TransportError::Unavailable(format!(
+            "no capture device `{device}` ({text}); list them with `mwctl doctor` and set npcap.interfaces"
+        )),
+        OpenError::Other(text) => TransportError::Unavailable(format!("cannot open capture device `{device}`: {text}")),
+    }
+}
+
+/// The live-capture options of a configuration.
+pub(crate) fn live_options(cfg: &NpcapConfig) -> LiveOptions {
+    LiveOptions {
+        snaplen: cfg.snaplen as i32,
+        buffer_size: cfg.buffer_size as i32,
+        timeout_ms: cfg.timeout_ms as i32,
+        immediate: cfg.immediate,
     }
 }
 
@@ -104,6 +117,7 @@ impl Capture {
     /// `devices` are (name, is loopback). `hear_own_host`: decode frames this host sends (multicast
     /// loopback semantics).
     pub fn start(
+        lib: &'static Library,
         devices: &[(String, bool)],
         cfg: &NpcapConfig,
         routes: Arc<Routes>,
@@ -113,16 +127,8 @@ impl Capture {
         let stop = Arc::new(AtomicBool::new(false));
         let mut me = Self { stop: Arc::clone(&stop), threads: Vec::new(), stats: Vec::new() };
         for (dev, loopback) in devices {
-            let mut cap = pcap::Capture::from_device(dev.as_str())
-                .map_err(|e| unavailable(dev, &e))?
-                .promisc(false)
-                .snaplen(cfg.snaplen as i32)
-                .buffer_size(cfg.buffer_size as i32)
-                .timeout(cfg.timeout_ms as i32)
-                .immediate_mode(cfg.immediate)
-                .open()
-                .map_err(|e| unavailable(dev, &e))?;
-            let dlt = cap.get_datalink().0;
+            let mut cap = Handle::open_live(lib, dev, live_options(cfg)).map_err(|e| unavailable(dev, &e))?;
+            let dlt = cap.datalink();
             let link = LinkType::from_dlt(dlt).ok_or_else(|| {
                 TransportError::Unavailable(format!(
                     "capture device `{dev}` has link type {dlt}, which is not supported"
@@ -134,16 +140,14 @@ impl Capture {
             //   outgoing only (Linux never shows the multicast loopback copy to packet sockets),
             //   so same-host peers are heard by also taking outgoing frames, unless
             //   network.multicast_loopback is off.
-            let direction = if *loopback || !hear_own_host { pcap::Direction::In } else { pcap::Direction::InOut };
-            if let Err(e) = cap.direction(direction) {
+            let direction = if *loopback || !hear_own_host { Direction::In } else { Direction::InOut };
+            if let Err(e) = cap.set_direction(direction) {
                 tracing::warn!(device = %dev, error = %e, ?direction, "cannot set the capture direction");
             }
-            cap.filter(&routes.filter(), true)
+            cap.set_filter(&routes.filter())
                 .map_err(|e| TransportError::Unavailable(format!("cannot set the capture filter on `{dev}`: {e}")))?;
-            // Non-blocking reads plus our own wait (poll) so the thread notices filter changes
-            // and shutdown even when no frame arrives; on Windows the read timeout does that.
-            #[cfg(unix)]
-            let cap = cap.setnonblock().map_err(|e| unavailable(dev, &e))?;
+            // The thread must notice filter changes and shutdown even when no frame arrives.
+            crate::sys::prepare_reads(&mut cap).map_err(|e| unavailable(dev, &OpenError::Other(e)))?;
             let stats = Arc::new(Mutex::new(DeviceStats { device: dev.clone(), ..Default::default() }));
             me.stats.push(Arc::clone(&stats));
             let (routes, stop, ipc) = (Arc::clone(&routes), Arc::clone(&stop), cfg.ip.clone());
@@ -171,7 +175,7 @@ impl Drop for Capture {
 
 #[allow(clippy::too_many_arguments)]
 fn run(
-    mut cap: pcap::Capture<pcap::Active>,
+    mut cap: Handle,
     (link, dlt): (LinkType, i32),
     ip: crate::ip_reassembly::IpReassemblyConfig,
     routes: Arc<Routes>,
@@ -190,22 +194,20 @@ fn run(
         let g = routes.generation.load(Ordering::Acquire);
         if g != generation {
             generation = g;
-            match cap.filter(&routes.filter(), true) {
+            match cap.set_filter(&routes.filter()) {
                 Ok(()) => filter_updates += 1,
                 Err(e) => tracing::warn!(%device, error = %e, "updating the capture filter failed"),
             }
         }
         let r = if crate::sys::wait_readable(&cap, Duration::from_millis(100)) {
             let now = Instant::now();
-            cap.dispatch(None, |pkt| {
+            cap.dispatch(|pkt| {
                 if let Some(tap) = &tap {
                     tap(&CapturedFrame {
                         device: &device,
                         link_type: dlt,
-                        // timeval fields are i64 here, 32-bit `long` on Windows.
-                        #[allow(clippy::useless_conversion)]
-                        timestamp_us: i64::from(pkt.header.ts.tv_sec) * 1_000_000 + i64::from(pkt.header.ts.tv_usec),
-                        original_len: pkt.header.len,
+                        timestamp_us: pkt.timestamp_us,
+                        original_len: pkt.original_len,
                         data: pkt.data,
                     });
                 }
@@ -226,7 +228,6 @@ fn run(
         match r {
             Ok(0) => demux.expire(Instant::now()),
             Ok(_) => {}
-            Err(pcap::Error::TimeoutExpired) => demux.expire(Instant::now()),
             Err(_) if stop.load(Ordering::Relaxed) => break,
             Err(e) => {
                 read_errors += 1;

@@ -3,6 +3,7 @@
 //!
 //! | key | default | meaning |
 //! |---|---|---|
+//! | `npcap.library` | the platform's usual places | path of libpcap / Npcap's `wpcap.dll`, loaded at run time |
 //! | `npcap.interfaces` | the interface the group routes to (network mode), loopback (local mode) | comma-separated capture device names |
 //! | `npcap.buffer_size` | `64MiB` | kernel capture buffer (ring); the perf notes show 4 MiB suffices for small datagrams but fragmented streams need 64 MiB |
 //! | `npcap.snaplen` | `262144` | bytes captured per frame (loopback frames reach 65 550 bytes, so 65 535 is too small) |
@@ -19,6 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const KEYS: &[&str] = &[
+    "library",
     "interfaces",
     "buffer_size",
     "snaplen",
@@ -32,6 +34,8 @@ pub const KEYS: &[&str] = &[
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NpcapConfig {
+    /// Explicit capture library path (`None`: search the usual places).
+    pub library: Option<String>,
     pub interfaces: Vec<String>,
     pub buffer_size: usize,
     pub snaplen: usize,
@@ -44,6 +48,7 @@ pub struct NpcapConfig {
 impl Default for NpcapConfig {
     fn default() -> Self {
         Self {
+            library: None,
             interfaces: Vec::new(),
             buffer_size: 64 << 20,
             snaplen: 262_144,
@@ -72,6 +77,7 @@ impl NpcapConfig {
             };
             let int = |lo: u64, hi: u64| v.parse::<u64>().ok().filter(|x| (lo..=hi).contains(x));
             match k.as_str() {
+                "library" => c.library = Some(v.trim().to_string()).filter(|s| !s.is_empty()),
                 "interfaces" => {
                     c.interfaces = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
                 }

@@ -8,7 +8,8 @@
 //!
 //! Pipeline (pure modules, no pcap types): [`frame`] (link type -> IPv4 packet), [`ip_reassembly`]
 //! (bounded IPv4 fragment reassembly), [`demux`] (UDP, port and destination), [`filter`] (the
-//! kernel BPF filter). [`capture`] owns the pcap handles and threads. Group membership is held
+//! kernel BPF filter). [`capture`] owns the capture handles and threads; [`libpcap`] loads
+//! libpcap / Npcap at run time (never linked), so programs start without it. Group membership is held
 //! by an ordinary socket bound to an unused port, so the NIC and switches deliver the groups
 //! but the kernel queues nothing for us.
 //!
@@ -22,12 +23,15 @@ pub mod demux;
 pub mod filter;
 pub mod frame;
 pub mod ip_reassembly;
+pub mod libpcap;
 mod queue;
 mod sys;
 
 use crate::capture::{Capture, Routes};
 pub use crate::capture::{CapturedFrame, FrameTap};
 use crate::config::NpcapConfig;
+use crate::libpcap::Handle;
+pub use crate::libpcap::{Device, Library, LoadError};
 use crate::queue::ByteQueue;
 use middleware_core::config::{Config, Mode};
 use middleware_core::transport::{Endpoint, RecvMeta, Transport, TransportError, TransportFactory, TransportStats};
@@ -38,15 +42,69 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use transport_udp_socket::{join_group, resolve_interface, UdpSender};
 
-/// Why packet capture cannot be used here, with what to do.
-pub fn probe() -> Result<Vec<String>, TransportError> {
-    let devices = pcap::Device::list().map_err(|e| {
-        TransportError::Unavailable(format!(
-            "packet capture library not usable ({e}); install libpcap (Debian: `apt-get install libpcap0.8`) \
-             or Npcap on Windows (https://npcap.com)"
-        ))
-    })?;
-    Ok(devices.into_iter().map(|d| d.name).collect())
+/// The capture library a configuration uses (`npcap.library`, else the platform's usual
+/// places), loaded at run time.
+///
+/// # Errors
+/// Not installed (the message names every place tried and what to install).
+pub fn library(config: &NpcapConfig) -> Result<&'static Library, LoadError> {
+    libpcap::load(config.library.as_deref())
+}
+
+/// What packet capture can do on this machine, as far as can be known without opening a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Availability {
+    /// (path, version string) of the loaded library, or why it could not be loaded.
+    pub library: Result<(String, String), String>,
+    /// The devices it lists, or why listing failed (empty when the library did not load).
+    pub devices: Result<Vec<Device>, String>,
+}
+
+/// Loads the library (if not yet) and lists the devices.
+#[must_use]
+pub fn availability(config: &Config) -> Availability {
+    let lib = NpcapConfig::from_entries(&config.npcap)
+        .map_err(|e| e.to_string())
+        .and_then(|c| library(&c).map_err(|e| e.to_string()));
+    match lib {
+        Ok(l) => Availability { library: Ok((l.path.clone(), l.version.clone())), devices: l.devices() },
+        Err(e) => Availability { library: Err(e), devices: Ok(Vec::new()) },
+    }
+}
+
+/// Whether `transport = auto` captures, and why, in one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub capture: bool,
+    pub reason: String,
+}
+
+/// The `auto` choice from what is available (opening the devices may still fail for lack of
+/// permission; callers fall back then too).
+#[must_use]
+pub fn decide(mode: Mode, a: &Availability) -> Decision {
+    let no = |reason: String| Decision { capture: false, reason };
+    let (path, version) = match &a.library {
+        Ok(l) => l,
+        Err(e) => return no(e.clone()),
+    };
+    let devices = match &a.devices {
+        Ok(d) if !d.is_empty() => d,
+        Ok(_) => return no(format!("{version} ({path}) lists no capture devices; {}", sys::NO_DEVICES_HINT)),
+        Err(e) => return no(format!("{version} ({path}) cannot list capture devices ({e}); {}", sys::NO_DEVICES_HINT)),
+    };
+    let loopback = devices.iter().find(|d| d.loopback);
+    if mode == Mode::Local && loopback.is_none() {
+        return no(sys::NO_LOOPBACK_DEVICE.to_string());
+    }
+    Decision {
+        capture: true,
+        reason: format!(
+            "{version} ({path}): {} capture devices{}",
+            devices.len(),
+            loopback.map(|d| format!(", loopback {}", sys::describe_device(d))).unwrap_or_default()
+        ),
+    }
 }
 
 /// Opens capture transports. One capture (one thread per device) serves every channel of a node.
@@ -95,27 +153,30 @@ impl NpcapFactory {
     /// # Errors
     /// No device, or one that cannot be opened (the message says what to grant).
     pub fn check(&self) -> Result<Vec<String>, TransportError> {
+        let lib = self.library()?;
         let devices = self.devices()?;
+        let opts = libpcap::LiveOptions { snaplen: 128, buffer_size: 1 << 16, timeout_ms: 1, immediate: false };
         for d in &devices {
-            pcap::Capture::from_device(d.as_str())
-                .and_then(|c| c.snaplen(128).timeout(1).open())
-                .map_err(|e| capture::unavailable(d, &e))?;
+            Handle::open_live(lib, d, opts).map_err(|e| capture::unavailable(d, &e))?;
         }
         Ok(devices)
+    }
+
+    fn library(&self) -> Result<&'static Library, TransportError> {
+        library(&self.config).map_err(|e| TransportError::Unavailable(e.to_string()))
     }
 
     fn devices(&self) -> Result<Vec<String>, TransportError> {
         if !self.config.interfaces.is_empty() {
             return Ok(self.config.interfaces.clone());
         }
-        let all =
-            pcap::Device::list().map_err(|e| TransportError::Unavailable(format!("listing capture devices: {e}")))?;
-        let by_addr = |ip: Ipv4Addr| {
-            all.iter().find(|d| d.addresses.iter().any(|a| a.addr == std::net::IpAddr::V4(ip))).map(|d| d.name.clone())
-        };
+        let all = self.library()?.devices().map_err(|e| {
+            TransportError::Unavailable(format!("listing capture devices: {e}; {}", sys::NO_DEVICES_HINT))
+        })?;
+        let by_addr = |ip: Ipv4Addr| all.iter().find(|d| d.ipv4.contains(&ip)).map(|d| d.name.clone());
         if let Some(spec) = &self.interface {
-            if all.iter().any(|d| &d.name == spec) {
-                return Ok(vec![spec.clone()]);
+            if let Some(d) = all.iter().find(|d| sys::device_matches(spec, d)) {
+                return Ok(vec![d.name.clone()]);
             }
             let ip = resolve_interface(spec)?;
             return by_addr(ip).map(|d| vec![d]).ok_or_else(|| {
@@ -123,9 +184,11 @@ impl NpcapFactory {
             });
         }
         if self.mode == Mode::Local {
-            return all.iter().find(|d| d.flags.is_loopback()).map(|d| vec![d.name.clone()]).ok_or_else(|| {
-                TransportError::Unavailable("no loopback capture device found (npcap.interfaces)".into())
-            });
+            return all
+                .iter()
+                .find(|d| d.loopback)
+                .map(|d| vec![d.name.clone()])
+                .ok_or_else(|| TransportError::Unavailable(sys::NO_LOOPBACK_DEVICE.into()));
         }
         // The interface the group routes to: the source address the kernel picks for it.
         let probe = UdpSocket::bind("0.0.0.0:0").map_err(|e| TransportError::io("route probe", e))?;
@@ -156,13 +219,19 @@ impl NpcapFactory {
             Mode::Network => Some(Membership::open(self.interface.as_deref())?),
             Mode::Local => None,
         };
-        let loopbacks: Vec<String> = pcap::Device::list()
-            .map(|l| l.into_iter().filter(|d| d.flags.is_loopback()).map(|d| d.name).collect())
-            .unwrap_or_default();
+        let lib = self.library()?;
+        let loopbacks: Vec<String> =
+            lib.devices().unwrap_or_default().into_iter().filter(|d| d.loopback).map(|d| d.name).collect();
         let with_kind: Vec<(String, bool)> =
             devices.iter().map(|d| (d.clone(), loopbacks.contains(d) || d == "lo")).collect();
-        let capture =
-            Capture::start(&with_kind, &self.config, Arc::clone(&routes), self.multicast_loopback, self.tap.clone())?;
+        let capture = Capture::start(
+            lib,
+            &with_kind,
+            &self.config,
+            Arc::clone(&routes),
+            self.multicast_loopback,
+            self.tap.clone(),
+        )?;
         let s = Arc::new(Shared { routes, capture, devices, membership });
         *guard = Some(Arc::clone(&s));
         Ok(s)
@@ -317,5 +386,55 @@ impl Transport for NpcapTransport {
         s.details = details;
         s.note = format!("npcap on {}", self.shared.devices.join(","));
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(name: &str, loopback: bool) -> Device {
+        Device { name: name.into(), description: None, ipv4: vec![], loopback, up: true }
+    }
+
+    fn lib() -> Result<(String, String), String> {
+        Ok(("libpcap.so.1".into(), "libpcap version 1.10.3".into()))
+    }
+
+    #[test]
+    fn auto_captures_only_with_a_library_and_the_devices_the_mode_needs() {
+        let missing =
+            Availability { library: Err("packet capture library not found (...)".into()), devices: Ok(vec![]) };
+        let d = decide(Mode::Network, &missing);
+        assert!(!d.capture && d.reason.starts_with("packet capture library not found"), "{d:?}");
+
+        let broken = Availability { library: lib(), devices: Err("driver gone".into()) };
+        let d = decide(Mode::Network, &broken);
+        assert!(!d.capture && d.reason.contains("driver gone") && d.reason.contains(sys::NO_DEVICES_HINT), "{d:?}");
+
+        let none = Availability { library: lib(), devices: Ok(vec![]) };
+        assert!(!decide(Mode::Local, &none).capture);
+
+        let no_loopback = Availability { library: lib(), devices: Ok(vec![dev("eth0", false)]) };
+        let d = decide(Mode::Local, &no_loopback);
+        assert_eq!(d, Decision { capture: false, reason: sys::NO_LOOPBACK_DEVICE.into() });
+        let d = decide(Mode::Network, &no_loopback);
+        assert!(d.capture, "{d:?}");
+        assert_eq!(d.reason, "libpcap version 1.10.3 (libpcap.so.1): 1 capture devices");
+
+        let both = Availability { library: lib(), devices: Ok(vec![dev("eth0", false), dev("lo", true)]) };
+        let d = decide(Mode::Local, &both);
+        assert!(d.capture && d.reason.ends_with("2 capture devices, loopback lo"), "{d:?}");
+    }
+
+    #[test]
+    fn availability_reports_a_missing_library_and_a_bad_option_without_panicking() {
+        let mut c = Config::default();
+        c.npcap.insert("library".into(), "/nonexistent/libpcap-availability.so".into());
+        let a = availability(&c);
+        assert!(a.library.as_ref().unwrap_err().contains("/nonexistent/libpcap-availability.so"), "{a:?}");
+        assert_eq!(a.devices, Ok(vec![]));
+        c.npcap.insert("snaplen".into(), "12".into());
+        assert!(availability(&c).library.unwrap_err().contains("npcap.snaplen"));
     }
 }

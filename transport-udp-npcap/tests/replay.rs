@@ -1,4 +1,5 @@
-//! Every real eCAL 6.1.1 capture replayed through this crate's pipeline (pcap file reader ->
+//! Every real eCAL 6.1.1 capture replayed through this crate's pipeline (libpcap's file reader,
+//! through the run-time loaded binding ->
 //! frame decoder -> IPv4 reassembly -> UDP demux) and the core (eCAL reassembly, sample frame,
 //! protobuf, and a whole node), compared with what the recording peers printed.
 //! No privileges needed: captures are read from files.
@@ -38,24 +39,33 @@ struct Replay {
 fn replay(name: &str) -> Replay {
     let p = path(name);
     assert!(p.exists(), "missing test vector {}", p.display());
-    let mut cap = pcap::Capture::from_file(&p).expect("pcap file opens");
-    let link = LinkType::from_dlt(cap.get_datalink().0).expect("supported link type");
+    let lib = transport_udp_npcap::libpcap::load(None).expect("libpcap installed (CI installs libpcap0.8)");
+    let mut cap = transport_udp_npcap::libpcap::Handle::open_file(lib, &p).expect("pcap file opens");
+    let link = LinkType::from_dlt(cap.datalink()).expect("supported link type");
     let mut demux = Demux::new(link, IpReassemblyConfig::default());
     let groups = [Ipv4Addr::new(239, 0, 0, 1), Ipv4Addr::new(127, 255, 255, 255)];
     let mut datagrams = Vec::new();
     let t0 = Instant::now();
+    let mut frames = 0;
     loop {
-        match cap.next_packet() {
-            Ok(pkt) => demux.on_frame(
-                t0,
-                pkt.data,
-                |d| groups.contains(d.ip()) && matches!(d.port(), 14000 | 14002),
-                |d| datagrams.push((d.destination, d.source, d.payload.to_vec())),
-            ),
-            Err(pcap::Error::NoMorePackets) => break,
-            Err(e) => panic!("{name}: {e}"),
+        let n = cap
+            .dispatch(|pkt| {
+                frames += 1;
+                assert!(pkt.timestamp_us > 1_700_000_000_000_000, "{name}: capture time {}", pkt.timestamp_us);
+                assert!(pkt.original_len as usize >= pkt.data.len());
+                demux.on_frame(
+                    t0,
+                    pkt.data,
+                    |d| groups.contains(d.ip()) && matches!(d.port(), 14000 | 14002),
+                    |d| datagrams.push((d.destination, d.source, d.payload.to_vec())),
+                );
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if n == 0 {
+            break;
         }
     }
+    assert_eq!(frames, demux.stats().frames, "{name}: every frame read was decoded once");
     let mut per_port: BTreeMap<u16, Reassembler> = BTreeMap::new();
     let mut messages = Vec::new();
     for (dst, src, payload) in &datagrams {

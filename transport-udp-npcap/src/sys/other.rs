@@ -1,17 +1,95 @@
+//! Linux, macOS and the other Unix systems: libpcap from the system's library path.
+
 #![allow(unsafe_code)]
 
+use crate::libpcap::{Device, Handle};
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-/// Linux and macOS loop joined multicast back to capture on their own; nothing to kick.
-pub(crate) fn cold_start(_groups: &[Ipv4Addr], _interface: Option<Ipv4Addr>) {}
+pub(crate) type Timeval = libc::timeval;
 
-/// Waits until the (non-blocking) capture has something to read, at most `timeout`.
-pub(crate) fn wait_readable(cap: &pcap::Capture<pcap::Active>, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd: cap.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+pub(crate) fn timeval_micros(t: &Timeval) -> i64 {
+    // Field widths vary (i64 on Linux x86_64, i32 `tv_usec` on macOS).
+    #[allow(clippy::useless_conversion)]
+    let (s, us) = (i64::from(t.tv_sec), i64::from(t.tv_usec));
+    s * 1_000_000 + us
+}
+
+pub(crate) type Waitable = std::ffi::c_int;
+pub(crate) const WAITABLE_FN: Option<&str> = Some("pcap_get_selectable_fd");
+
+pub(crate) const INSTALL_HINT: &str = "install libpcap (Debian/Ubuntu: `apt-get install libpcap0.8`, Fedora: \
+     `dnf install libpcap`), or set npcap.library to the library's path";
+
+pub(crate) const NO_DEVICES_HINT: &str =
+    "check that network interfaces exist and that this process may list them (run `ip link`)";
+
+pub(crate) const NO_LOOPBACK_DEVICE: &str =
+    "no loopback capture device: the capture library lists no device with the loopback flag";
+
+/// The family of a `sockaddr` from its first two bytes (BSDs start with a length byte).
+pub(crate) fn sockaddr_family(b: [u8; 2]) -> u16 {
+    if cfg!(any(
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd"
+    )) {
+        u16::from(b[1])
+    } else {
+        u16::from_ne_bytes(b)
+    }
+}
+
+/// Where to look for libpcap, in order.
+pub(crate) fn library_candidates(explicit: Option<&str>) -> Vec<String> {
+    if let Some(p) = explicit {
+        return vec![p.to_string()];
+    }
+    let names: &[&str] = if cfg!(target_os = "macos") {
+        &["libpcap.A.dylib", "/usr/lib/libpcap.A.dylib", "libpcap.dylib"]
+    } else {
+        // The runtime package installs only the versioned name; the -dev package adds the last.
+        &["libpcap.so.1", "libpcap.so.0.8", "libpcap.so"]
+    };
+    names.iter().map(|s| (*s).to_string()).collect()
+}
+
+pub(crate) fn open_library(path: &str) -> Result<libloading::Library, libloading::Error> {
+    // SAFETY: libpcap's initialisers only set up its own state.
+    unsafe { libloading::Library::new(path) }
+}
+
+/// Non-blocking reads plus our own wait (poll), so a capture thread notices filter changes and
+/// shutdown even when no frame arrives (Linux's ring timeout does not fire on an idle link).
+pub(crate) fn prepare_reads(h: &mut Handle) -> Result<(), String> {
+    h.set_nonblocking()
+}
+
+/// Waits until the capture has something to read, at most `timeout`.
+pub(crate) fn wait_readable(h: &Handle, timeout: Duration) -> bool {
+    let Some(fd) = h.waitable().filter(|fd| *fd >= 0) else {
+        // No selectable descriptor (rare platforms): poll the non-blocking handle gently.
+        std::thread::sleep(Duration::from_millis(1));
+        return true;
+    };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd, count 1; the fd stays open while `cap` is borrowed.
+    // SAFETY: one valid pollfd, count 1; the descriptor belongs to `h`, open while borrowed.
     let n = unsafe { libc::poll(&mut pfd, 1, ms) };
     n > 0
 }
+
+/// How a device is named in logs and `doctor`.
+pub(crate) fn describe_device(d: &Device) -> String {
+    d.name.clone()
+}
+
+/// Whether the `network.interface` / `npcap.interfaces` value `spec` names this device.
+pub(crate) fn device_matches(spec: &str, d: &Device) -> bool {
+    d.name == spec
+}
+
+/// Linux and macOS loop joined multicast back to capture on their own; nothing to kick.
+pub(crate) fn cold_start(_groups: &[Ipv4Addr], _interface: Option<Ipv4Addr>) {}

@@ -173,6 +173,30 @@ impl Drop for Capture {
     }
 }
 
+/// 64-bit totals of pcap's wrapping 32-bit counters, from successive readings.
+#[derive(Debug, Default)]
+struct WideStats {
+    last: crate::libpcap::Stats,
+    total: [u64; 3],
+}
+
+impl WideStats {
+    fn update(&mut self, now: crate::libpcap::Stats) {
+        let (a, b) = (
+            [now.received, now.dropped, now.if_dropped],
+            [self.last.received, self.last.dropped, self.last.if_dropped],
+        );
+        for i in 0..3 {
+            self.total[i] += u64::from(a[i].wrapping_sub(b[i]));
+        }
+        self.last = now;
+    }
+
+    fn totals(&self) -> (u64, u64, u64) {
+        (self.total[0], self.total[1], self.total[2])
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     mut cap: Handle,
@@ -190,6 +214,8 @@ fn run(
     let mut generation = u64::MAX;
     let mut last_stats = Instant::now();
     let (mut filter_updates, mut read_errors) = (0u64, 0u64);
+    // pcap's counters are 32-bit and wrap (4 G frames is hours at line rate): widen them.
+    let mut counters = WideStats::default();
     while !stop.load(Ordering::Relaxed) {
         let g = routes.generation.load(Ordering::Acquire);
         if g != generation {
@@ -239,15 +265,13 @@ fn run(
         }
         if last_stats.elapsed() >= Duration::from_millis(100) || stop.load(Ordering::Relaxed) {
             last_stats = Instant::now();
-            let ps = cap.stats().ok();
+            if let Ok(ps) = cap.stats() {
+                counters.update(ps);
+            }
             let mut s = stats.lock().expect("poisoned");
             s.demux = demux.stats();
             s.ip = demux.ip_stats();
-            if let Some(ps) = ps {
-                s.pcap_received = ps.received.into();
-                s.pcap_dropped = ps.dropped.into();
-                s.pcap_if_dropped = ps.if_dropped.into();
-            }
+            (s.pcap_received, s.pcap_dropped, s.pcap_if_dropped) = counters.totals();
             s.filter_updates = filter_updates;
             s.read_errors = read_errors;
         }
@@ -255,4 +279,20 @@ fn run(
     let mut s = stats.lock().expect("poisoned");
     s.demux = demux.stats();
     s.ip = demux.ip_stats();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libpcap::Stats;
+
+    #[test]
+    fn pcap_counters_keep_counting_across_the_32_bit_wrap() {
+        let mut w = WideStats::default();
+        w.update(Stats { received: u32::MAX - 10, dropped: 5, if_dropped: 0 });
+        w.update(Stats { received: 20, dropped: 7, if_dropped: 1 });
+        assert_eq!(w.totals(), (u64::from(u32::MAX) - 10 + 31, 7, 1));
+        w.update(Stats { received: 20, dropped: 7, if_dropped: 1 });
+        assert_eq!(w.totals(), (u64::from(u32::MAX) + 21, 7, 1));
+    }
 }

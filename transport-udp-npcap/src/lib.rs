@@ -85,7 +85,7 @@ pub struct Decision {
 pub fn decide(mode: Mode, a: &Availability) -> Decision {
     let no = |reason: String| Decision { capture: false, reason };
     let (path, version) = match &a.library {
-        Ok(l) => l,
+        Ok((path, version)) => (path, sys::library_label(version)),
         Err(e) => return no(e.clone()),
     };
     let devices = match &a.devices {

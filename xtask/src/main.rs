@@ -4,6 +4,7 @@
 //!   namespaces (and same-host), this project and real eCAL 6.1.1, comparing counts and digests;
 //! * `tools`: the operator tool `mwctl` against real eCAL and this project's processes;
 //! * `test`: everything a user or CI runs: the workspace tests, then `interop` and `tools`;
+//! * `windows [--require]`: check, link and inspect the Windows build (see `windows.rs`);
 //! * `ecal-venv`: create (or reuse) the Python virtual environment with eclipse-ecal 6.1.1.
 
 mod bench;
@@ -11,6 +12,7 @@ mod ecal;
 mod interop;
 mod netns;
 mod tools;
+mod windows;
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         "demo" => demo(rest),
         "bench" => bench::run(rest),
         "tools" => tools::run(rest),
+        "windows" => windows::run_cmd(rest),
         _ => usage(),
     }
 }
@@ -76,25 +79,9 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
     } else {
         run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
     }
-    windows_check()?;
+    windows::run_cmd(&[])?;
     interop::run(rest)?;
     tools::run(&[])
-}
-
-/// `cargo check` for Windows when the target is installed; says so plainly when it is not.
-fn windows_check() -> anyhow::Result<()> {
-    const TARGET: &str = "x86_64-pc-windows-gnu";
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == TARGET))
-        .unwrap_or(false);
-    if installed {
-        run(cargo().args(["check", "--workspace", "--target", TARGET]))
-    } else {
-        eprintln!("NOTE: Rust target {TARGET} is not installed on this machine; Windows cross-check not run");
-        Ok(())
-    }
 }
 
 /// The main job: a subscriber and a publisher, two processes, on the default configuration

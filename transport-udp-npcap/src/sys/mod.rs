@@ -16,6 +16,7 @@ mod imp;
 pub(crate) mod windows_rules;
 
 pub(crate) use imp::{
-    cold_start, describe_device, device_matches, library_candidates, open_library, prepare_reads, sockaddr_family,
-    timeval_micros, wait_readable, Timeval, Waitable, INSTALL_HINT, NO_DEVICES_HINT, NO_LOOPBACK_DEVICE, WAITABLE_FN,
+    cold_start, describe_device, device_matches, library_candidates, library_label, open_library, prepare_reads,
+    sockaddr_family, timeval_micros, wait_readable, Timeval, Waitable, INSTALL_HINT, NO_DEVICES_HINT,
+    NO_LOOPBACK_DEVICE, WAITABLE_FN,
 };

@@ -27,6 +27,11 @@ pub(crate) const NO_DEVICES_HINT: &str =
 pub(crate) const NO_LOOPBACK_DEVICE: &str =
     "no loopback capture device: the capture library lists no device with the loopback flag";
 
+/// How the library is named in messages: its version string.
+pub(crate) fn library_label(version: &str) -> String {
+    version.to_string()
+}
+
 /// The family of a `sockaddr` from its first two bytes (BSDs start with a length byte).
 pub(crate) fn sockaddr_family(b: [u8; 2]) -> u16 {
     if cfg!(any(

@@ -45,6 +45,11 @@ pub(crate) const NO_DEVICES_HINT: &str = "the Npcap driver may not be running: `
 
 pub(crate) use windows_rules::{describe_device, device_matches, NO_LOOPBACK_DEVICE};
 
+/// "Npcap 1.79" from "Npcap version 1.79, based on libpcap version 1.10.4".
+pub(crate) fn library_label(version: &str) -> String {
+    windows_rules::npcap_version(version).map_or_else(|| version.to_string(), |v| format!("Npcap {v}"))
+}
+
 pub(crate) fn sockaddr_family(b: [u8; 2]) -> u16 {
     u16::from_ne_bytes(b)
 }

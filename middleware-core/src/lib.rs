@@ -16,6 +16,8 @@
 
 pub mod config;
 pub mod fragment;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pb;
 pub mod pubsub;
 pub mod registration;

@@ -22,6 +22,8 @@ pub mod config;
 pub mod demux;
 pub mod filter;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ip_reassembly;
 pub mod libpcap;
 mod queue;

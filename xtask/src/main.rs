@@ -9,6 +9,7 @@
 
 mod bench;
 mod ecal;
+mod fuzz;
 mod interop;
 mod netns;
 mod tools;
@@ -62,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         "bench" => bench::run(rest),
         "tools" => tools::run(rest),
         "windows" => windows::run_cmd(rest),
+        "fuzz" => fuzz::run(rest),
         _ => usage(),
     }
 }

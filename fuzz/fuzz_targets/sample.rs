@@ -1,0 +1,3 @@
+#![no_main]
+//! Body: `middleware_core::fuzzing::sample` (replayed by the regression tests).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| middleware_core::fuzzing::sample(data));

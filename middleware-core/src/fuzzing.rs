@@ -1,0 +1,95 @@
+//! Bodies of the fuzz targets (`fuzz/`), kept in the library so that ordinary tests replay every
+//! input the fuzzers ever crashed on (`tests/fuzz_regressions.rs`). Each body takes arbitrary
+//! bytes, drives one decoder or reassembler the way the network would, and asserts the
+//! invariants that must hold for any input: no panic, memory within the configured caps,
+//! decoded values that re-encode to themselves.
+
+use crate::fragment::{Outcome, Reassembler, ReassemblyConfig};
+use crate::pb::Sample;
+use crate::registration::{Acceptance, RemoteTable, MAX_REMOTE_ENTITIES, MAX_REMOTE_PROCESSES};
+use crate::wire::SampleFrame;
+use prost::Message;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+/// Splits fuzz input into records: a control byte, then a length-prefixed (u16 LE) body.
+pub fn records(mut data: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let (&ctl, rest) = data.split_first()?;
+        let len = rest.get(..2).map_or(rest.len(), |l| usize::from(u16::from_le_bytes([l[0], l[1]])));
+        let rest = rest.get(2..).unwrap_or(&[]);
+        let (body, tail) = rest.split_at(len.min(rest.len()));
+        data = tail;
+        Some((ctl, body))
+    })
+}
+
+/// Datagrams from up to four senders into one reassembler with small caps; the control byte
+/// picks the sender and advances the clock (expiry). Every completed message is decoded as a
+/// sample frame and protobuf `Sample`.
+pub fn datagrams(data: &[u8]) {
+    let cfg = ReassemblyConfig {
+        timeout: Duration::from_millis(100),
+        max_message_len: 1 << 20,
+        max_partial_messages: 8,
+        max_buffered_bytes: 2 << 20,
+    };
+    let mut r = Reassembler::new(cfg.clone());
+    let t0 = Instant::now();
+    let mut now = t0;
+    for (ctl, body) in records(data) {
+        now += Duration::from_millis(u64::from(ctl >> 2) * 3);
+        let sender = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + (ctl & 3)), 14002));
+        if let Outcome::Message(m) = r.on_datagram(now, sender, body) {
+            assert!(m.len() <= cfg.max_message_len, "message of {} bytes above the cap", m.len());
+            sample(&m);
+        }
+        assert!(r.partial_messages() <= cfg.max_partial_messages, "{} partial messages", r.partial_messages());
+        assert!(r.buffered_bytes() <= cfg.max_buffered_bytes, "{} bytes buffered", r.buffered_bytes());
+    }
+    r.expire(now + cfg.timeout * 2);
+    assert_eq!((r.partial_messages(), r.buffered_bytes()), (0, 0), "everything expires");
+}
+
+/// One reassembled message: sample frame, then protobuf. A decoded `Sample` re-encodes to bytes
+/// that decode to the same value.
+pub fn sample(message: &[u8]) {
+    let Ok(frame) = SampleFrame::new_checked(message) else { return };
+    let _ = frame.name();
+    if let Ok(s) = Sample::decode(frame.body()) {
+        let again = Sample::decode(s.encode_to_vec().as_slice()).expect("re-encoded sample decodes");
+        assert_eq!(again, s);
+    }
+}
+
+/// Registration samples (protobuf) into the remote table, as this host in network and local
+/// mode: never a panic, the table bounded.
+pub fn registration(data: &[u8]) {
+    let mut table = RemoteTable::default();
+    let t0 = Instant::now();
+    let accept = [
+        Acceptance { host_name: "here".into(), process_id: 1, network_mode: true, loopback: false },
+        Acceptance { host_name: "here".into(), process_id: 1, network_mode: false, loopback: true },
+    ];
+    for (i, (ctl, body)) in records(data).enumerate() {
+        if let Ok(s) = Sample::decode(body) {
+            let _ = table.on_sample(t0 + Duration::from_millis(i as u64), &s, &accept[usize::from(ctl & 1)]);
+        }
+    }
+    assert!(table.entities().count() <= MAX_REMOTE_ENTITIES && table.processes().count() <= MAX_REMOTE_PROCESSES);
+    table.expire(t0 + Duration::from_secs(3600), Duration::from_secs(10));
+    assert_eq!((table.entities().count(), table.processes().count()), (0, 0), "everything expires");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_cover_the_input_and_end() {
+        let v: Vec<(u8, &[u8])> = records(&[7, 2, 0, 0xaa, 0xbb, 9, 5, 0, 1]).collect();
+        assert_eq!(v, vec![(7, &[0xaa, 0xbb][..]), (9, &[1][..])]);
+        assert_eq!(records(&[]).count(), 0);
+        assert_eq!(records(&[1]).collect::<Vec<_>>(), vec![(1, &[][..])]);
+    }
+}

@@ -1,7 +1,9 @@
 //! The fuzz targets' bodies (`middleware_core::fuzzing`, `transport_udp_npcap::fuzzing`) on
 //! 1. every file under `fuzz/regressions/<target>/`: the hand-made hostile inputs
 //!    (`fuzz/make_hostile_inputs.py`) and every crash input the fuzzers ever found;
-//! 2. the real eCAL captures, in the fuzzers' input framing (what the seed corpora hold).
+//! 2. the seed corpora cut from the real eCAL captures (`fuzz/seeds/<target>/`, written by
+//!    `fuzz/make_capture_seeds.py`);
+//! 3. the real eCAL captures, in the fuzzers' input framing, frame by frame.
 //!
 //! A body panics when an invariant breaks (caps exceeded, something not expiring).
 
@@ -31,15 +33,15 @@ fn record(ctl: u8, body: &[u8]) -> Vec<u8> {
 #[test]
 fn every_regression_input_holds_the_invariants() {
     let mut total = 0;
-    for (target, body) in TARGETS {
-        let dir = workspace().join("fuzz/regressions").join(target);
+    for ((target, body), folder) in TARGETS.iter().flat_map(|t| [(t, "fuzz/regressions"), (t, "fuzz/seeds")]) {
+        let dir = workspace().join(folder).join(target);
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|e| e.unwrap().path())
             .filter(|p| p.is_file())
             .collect();
         files.sort();
-        assert!(!files.is_empty(), "no regression inputs for {target}");
+        assert!(!files.is_empty(), "no inputs for {target} in {folder}");
         for f in &files {
             let data = std::fs::read(f).unwrap();
             if let Err(p) = std::panic::catch_unwind(|| body(&data)) {
@@ -48,7 +50,7 @@ fn every_regression_input_holds_the_invariants() {
             total += 1;
         }
     }
-    assert!(total >= 17, "{total} inputs");
+    assert!(total >= 18 + 44, "{total} inputs: regression or seed files missing");
 }
 
 /// Frames of every capture, and the UDP payloads they carry, through the bodies.

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-use transport_udp_npcap::frame::{decode, Ipv4Packet, LinkType};
+use transport_udp_npcap::frame::{decode, FrameError, Ipv4Packet, LinkType};
 use transport_udp_npcap::ip_reassembly::{IpReassembler, IpReassemblyConfig};
 
 /// Ethernet + IPv4 frames for `payload` cut at `mtu` bytes of IP payload per fragment.
@@ -109,6 +109,75 @@ proptest! {
             let _ = r.push(t0 + Duration::from_millis(i as u64), &p);
             prop_assert!(r.partial_datagrams() <= 3);
             prop_assert!(r.buffered_bytes() <= 200_000);
+        }
+    }
+}
+
+/// `ip` behind the link header of `link` (a VLAN tag or two for Ethernet when `vlans` > 0).
+fn wrap(link: LinkType, ip: &[u8], vlans: usize) -> Vec<u8> {
+    let mut f = match link {
+        LinkType::Ethernet => {
+            let mut f = vec![0x01, 0x00, 0x5e, 0, 0, 1, 2, 0, 0, 0, 0, 1];
+            for _ in 0..vlans {
+                f.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+            }
+            f.extend_from_slice(&[0x08, 0x00]);
+            f
+        }
+        LinkType::LinuxSll => {
+            let mut f = vec![0u8; 14];
+            f.extend_from_slice(&[0x08, 0x00]);
+            f
+        }
+        LinkType::LinuxSll2 => {
+            let mut f = vec![0x08, 0x00];
+            f.extend_from_slice(&[0u8; 18]);
+            f
+        }
+        LinkType::Null => 2u32.to_le_bytes().to_vec(),
+        LinkType::Loop => 2u32.to_be_bytes().to_vec(),
+        LinkType::Raw => Vec::new(),
+    };
+    f.extend_from_slice(ip);
+    f
+}
+
+proptest! {
+    /// Every link type gives back the IPv4 fields and payload it wraps; every strict prefix of
+    /// the frame (cut in the link header, the IPv4 header or the payload) is `Truncated`.
+    #[test]
+    fn frames_of_every_link_type_decode_and_every_truncation_is_an_error(
+        link in prop::sample::select(vec![
+            LinkType::Ethernet, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::Null, LinkType::Loop, LinkType::Raw,
+        ]),
+        vlans in 0usize..3,
+        payload in proptest::collection::vec(any::<u8>(), 0..200),
+        id in any::<u16>(),
+        off8 in 0u16..0x1fff,
+        more in any::<bool>(),
+        options in 0usize..3,
+    ) {
+        let ihl = 5 + options;
+        let mut ip = vec![(0x40 | ihl) as u8, 0];
+        ip.extend_from_slice(&((ihl * 4 + payload.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&id.to_be_bytes());
+        ip.extend_from_slice(&(off8 | if more { 0x2000 } else { 0 }).to_be_bytes());
+        ip.extend_from_slice(&[3, 17, 0, 0, 10, 77, 0, 1, 239, 0, 0, 1]);
+        ip.extend(std::iter::repeat_n(1u8, options * 4)); // NOP options
+        ip.extend_from_slice(&payload);
+        let frame = wrap(link, &ip, vlans);
+        let p = decode(link, &frame).unwrap();
+        prop_assert_eq!(p, Ipv4Packet {
+            src: Ipv4Addr::new(10, 77, 0, 1),
+            dst: Ipv4Addr::new(239, 0, 0, 1),
+            protocol: 17,
+            identification: id,
+            offset: usize::from(off8) * 8,
+            more_fragments: more,
+            payload: &payload,
+        });
+        for cut in 0..frame.len() {
+            prop_assert_eq!(decode(link, &frame[..cut]), Err(FrameError::Truncated), "cut at {}", cut);
         }
     }
 }

@@ -311,6 +311,8 @@ impl Transport for UdpSocketTransport {
         s.received_datagrams = c.received_datagrams.load(Ordering::Relaxed);
         s.received_bytes = c.received_bytes.load(Ordering::Relaxed);
         s.truncated = c.truncated.load(Ordering::Relaxed);
+        // Kernel drops (receive buffer overruns) where the platform reports them.
+        s.os_dropped = sys::socket_drops(&socket2::SockRef::from(&self.rx)).unwrap_or(0);
         s.receive_buffer_granted = self.granted;
         s.note = format!("socket {} {}:{}", self.endpoint.mode, self.endpoint.group, self.endpoint.port);
         s

@@ -95,3 +95,28 @@ fn unknown_interface_is_a_clear_error() {
     let e = Node::new(c, &transport_udp_socket::factory).unwrap_err().to_string();
     assert!(e.contains("no-such-if0") && e.contains("ip -4 addr"), "{e}");
 }
+
+/// A receive buffer overrun is counted: every datagram sent is either received or in
+/// `os_dropped` (the kernel's drop counter for this socket).
+#[cfg(target_os = "linux")]
+#[test]
+fn kernel_receive_buffer_drops_are_counted() {
+    use middleware_core::transport::{Channel, Endpoint};
+    let c = config();
+    let mut ep = Endpoint::from_config(&c, Channel::Data);
+    ep.receive_buffer = 4096; // the kernel rounds up to its minimum: a few datagrams fit
+    let t = transport_udp_socket::factory(&ep).unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sent = 300u64;
+    for i in 0..sent {
+        tx.send_to(&[i as u8; 1000], ("127.0.0.1", ep.port)).unwrap();
+    }
+    let mut buf = vec![0u8; 65_536];
+    let mut received = 0u64;
+    while t.recv(&mut buf, Duration::from_millis(200)).unwrap().is_some() {
+        received += 1;
+    }
+    let s = t.stats();
+    assert!(s.os_dropped > 0, "{s:?}");
+    assert_eq!(received + s.os_dropped, sent, "{s:?}");
+}

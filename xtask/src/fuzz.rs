@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz [--seconds N] [--target NAME]`: every cargo-fuzz target in `fuzz/` for N
-//! seconds each (default 60), seeded with `fuzz/regressions/<target>/`; prints executions and
+//! seconds each (default 60), seeded with `fuzz/regressions/<target>/` and the inputs cut from
+//! the real captures (`fuzz/seeds/<target>/`); prints executions and
 //! crashes per target and exits non-zero on a crash. Without cargo-fuzz it says so and fails:
 //! a fuzz pass that did not run is not reported as passed.
 
@@ -39,9 +40,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     for target in TARGETS.iter().filter(|t| only.as_deref().is_none_or(|o| o == **t)) {
         let corpus = fuzz_dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
-        for e in std::fs::read_dir(fuzz_dir.join("regressions").join(target))? {
-            let p = e?.path();
-            std::fs::copy(&p, corpus.join(p.file_name().unwrap()))?;
+        for folder in ["regressions", "seeds"] {
+            for e in std::fs::read_dir(fuzz_dir.join(folder).join(target))? {
+                let p = e?.path();
+                std::fs::copy(&p, corpus.join(p.file_name().unwrap()))?;
+            }
         }
         eprintln!("fuzz: {target} for {seconds} s");
         let out = Command::new(&cargo)
@@ -53,11 +56,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .args(["--", &format!("-max_total_time={seconds}"), "-print_final_stats=1", "-rss_limit_mb=2048"])
             .output()
             .with_context(|| format!("cargo fuzz run {target}"))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let execs = executions(&stderr);
         let crash = !out.status.success();
         if crash {
             crashed = true;
+            // The panic message (the broken invariant), then libFuzzer's report.
+            for l in stderr.lines().filter(|l| l.contains("panicked") || l.starts_with("==")).take(10) {
+                eprintln!("{l}");
+            }
             let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
             eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
         }

@@ -82,6 +82,8 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
         run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
     }
     windows::run_cmd(&[])?;
+    // A short fuzz pass (the long one is `cargo xtask fuzz --seconds 60`).
+    fuzz::run(&["--seconds".into(), "15".into()])?;
     interop::run(rest)?;
     tools::run(&[])
 }

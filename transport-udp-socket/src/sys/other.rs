@@ -14,3 +14,8 @@ pub(crate) fn interfaces() -> Vec<crate::InterfaceInfo> {
 pub(crate) fn force_recv_buffer(_socket: &socket2::Socket, _bytes: usize) -> std::io::Result<()> {
     Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "no SO_RCVBUFFORCE on this platform"))
 }
+
+/// Not available on this platform: kernel drops are not counted here.
+pub(crate) fn socket_drops(_socket: &socket2::Socket) -> Option<u64> {
+    None
+}

@@ -153,6 +153,14 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// The most resident memory this process has used (VmHWM), in KiB; `None` where
+/// `/proc/self/status` does not exist (non-Linux).
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Payload `k` of the captures' `mod251` generator: `size` bytes, byte i = (i + k) mod 251.
 pub fn mod251(size: usize, k: usize) -> Vec<u8> {
     (0..size).map(|i| ((i + k) % 251) as u8).collect()

@@ -242,6 +242,37 @@ fn buffer_check(config: &Config, out: &mut Vec<Check>) {
     }
 }
 
+/// The kernel's IPv4 reassembly limits (Linux, per network namespace), which decide how long a
+/// burst of never-completed fragments blocks every fragmented datagram a socket receives.
+fn fragment_check(out: &mut Vec<Check>) {
+    let read = |k: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{k}")).ok()?.trim().parse::<u64>().ok();
+    let (Some(time), Some(high)) = (read("ipfrag_time"), read("ipfrag_high_thresh")) else { return };
+    let (want_time, want_high) = (5, 64 << 20);
+    if time > want_time || high < want_high {
+        out.push(check(
+            "IP reassembly",
+            Status::Warn,
+            format!(
+                "ipfrag_time {time} s, ipfrag_high_thresh {high} bytes: once {high} bytes of incomplete fragments \
+                 are held (a lost fragment per datagram under load, or a flood), the kernel drops every new \
+                 fragment for up to {time} s; the socket transport then loses all large messages (counted as \
+                 kernel_ip_reasm_fails)"
+            ),
+            Some(format!(
+                "sysctl -w net.ipv4.ipfrag_time={want_time} net.ipv4.ipfrag_high_thresh={want_high}   (persist in \
+                 /etc/sysctl.d/), or use the npcap transport, which reassembles in user space"
+            )),
+        ));
+    } else {
+        out.push(check(
+            "IP reassembly",
+            Status::Ok,
+            format!("ipfrag_time {time} s, ipfrag_high_thresh {high} bytes"),
+            None,
+        ));
+    }
+}
+
 /// A process heard through registration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Peer {
@@ -437,6 +468,7 @@ pub fn checks(config: &Config, listen_seconds: f64) -> (Vec<Check>, Vec<Peer>) {
     capture_checks(config, &mut out);
     route_checks(config, &ifaces, &mut out);
     buffer_check(config, &mut out);
+    fragment_check(&mut out);
     let peers = peer_checks(config, &ifaces, listen_seconds, &mut out);
     firewall_check(&mut out);
     (out, peers)

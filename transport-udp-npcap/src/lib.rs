@@ -381,6 +381,7 @@ impl Transport for NpcapTransport {
             add("ip_expired", d.ip.expired);
             add("ip_evicted", d.ip.evicted);
             add("filter_updates", d.filter_updates);
+            add("read_errors", d.read_errors);
         }
         let qd = self.queue.dropped.load(Ordering::Relaxed);
         add("queue_dropped", qd);

@@ -161,6 +161,8 @@ pub struct UdpSocketTransport {
     read_timeout: Mutex<Option<Duration>>,
     granted: u64,
     counters: Counters,
+    /// The namespace's kernel IPv4 reassembly (failures, timeouts) when this transport opened.
+    reassembly_base: Option<(u64, u64)>,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TransportError {
@@ -189,6 +191,7 @@ impl UdpSocketTransport {
             read_timeout: Mutex::new(None),
             granted,
             counters: Counters::default(),
+            reassembly_base: sys::ip_reassembly_failures(),
         };
         if ep.mode == Mode::Network {
             t.join(ep.group)?;
@@ -314,6 +317,13 @@ impl Transport for UdpSocketTransport {
         // Kernel drops (receive buffer overruns) where the platform reports them.
         s.os_dropped = sys::socket_drops(&socket2::SockRef::from(&self.rx)).unwrap_or(0);
         s.receive_buffer_granted = self.granted;
+        // Fragments the kernel dropped before reassembly (for every socket of this network
+        // namespace, since this transport opened): the reason a fragmented message is lost
+        // without this socket seeing a byte of it.
+        if let (Some((f0, t0)), Some((f, t))) = (self.reassembly_base, sys::ip_reassembly_failures()) {
+            s.details.insert("kernel_ip_reasm_fails".into(), f.saturating_sub(f0));
+            s.details.insert("kernel_ip_reasm_timeouts".into(), t.saturating_sub(t0));
+        }
         s.note = format!("socket {} {}:{}", self.endpoint.mode, self.endpoint.group, self.endpoint.port);
         s
     }

@@ -10,9 +10,11 @@
 mod bench;
 mod ecal;
 mod fuzz;
+mod hostile;
 mod interop;
 mod netns;
 mod tools;
+mod torture;
 mod windows;
 
 use anyhow::{bail, Context};
@@ -64,6 +66,8 @@ fn main() -> anyhow::Result<()> {
         "tools" => tools::run(rest),
         "windows" => windows::run_cmd(rest),
         "fuzz" => fuzz::run(rest),
+        "torture" => torture::run(rest),
+        "torture-send" => hostile::run(rest),
         _ => usage(),
     }
 }

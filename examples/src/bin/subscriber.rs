@@ -4,6 +4,7 @@
 use clap::Parser;
 use examples::{init_logging, open_node, stop_on_ctrl_c, stopping, CommonArgs, StreamDigest};
 use middleware_core::Raw;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
@@ -12,7 +13,7 @@ struct Args {
     /// Topic name; repeat for several topics.
     #[arg(long = "topic", required = true)]
     topics: Vec<String>,
-    /// Messages expected per topic.
+    /// Messages expected per topic; 0 = none expected: receive until `--timeout` (or `--idle`).
     #[arg(long, default_value_t = 10)]
     count: u64,
     /// Seconds to wait for all messages.
@@ -22,7 +23,9 @@ struct Args {
     /// with loss); 0 = wait for `--count` or `--timeout`.
     #[arg(long, default_value_t = 0.0)]
     idle: f64,
-    /// Payload check: mod251 (message k is byte i = (i + k) mod 251), counter (`msg-%06d`), none.
+    /// Payload check: mod251 (message k is byte i = (i + k) mod 251, k counting received
+    /// messages), mod251-clock (k = the publisher's clock - 1: still exact after a loss, for
+    /// this project's publishers, whose first message has clock 1), counter (`msg-%06d`), none.
     #[arg(long, default_value = "mod251")]
     verify: String,
     /// Count messages without hashing them (benchmarks); the summary's sha256 is then empty.
@@ -43,11 +46,15 @@ fn main() -> anyhow::Result<()> {
     let mut digests = vec![proto; subs.len()];
     let mut verified = vec![true; subs.len()];
     let mut first_last: Vec<Option<(Instant, Instant)>> = vec![None; subs.len()];
+    // Per topic and publisher: messages, first and last clock, verification failures.
+    let mut per_publisher: Vec<BTreeMap<u64, (u64, i64, i64, u64)>> = vec![BTreeMap::new(); subs.len()];
+    let mut most_publishers = 0usize;
     let end = Instant::now() + Duration::from_secs_f64(args.timeout);
     'outer: loop {
-        let mut done = true;
+        let mut done = args.count > 0;
         for (i, s) in subs.iter().enumerate() {
-            while digests[i].count < args.count {
+            most_publishers = most_publishers.max(s.publishers().len());
+            while args.count == 0 || digests[i].count < args.count {
                 let Some(r) = s.recv_timeout(Duration::from_millis(20)) else {
                     done = false;
                     break;
@@ -55,9 +62,15 @@ fn main() -> anyhow::Result<()> {
                 let k = digests[i].count as usize;
                 let ok = match args.verify.as_str() {
                     "mod251" => r.value.iter().enumerate().all(|(j, b)| *b as usize == (j + k) % 251),
+                    "mod251-clock" => {
+                        let k = (r.clock - 1).rem_euclid(251) as usize;
+                        r.value.iter().enumerate().all(|(j, b)| *b as usize == (j + k) % 251)
+                    }
                     "counter" => r.value == format!("msg-{k:06}").as_bytes(),
                     _ => true,
                 };
+                let e = per_publisher[i].entry(r.publisher_id).or_insert((0, r.clock, r.clock, 0));
+                (e.0, e.2, e.3) = (e.0 + 1, r.clock, e.3 + u64::from(!ok));
                 if !ok {
                     tracing::warn!(topic = s.topic(), k, len = r.value.len(), "payload failed verification");
                     verified[i] = false;
@@ -89,6 +102,11 @@ fn main() -> anyhow::Result<()> {
             "transport": examples::TRANSPORT_CHOICE.get(),
             "first_to_last_s": first_last[i].map(|(f, l)| (l - f).as_secs_f64()),
             "cpu_s": examples::process_cpu_seconds(),
+            "peak_rss_kib": examples::peak_rss_kib(),
+            "publishers": per_publisher[i].iter().map(|(id, (n, first, last, bad))| serde_json::json!({
+                "id": id.to_string(), "received": n, "first_clock": first, "last_clock": last, "verify_failures": bad,
+            })).collect::<Vec<_>>(),
+            "publishers_connected": { "most": most_publishers, "at_end": s.publishers().len() },
             "stats": { "subscriber": s.stats(), "data": stats.data, "registration": stats.registration },
         });
         println!("{line}");

@@ -92,8 +92,33 @@ fn drops_for_inode(table: &str, inode: u64) -> Option<u64> {
     })
 }
 
+/// This network namespace's IPv4 reassembly failures and timeouts (`ReasmFails`,
+/// `ReasmTimeout` in `/proc/self/net/snmp`): the kernel reassembles fragmented datagrams before
+/// a socket sees them, so fragments it drops (memory limit `ipfrag_high_thresh`, overlaps,
+/// `ipfrag_time` expiry) are counted only there. Shared by every process in the namespace.
+pub(crate) fn ip_reassembly_failures() -> Option<(u64, u64)> {
+    let snmp = std::fs::read_to_string("/proc/self/net/snmp").ok()?;
+    ip_counters(&snmp, &["ReasmFails", "ReasmTimeout"]).map(|v| (v[0], v[1]))
+}
+
+/// Values of the named fields of the `Ip:` header/value line pair.
+fn ip_counters(snmp: &str, names: &[&str]) -> Option<Vec<u64>> {
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip: "));
+    let (head, values) = (ip.next()?, ip.next()?);
+    let head: Vec<&str> = head.split_whitespace().collect();
+    let values: Vec<&str> = values.split_whitespace().collect();
+    names.iter().map(|n| values.get(head.iter().position(|h| h == n)?)?.parse().ok()).collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ip_counters_by_name() {
+        let t = "Ip: Forwarding DefaultTTL ReasmTimeout ReasmReqds ReasmOKs ReasmFails\nIp: 2 64 7 100 20 33\nIcmp: InMsgs\nIcmp: 3\n";
+        assert_eq!(super::ip_counters(t, &["ReasmFails", "ReasmTimeout"]), Some(vec![33, 7]));
+        assert_eq!(super::ip_counters(t, &["Nope"]), None);
+    }
+
     #[test]
     fn drops_come_from_the_inode_line() {
         let t = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\

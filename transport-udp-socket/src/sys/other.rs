@@ -19,3 +19,8 @@ pub(crate) fn force_recv_buffer(_socket: &socket2::Socket, _bytes: usize) -> std
 pub(crate) fn socket_drops(_socket: &socket2::Socket) -> Option<u64> {
     None
 }
+
+/// Not available on this platform.
+pub(crate) fn ip_reassembly_failures() -> Option<(u64, u64)> {
+    None
+}

@@ -3,7 +3,10 @@
 //! * `interop [--filter S] [--keep-going]`: the sender x receiver matrix over two network
 //!   namespaces (and same-host), this project and real eCAL 6.1.1, comparing counts and digests;
 //! * `tools`: the operator tool `mwctl` against real eCAL and this project's processes;
-//! * `test`: everything a user or CI runs: the workspace tests, then `interop` and `tools`;
+//! * `test`: everything a user or CI runs: the workspace tests, the Windows build check, a short
+//!   fuzz pass, then `interop`, `tools` and `torture` (with a 60 s sustained-load row);
+//! * `fuzz [--seconds N]`: every cargo-fuzz target (see `fuzz.rs`);
+//! * `torture`: hostile traffic and faults against a subscriber (see `torture.rs`);
 //! * `windows [--require]`: check, link and inspect the Windows build (see `windows.rs`);
 //! * `ecal-venv`: create (or reuse) the Python virtual environment with eclipse-ecal 6.1.1.
 
@@ -89,7 +92,10 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
     // A short fuzz pass (the long one is `cargo xtask fuzz --seconds 60`).
     fuzz::run(&["--seconds".into(), "15".into()])?;
     interop::run(rest)?;
-    tools::run(&[])
+    tools::run(&[])?;
+    // Hostile traffic and faults, with a 60 s sustained-load row (the README's figures come from
+    // the full `cargo xtask torture`, 600 s).
+    torture::run(&["--sustain-seconds".into(), "60".into()])
 }
 
 /// The main job: a subscriber and a publisher, two processes, on the default configuration

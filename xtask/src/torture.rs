@@ -336,8 +336,14 @@ fn publisher_killed(env: &Env, lab: &Lab, transport: &str) -> anyhow::Result<Row
     let sub = env.subscriber(lab, transport, 14.0, &[], &format!("{tag}-sub"))?;
     std::thread::sleep(Duration::from_millis(700));
     // The same payload every time: no pause between messages, so the kill lands mid-message.
+    let tx_before = tx_bytes(&lab.a);
     let mut first = env.publisher(lab, 16 * MIB, 100_000, 0.0, &["--same-payload"], &format!("{tag}-pub1"))?;
-    std::thread::sleep(Duration::from_millis(3000));
+    // Kill once it is streaming (at least 40 MiB on the link), not while it still waits for the
+    // subscriber: on a loaded machine registration can take seconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tx_bytes(&lab.a) < tx_before + 40 * MIB && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = first.kill();
     let _ = first.wait();
     let second = env.publisher(lab, MIB, 40, 20.0, &[], &format!("{tag}-pub2"))?;
@@ -361,6 +367,16 @@ fn publisher_killed(env: &Env, lab: &Lab, transport: &str) -> anyhow::Result<Row
     }
     row.after = format!("{} (new instance)", row.after);
     Ok(row)
+}
+
+/// Bytes sent so far on a host's veth.
+fn tx_bytes(h: &Host) -> u64 {
+    Command::new("ip")
+        .args(["netns", "exec", &h.ns, "cat", &format!("/sys/class/net/{}/statistics/tx_bytes", h.dev)])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Subscriber restarted: killed (SIGKILL) 3 s into a 1 MiB x 160 stream; a new subscriber

@@ -53,7 +53,9 @@ pub fn ip_fragments(data: &[u8]) {
             // 13-bit offset in 8-byte units, as the header carries it.
             offset: usize::from(u16::from_le_bytes([head[0], head[1]]) & 0x1fff) * 8,
             more_fragments: head[2] & 1 == 1,
-            payload,
+            // An IPv4 header's 16-bit total length cannot describe more (the frame decoder
+            // enforces it); a record may be longer, which no real packet can be.
+            payload: &payload[..payload.len().min(crate::ip_reassembly::MAX_DATAGRAM_PAYLOAD)],
         };
         if let Some(d) = r.push(now, &p) {
             assert!(d.len() <= 65_535 - 20, "datagram of {} bytes", d.len());

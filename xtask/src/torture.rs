@@ -41,8 +41,9 @@ const CAPS: &[(&str, &str)] = &[
 ];
 
 /// Memory beyond the caps: program, thread stacks, allocator slack, and the few 1 MiB messages
-/// in flight between the reassembler, the queue and the application (measured: an idle
-/// subscriber peaks at about 10 MiB, one streaming 1 MiB messages at about 30 MiB).
+/// in flight between the reassembler, the queue and the application. Measured peaks, caps
+/// included: socket 4-11 MiB under every hostile case, 36-52 MiB in the publisher-killed fault
+/// (16 MiB partial messages); capture 39-59 MiB (the ring is touched), 69-93 MiB in that fault.
 const BASE_MIB: u64 = 64;
 
 /// Peak RSS the subscriber may reach with `CAPS` on `transport`, in MiB: message reassembly
@@ -327,17 +328,19 @@ fn hostile_case(env: &Env, lab: &Lab, transport: &str, case: &str) -> anyhow::Re
     Ok(row)
 }
 
-/// Publisher killed mid-message: a publisher sending 16 MiB messages back to back is killed
-/// (SIGKILL; `KILLS` instances in turn), then a new publisher instance streams 40 x 1 MiB. The killed publisher's partial
-/// message must expire and be counted; the new instance's stream must arrive whole.
+/// Publisher killed mid-message: publishers sending 16 MiB messages back to back are killed
+/// (SIGKILL; `KILLS` instances in turn), then a new publisher instance streams 40 x 1 MiB. The
+/// killed publishers' partial messages must expire (or be evicted) and be counted; the new
+/// instance's stream must arrive whole.
 fn publisher_killed(env: &Env, lab: &Lab, transport: &str) -> anyhow::Result<Row> {
     let mut row = Row::new(transport, "fault: publisher killed mid-message");
     let tag = format!("{transport}-pubkill");
     let sub = env.subscriber(lab, transport, 22.0, &[], &format!("{tag}-sub"))?;
     std::thread::sleep(Duration::from_millis(700));
-    // The same payload every time, so almost all of a publisher's time is spent sending; but
-    // encoding a 16 MiB sample still takes ~15 % of it, and a kill there leaves no partial
-    // message. Three instances are killed in turn: the chance that none leaves one is < 1 %.
+    // The same payload every time, so most of a publisher's time is spent sending; but a kill
+    // while it encodes a sample leaves no partial message on the wire (seen in 2 of 4 runs with
+    // one instance). Three instances are killed in turn, so at least one is almost surely
+    // caught mid-message.
     for k in 0..KILLS {
         let tx_before = tx_bytes(&lab.a);
         let mut p = env.publisher(lab, 16 * MIB, 100_000, 0.0, &["--same-payload"], &format!("{tag}-pub1-{k}"))?;

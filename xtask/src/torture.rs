@@ -338,7 +338,7 @@ fn publisher_killed(env: &Env, lab: &Lab, transport: &str) -> anyhow::Result<Row
     let sub = env.subscriber(lab, transport, 22.0, &[], &format!("{tag}-sub"))?;
     std::thread::sleep(Duration::from_millis(700));
     // The same payload every time, so most of a publisher's time is spent sending; but a kill
-    // while it encodes a sample leaves no partial message on the wire (seen in 2 of 4 runs with
+    // while it encodes a sample leaves no partial message on the wire (seen in 2 of 6 runs with
     // one instance). Three instances are killed in turn, so at least one is almost surely
     // caught mid-message.
     for k in 0..KILLS {

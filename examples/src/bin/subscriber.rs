@@ -54,7 +54,8 @@ fn main() -> anyhow::Result<()> {
         let mut done = args.count > 0;
         for (i, s) in subs.iter().enumerate() {
             most_publishers = most_publishers.max(s.publishers().len());
-            while args.count == 0 || digests[i].count < args.count {
+            // Also bounded by the timeout: with `--count 0` a steady stream never leaves this loop.
+            while (args.count == 0 || digests[i].count < args.count) && Instant::now() < end && !stopping() {
                 let Some(r) = s.recv_timeout(Duration::from_millis(20)) else {
                     done = false;
                     break;

@@ -9,6 +9,7 @@ The eCAL configuration comes from $ECAL_DATA/ecal.yaml (the harness writes it).
 Digest: SHA-256 over the messages, each prefixed by its length as u64 little-endian.
 """
 import argparse
+import faulthandler
 import hashlib
 import json
 import struct
@@ -51,6 +52,17 @@ class Digest:
         self.bytes += len(msg)
 
 
+def shutdown(subs=()):
+    """Stops callbacks, then finalizes eCAL. If finalize hangs or crashes (seen once in CI after
+    a complete run), the Python stacks go to stderr (the harness keeps it in the case log)."""
+    faulthandler.enable()
+    faulthandler.dump_traceback_later(10, exit=False)
+    for s in subs:
+        s.remove_receive_callback()
+    ecal.finalize()
+    faulthandler.cancel_dump_traceback_later()
+
+
 def run_pub(a):
     ecal.initialize("ecal_peer_pub")
     cfg = ecal.get_publisher_configuration()
@@ -60,7 +72,7 @@ def run_pub(a):
     while not all(p.get_subscriber_count() > 0 for _, p in pubs):
         if time.time() > deadline:
             print(json.dumps({"role": "pub", "error": "no subscriber"}), flush=True)
-            ecal.finalize()
+            shutdown()
             return 1
         time.sleep(0.05)
     # base[j] = j mod 251, so payload k = base[k : k + size] has byte i = (i + k) mod 251.
@@ -83,7 +95,7 @@ def run_pub(a):
         print(json.dumps({"role": "pub", "impl": "ecal", "topic": t, "sent": d.count, "bytes": d.bytes,
                           "sha256": d.h.hexdigest(), "entity_id": str(p.get_topic_id().topic_id.entity_id)}),
               flush=True)
-    ecal.finalize()
+    shutdown()
     return 0
 
 
@@ -143,7 +155,7 @@ def run_sub(a):
                               "cpu_s": time.process_time(),
                               "clock_first_last": [st["clocks"][0], st["clocks"][-1]] if st["clocks"] else []}),
                   flush=True)
-    ecal.finalize()
+    shutdown(subs)
     return 0 if ok else 1
 
 

@@ -31,6 +31,10 @@ pub struct Endpoint {
     pub multicast_loopback: bool,
     /// Requested receive buffer in bytes.
     pub receive_buffer: usize,
+    /// Receive nothing until the first [`Transport::join`]: no receive socket, no membership,
+    /// no capture route. A node sets it on the data channel, so a process that only publishes
+    /// does not take a copy of every datagram it sends (multicast loopback) or of its peers'.
+    pub receive_on_demand: bool,
 }
 
 impl Endpoint {
@@ -51,6 +55,7 @@ impl Endpoint {
                 Channel::Registration => config.receive_buffer.min(8 << 20),
                 Channel::Data => config.receive_buffer,
             },
+            receive_on_demand: false,
         }
     }
 }
@@ -123,7 +128,8 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Waits at most `timeout` for one datagram and copies it into `buf`;
     /// `Ok(None)` means nothing arrived, not a failure.
     fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<RecvMeta>, TransportError>;
-    /// Additionally receives datagrams sent to `group` (network mode; a no-op in local mode).
+    /// Additionally receives datagrams sent to `group` (network mode). In either mode the first
+    /// call starts receiving on an endpoint opened with `receive_on_demand`.
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError>;
     fn stats(&self) -> TransportStats;
 }

@@ -250,13 +250,13 @@ impl TransportFactory for NpcapFactory {
             port: ep.port,
             sender: UdpSender::open(ep)?,
             mode: ep.mode,
+            group: ep.group,
+            receiving: Mutex::new(false),
             received_datagrams: Default::default(),
             received_bytes: Default::default(),
         };
-        shared.routes.ports.write().expect("poisoned").insert(ep.port, queue);
-        shared.routes.generation.fetch_add(1, Ordering::Release);
-        if ep.mode == Mode::Network {
-            t.join(ep.group)?;
+        if !ep.receive_on_demand {
+            t.start_receiving()?;
         }
         Ok(Box::new(t))
     }
@@ -301,6 +301,10 @@ pub struct NpcapTransport {
     port: u16,
     sender: UdpSender,
     mode: Mode,
+    /// The endpoint's base group, joined when receiving starts (network mode).
+    group: Ipv4Addr,
+    /// Whether the capture routes this port's datagrams to `queue` yet (`receive_on_demand`).
+    receiving: Mutex<bool>,
     received_datagrams: std::sync::atomic::AtomicU64,
     received_bytes: std::sync::atomic::AtomicU64,
 }
@@ -315,6 +319,39 @@ impl Drop for NpcapTransport {
     fn drop(&mut self) {
         self.shared.routes.ports.write().expect("poisoned").remove(&self.port);
         self.queue.close();
+    }
+}
+
+impl NpcapTransport {
+    /// Routes this port's datagrams from the capture to the queue and, in network mode, joins
+    /// the base group; a no-op once done.
+    fn start_receiving(&self) -> Result<(), TransportError> {
+        let mut receiving = self.receiving.lock().expect("poisoned");
+        if *receiving {
+            return Ok(());
+        }
+        self.shared.routes.ports.write().expect("poisoned").insert(self.port, Arc::clone(&self.queue));
+        self.shared.routes.generation.fetch_add(1, Ordering::Release);
+        *receiving = true;
+        drop(receiving);
+        self.join_group(self.group)
+    }
+
+    fn join_group(&self, group: Ipv4Addr) -> Result<(), TransportError> {
+        if self.mode != Mode::Network {
+            return Ok(());
+        }
+        if let Some(m) = &self.shared.membership {
+            if m.join(group)? {
+                let mut d = self.shared.routes.destinations.write().expect("poisoned");
+                if !d.contains(&group) {
+                    d.push(group);
+                }
+                drop(d);
+                self.shared.routes.generation.fetch_add(1, Ordering::Release);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -339,20 +376,8 @@ impl Transport for NpcapTransport {
     }
 
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError> {
-        if self.mode != Mode::Network {
-            return Ok(());
-        }
-        if let Some(m) = &self.shared.membership {
-            if m.join(group)? {
-                let mut d = self.shared.routes.destinations.write().expect("poisoned");
-                if !d.contains(&group) {
-                    d.push(group);
-                }
-                drop(d);
-                self.shared.routes.generation.fetch_add(1, Ordering::Release);
-            }
-        }
-        Ok(())
+        self.start_receiving()?;
+        self.join_group(group)
     }
 
     fn stats(&self) -> TransportStats {

@@ -18,7 +18,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{ErrorKind, IoSlice};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// Opens socket transports; pass to [`middleware_core::Node::new`].
@@ -153,13 +153,16 @@ pub fn join_group(socket: &Socket, group: Ipv4Addr, interface: Option<Ipv4Addr>)
 /// One channel's sockets.
 #[derive(Debug)]
 pub struct UdpSocketTransport {
-    rx: UdpSocket,
+    /// Created by `open`, or by the first `join` with `receive_on_demand`.
+    rx: OnceLock<UdpSocket>,
     tx: UdpSender,
     endpoint: Endpoint,
     interface: Option<Ipv4Addr>,
+    /// Groups joined so far; its lock also serialises creating `rx`.
     joined: Mutex<Vec<Ipv4Addr>>,
-    read_timeout: Mutex<Option<Duration>>,
-    granted: u64,
+    /// SO_RCVTIMEO currently set on `rx`, in µs (0: not yet set).
+    read_timeout_us: AtomicU64,
+    granted: AtomicU64,
     counters: Counters,
     /// The namespace's kernel IPv4 reassembly (failures, timeouts) when this transport opened.
     reassembly_base: Option<(u64, u64)>,
@@ -171,33 +174,54 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TransportErr
 }
 
 impl UdpSocketTransport {
-    /// Opens both sockets for `ep`.
+    /// Opens the send socket for `ep` and, unless `ep.receive_on_demand`, the receive socket
+    /// (joined to the base group in network mode).
     ///
     /// # Errors
     /// Socket creation, bind or membership failed; the error names the step.
     pub fn open(ep: &Endpoint) -> Result<Self, TransportError> {
         let interface = ep.interface.as_deref().map(resolve_interface).transpose()?;
-        let rx = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(io("create receive socket"))?;
-        rx.set_reuse_address(true).map_err(io("SO_REUSEADDR"))?;
-        let granted = set_receive_buffer(&rx, ep.receive_buffer, ep.channel == Channel::Data);
-        let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ep.port);
-        rx.bind(&bind.into()).map_err(io(format!("bind {bind}")))?;
         let t = Self {
-            rx: rx.into(),
+            rx: OnceLock::new(),
             tx: UdpSender::open(ep)?,
             endpoint: ep.clone(),
             interface,
             joined: Mutex::new(Vec::new()),
-            read_timeout: Mutex::new(None),
-            granted,
+            read_timeout_us: AtomicU64::new(0),
+            granted: AtomicU64::new(0),
             counters: Counters::default(),
             reassembly_base: sys::ip_reassembly_failures(),
         };
-        if ep.mode == Mode::Network {
-            t.join(ep.group)?;
+        if !ep.receive_on_demand {
+            t.start_receiving(&mut t.joined.lock().expect("poisoned"))?;
         }
-        tracing::debug!(port = ep.port, group = %ep.group, mode = %ep.mode, ?interface, "socket transport open");
+        tracing::debug!(port = ep.port, group = %ep.group, mode = %ep.mode, ?interface,
+            on_demand = ep.receive_on_demand, "socket transport open");
         Ok(t)
+    }
+
+    /// Creates the receive socket (bound to the port, with address reuse) and, in network mode,
+    /// joins the base group; a no-op once done. `joined` is the locked membership list.
+    fn start_receiving(&self, joined: &mut Vec<Ipv4Addr>) -> Result<(), TransportError> {
+        if self.rx.get().is_some() {
+            return Ok(());
+        }
+        let ep = &self.endpoint;
+        let rx = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(io("create receive socket"))?;
+        rx.set_reuse_address(true).map_err(io("SO_REUSEADDR"))?;
+        // Only the groups joined here: without it Linux also hands this socket the traffic of
+        // every group any other socket of the host joined on this port.
+        sys::receive_only_joined_groups(&rx);
+        self.granted.store(set_receive_buffer(&rx, ep.receive_buffer, ep.channel == Channel::Data), Ordering::Relaxed);
+        let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ep.port);
+        rx.bind(&bind.into()).map_err(io(format!("bind {bind}")))?;
+        if ep.mode == Mode::Network {
+            join_group(&rx, ep.group, self.interface)?;
+            joined.push(ep.group);
+        }
+        let _ = self.rx.set(rx.into());
+        tracing::debug!(port = ep.port, "receiving");
+        Ok(())
     }
 
     /// Groups joined so far.
@@ -266,15 +290,17 @@ impl Transport for UdpSocketTransport {
     }
 
     fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<RecvMeta>, TransportError> {
-        {
-            let mut t = self.read_timeout.lock().expect("poisoned");
-            let want = Some(timeout.max(Duration::from_millis(1)));
-            if *t != want {
-                self.rx.set_read_timeout(want).map_err(io("SO_RCVTIMEO"))?;
-                *t = want;
-            }
+        let Some(rx) = self.rx.get() else {
+            // Not receiving yet (`receive_on_demand` and no `join` so far).
+            std::thread::sleep(timeout);
+            return Ok(None);
+        };
+        let want = timeout.max(Duration::from_millis(1));
+        let want_us = want.as_micros().min(u64::MAX as u128) as u64;
+        if self.read_timeout_us.swap(want_us, Ordering::Relaxed) != want_us {
+            rx.set_read_timeout(Some(want)).map_err(io("SO_RCVTIMEO"))?;
         }
-        match self.rx.recv_from(buf) {
+        match rx.recv_from(buf) {
             Ok((n, from)) => {
                 if n >= buf.len() {
                     // Cannot happen with a 64 KiB buffer for IPv4; counted if it does.
@@ -293,15 +319,13 @@ impl Transport for UdpSocketTransport {
     }
 
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError> {
-        if self.endpoint.mode != Mode::Network {
-            return Ok(());
-        }
         let mut joined = self.joined.lock().expect("poisoned");
-        if joined.contains(&group) {
+        self.start_receiving(&mut joined)?;
+        if self.endpoint.mode != Mode::Network || joined.contains(&group) {
             return Ok(());
         }
-        let sock = socket2::SockRef::from(&self.rx);
-        join_group(&sock, group, self.interface)?;
+        let rx = self.rx.get().expect("started above");
+        join_group(&socket2::SockRef::from(rx), group, self.interface)?;
         joined.push(group);
         tracing::debug!(%group, interface = ?self.interface, port = self.endpoint.port, "joined multicast group");
         Ok(())
@@ -315,8 +339,8 @@ impl Transport for UdpSocketTransport {
         s.received_bytes = c.received_bytes.load(Ordering::Relaxed);
         s.truncated = c.truncated.load(Ordering::Relaxed);
         // Kernel drops (receive buffer overruns) where the platform reports them.
-        s.os_dropped = sys::socket_drops(&socket2::SockRef::from(&self.rx)).unwrap_or(0);
-        s.receive_buffer_granted = self.granted;
+        s.os_dropped = self.rx.get().and_then(|rx| sys::socket_drops(&socket2::SockRef::from(rx))).unwrap_or(0);
+        s.receive_buffer_granted = self.granted.load(Ordering::Relaxed);
         // Fragments the kernel dropped before reassembly (for every socket of this network
         // namespace, since this transport opened): the reason a fragmented message is lost
         // without this socket seeing a byte of it.
@@ -331,5 +355,5 @@ impl Transport for UdpSocketTransport {
 
 /// The local address this transport receives on (for tests and diagnostics).
 pub fn local_port(t: &UdpSocketTransport) -> Option<SocketAddr> {
-    t.rx.local_addr().ok()
+    t.rx.get()?.local_addr().ok()
 }

@@ -120,3 +120,46 @@ fn kernel_receive_buffer_drops_are_counted() {
     assert!(s.os_dropped > 0, "{s:?}");
     assert_eq!(received + s.os_dropped, sent, "{s:?}");
 }
+
+/// A process that only publishes takes no copy of its own data (nor of anyone's): its data
+/// channel opens no receive socket until a subscriber exists.
+#[test]
+fn a_publisher_only_node_receives_no_data_until_it_subscribes() {
+    let c = config();
+    let (a, b) = (node(&c), node(&c));
+    let sub = b.subscriber::<Raw>("only").unwrap();
+    let publ = a.publisher::<Raw>("only").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    for i in 0..20u8 {
+        assert!(publ.send(&vec![i; 3000]).unwrap());
+        assert_eq!(sub.recv_timeout(WAIT).expect("delivered").value, vec![i; 3000]);
+    }
+    assert_eq!(a.stats().data.transport.received_datagrams, 0, "{:?}", a.stats().data);
+    assert_eq!(b.stats().data.transport.received_datagrams, 20, "{:?}", b.stats().data);
+    // Subscribing to anything starts receiving: now a sees its own messages too.
+    let own = a.subscriber::<Raw>("only").unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // the receive loop notices the new socket
+    assert!(publ.send(&vec![7; 10]).unwrap());
+    assert_eq!(own.recv_timeout(WAIT).expect("own message").value, vec![7; 10]);
+    assert_eq!(a.stats().data.transport.received_datagrams, 1, "{:?}", a.stats().data);
+}
+
+/// The transport contract: with `receive_on_demand` nothing is received before the first
+/// `join`, everything after it.
+#[test]
+fn receive_on_demand_starts_at_the_first_join() {
+    use middleware_core::transport::{Channel, Endpoint};
+    let c = config();
+    let mut ep = Endpoint::from_config(&c, Channel::Data);
+    ep.receive_on_demand = true;
+    let t = transport_udp_socket::factory(&ep).unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let _ = tx.send_to(b"before", ("127.0.0.1", ep.port)); // nobody bound: refused or lost
+    assert!(t.recv(&mut buf, Duration::from_millis(100)).unwrap().is_none());
+    t.join(ep.group).unwrap();
+    tx.send_to(b"after", ("127.0.0.1", ep.port)).unwrap();
+    let m = t.recv(&mut buf, WAIT).unwrap().expect("received after join");
+    assert_eq!(&buf[..m.len], b"after");
+    assert_eq!(t.stats().received_datagrams, 1);
+}

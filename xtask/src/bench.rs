@@ -9,7 +9,13 @@
 //! Senders run flat out (no pacing), receivers count what arrives and stop 2 s after the last
 //! message. Per row: messages/s and MB/s delivered (first to last message), loss, and receiver
 //! CPU time per delivered message (user + system of the whole receiver process, from
-//! /proc/<pid>/stat). Writes BENCHMARKS.md and prints the table.
+//! /proc/<pid>/stat). Prints the table and writes it to target/xtask/bench.md; a full run (no
+//! options) also replaces the tables of BENCHMARKS.md, keeping its analysis section.
+//!
+//! Options for partial runs: `--sizes 64,1048576`, `--pairs raw,socket,npcap,ecal`,
+//! `--no-latency`, `--latency-only`, and `--before DIR`: each pair of ours also runs with the
+//! release binaries in DIR (an older build) right before the current ones, for before/after
+//! figures from the same run.
 
 use crate::ecal;
 use crate::netns::{Host, Lab};
@@ -43,6 +49,8 @@ impl Pair {
 struct Row {
     size: usize,
     pair: Pair,
+    /// Run with the `--before DIR` binaries (an older build), for before/after figures.
+    before: bool,
     sent: u64,
     received: u64,
     secs: f64,
@@ -50,6 +58,13 @@ struct Row {
 }
 
 impl Row {
+    fn label(&self) -> String {
+        if self.before {
+            format!("{} (before)", self.pair.name())
+        } else {
+            self.pair.name().to_string()
+        }
+    }
     fn msgs_per_s(&self) -> f64 {
         if self.secs > 0.0 {
             self.received.saturating_sub(1) as f64 / self.secs
@@ -112,8 +127,14 @@ fn finish(mut child: Child, timeout: Duration) -> Value {
     out.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok()).unwrap_or(Value::Null)
 }
 
-fn run_pair(lab: &Lab, pair: Pair, size: usize, python: &std::path::Path) -> anyhow::Result<Row> {
-    let bin = project_root().join("target").join("release");
+fn run_pair(
+    lab: &Lab,
+    pair: Pair,
+    size: usize,
+    python: &std::path::Path,
+    before: Option<&std::path::Path>,
+) -> anyhow::Result<Row> {
+    let bin = before.map(|p| p.to_path_buf()).unwrap_or_else(|| project_root().join("target").join("release"));
     let count = count_for(size);
     let topic = "bench".to_string();
     let common = |extra: &[&str]| -> Vec<String> {
@@ -194,6 +215,7 @@ fn run_pair(lab: &Lab, pair: Pair, size: usize, python: &std::path::Path) -> any
     Ok(Row {
         size,
         pair,
+        before: before.is_some(),
         sent: p["sent"].as_u64().unwrap_or(0),
         received: s["received"].as_u64().unwrap_or(0),
         secs: s["first_to_last_s"].as_f64().unwrap_or(0.0),
@@ -234,6 +256,9 @@ fn latency(lab: &Lab, transport: &str, immediate: bool, size: usize) -> anyhow::
     Ok(v)
 }
 
+/// Where the hand-written analysis of BENCHMARKS.md starts; a full run keeps it.
+const ANALYSIS: &str = "## Against the targets";
+
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let sizes: Vec<usize> = match args.iter().position(|a| a == "--sizes") {
         Some(i) => args.get(i + 1).context("--sizes LIST")?.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
@@ -241,27 +266,56 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     crate::run(cargo().args(["build", "--release", "-p", "examples", "-p", "benches", "--bins"]))?;
     let latency_only = args.iter().any(|a| a == "--latency-only");
+    let no_latency = args.iter().any(|a| a == "--no-latency");
+    let all_pairs = [Pair::Raw, Pair::SocketSocket, Pair::SocketNpcap, Pair::EcalEcal];
+    let pairs: Vec<Pair> = match args.iter().position(|a| a == "--pairs") {
+        Some(i) => args
+            .get(i + 1)
+            .context("--pairs LIST (raw,socket,npcap,ecal)")?
+            .split(',')
+            .map(|p| match p {
+                "raw" => Ok(Pair::Raw),
+                "socket" => Ok(Pair::SocketSocket),
+                "npcap" => Ok(Pair::SocketNpcap),
+                "ecal" => Ok(Pair::EcalEcal),
+                other => Err(anyhow::anyhow!("--pairs: unknown pair `{other}` (raw,socket,npcap,ecal)")),
+            })
+            .collect::<Result<_, _>>()?,
+        None => all_pairs.to_vec(),
+    };
+    let before: Option<std::path::PathBuf> = match args.iter().position(|a| a == "--before") {
+        Some(i) => Some(args.get(i + 1).context("--before DIR (release binaries of an older build)")?.into()),
+        None => None,
+    };
+    // Only a run of every size, pair and latency row replaces the tables in BENCHMARKS.md.
+    let full = args.is_empty();
     let python = ecal::venv()?;
     let lab = Lab::new("mwb")?;
-    let pairs = [Pair::Raw, Pair::SocketSocket, Pair::SocketNpcap, Pair::EcalEcal];
     let mut rows = Vec::new();
     for &size in sizes.iter().filter(|_| !latency_only) {
-        for &pair in &pairs {
-            let r = run_pair(&lab, pair, size, &python)?;
-            eprintln!(
-                "{:>8} {:<26} {:>10.0} msg/s {:>8.1} MB/s loss {:>5.1}% cpu {:>8.2} us/msg",
-                human(size),
-                pair.name(),
-                r.msgs_per_s(),
-                r.mb_per_s(),
-                r.loss() * 100.0,
-                r.cpu_us_per_msg()
-            );
-            rows.push(r);
+        for &pair in pairs.iter() {
+            // With --before DIR, each pair of ours also runs with DIR's binaries, right before.
+            let runs: &[Option<&std::path::Path>] = match (&before, pair) {
+                (Some(dir), Pair::SocketSocket | Pair::SocketNpcap) => &[Some(dir.as_path()), None],
+                _ => &[None],
+            };
+            for &b in runs {
+                let r = run_pair(&lab, pair, size, &python, b)?;
+                eprintln!(
+                    "{:>8} {:<35} {:>10.0} msg/s {:>8.1} MB/s loss {:>5.1}% cpu {:>8.2} us/msg",
+                    human(size),
+                    r.label(),
+                    r.msgs_per_s(),
+                    r.mb_per_s(),
+                    r.loss() * 100.0,
+                    r.cpu_us_per_msg()
+                );
+                rows.push(r);
+            }
         }
     }
     let mut lat_rows = Vec::new();
-    for size in [64usize, 65_536] {
+    for size in [64usize, 65_536].into_iter().filter(|_| !no_latency) {
         for (label, transport, immediate) in
             [("socket", "socket", false), ("npcap, immediate", "npcap", true), ("npcap, blocks (2 ms)", "npcap", false)]
         {
@@ -303,7 +357,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 md,
                 "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1}% | {:.2} us | {} | {} |",
                 human(size),
-                r.pair.name(),
+                r.label(),
                 r.sent,
                 r.received,
                 r.msgs_per_s(),
@@ -333,7 +387,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
     }
     println!("{md}");
-    std::fs::write(project_root().join("BENCHMARKS.md"), &md)?;
-    eprintln!("wrote BENCHMARKS.md");
+    let out = project_root().join("target").join("xtask");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("bench.md"), &md)?;
+    if full {
+        // The hand-written analysis from "## Against the targets" on is kept.
+        let path = project_root().join("BENCHMARKS.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let analysis = old.find(ANALYSIS).map(|i| &old[i..]).unwrap_or("");
+        std::fs::write(&path, format!("{md}\n{analysis}"))?;
+        eprintln!("wrote BENCHMARKS.md (tables; analysis section kept) and target/xtask/bench.md");
+    } else {
+        eprintln!("partial run: wrote target/xtask/bench.md only");
+    }
     Ok(())
 }

@@ -207,7 +207,14 @@ impl Node {
     ) -> Result<Self, NodeError> {
         let identity = default_identity(&config);
         let reg = factory.open(&Endpoint::from_config(&config, Channel::Registration))?;
-        let data = factory.open(&Endpoint::from_config(&config, Channel::Data))?;
+        // Data is received only once there is something to receive it for: a subscriber, a
+        // joined topic or a tap (a publisher-only process takes no copy of its own traffic).
+        let mut data_ep = Endpoint::from_config(&config, Channel::Data);
+        data_ep.receive_on_demand = true;
+        let data = factory.open(&data_ep)?;
+        if tap.is_some() {
+            data.join(config.destination())?;
+        }
         let seed = random_u64();
         let inner = Arc::new(Inner {
             ids: EntityIds::new(identity.process_id as u32, (seed >> 32) as u32),
@@ -332,12 +339,14 @@ impl Node {
     }
 
     /// Receives the data of `topic` without subscribing to it (network mode: joins the group
-    /// pre-6.1 senders use for it; 6.1 senders use the base group, always joined). For taps.
+    /// pre-6.1 senders use for it; 6.1 senders use the base group, joined by the first call). For taps.
     ///
     /// # Errors
     /// Invalid topic name, or the transport could not join the group.
     pub fn join_topic(&self, topic: &str) -> Result<(), NodeError> {
         validate_topic(topic)?;
+        // Starts receiving data (the base group in network mode, the port in local mode).
+        self.inner.data.join(self.inner.config.destination())?;
         if self.inner.config.mode == Mode::Network {
             // 6.1 senders use the base group, 5.x senders the hashed one: join both (SPEC §8.3).
             let g = crate::topic_group::topic_group(

@@ -129,3 +129,11 @@ mod tests {
         assert_eq!(super::drops_for_inode(t, 9), None);
     }
 }
+
+/// Clears IP_MULTICAST_ALL (on by default): the socket then receives multicast only for the
+/// groups it joined itself. Failure (kernels before 2.6.31) keeps the default, logged.
+pub(crate) fn receive_only_joined_groups(socket: &socket2::Socket) {
+    if let Err(e) = socket.set_multicast_all_v4(false) {
+        tracing::debug!(error = %e, "IP_MULTICAST_ALL could not be cleared");
+    }
+}

@@ -1,6 +1,6 @@
 //! The only OS-specific code of this crate. Every platform file exports the same names:
 //! `interface_ipv4(name)`, `interfaces()`, `force_recv_buffer(socket, bytes)` and
-//! `socket_drops(socket)`, `ip_reassembly_failures()`.
+//! `socket_drops(socket)`, `ip_reassembly_failures()`, `receive_only_joined_groups(socket)`.
 
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]
@@ -10,4 +10,6 @@ mod imp;
 #[path = "other.rs"]
 mod imp;
 
-pub(crate) use imp::{force_recv_buffer, interface_ipv4, interfaces, ip_reassembly_failures, socket_drops};
+pub(crate) use imp::{
+    force_recv_buffer, interface_ipv4, interfaces, ip_reassembly_failures, receive_only_joined_groups, socket_drops,
+};

@@ -24,3 +24,6 @@ pub(crate) fn socket_drops(_socket: &socket2::Socket) -> Option<u64> {
 pub(crate) fn ip_reassembly_failures() -> Option<(u64, u64)> {
     None
 }
+
+/// Elsewhere a socket receives only the groups it joined already (no IP_MULTICAST_ALL).
+pub(crate) fn receive_only_joined_groups(_socket: &socket2::Socket) {}

@@ -297,3 +297,32 @@ fn a_tap_sees_every_sample_including_topics_nobody_here_subscribes() {
     // The tapped node still counts the other topic as unmatched: it does not subscribe to it.
     assert_eq!(watcher.stats().data.unmatched_topic, 3);
 }
+
+#[test]
+fn a_callback_set_late_first_gets_the_queued_messages_in_order() {
+    let bus = LoopbackBus::new();
+    let a = node(&bus, config());
+    let sub = a.subscriber::<Text>("late").unwrap();
+    let publ = a.publisher::<Text>("late").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    for i in 0..3 {
+        publ.send(&format!("q{i}")).unwrap();
+    }
+    // Wait until all three sit in the queue (delivery is asynchronous).
+    let deadline = std::time::Instant::now() + WAIT;
+    while sub.stats().delivered < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = Arc::clone(&got);
+    sub.on_receive(move |r| g.lock().unwrap().push(r.value));
+    for i in 0..2 {
+        publ.send(&format!("c{i}")).unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while got.lock().unwrap().len() < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(*got.lock().unwrap(), vec!["q0", "q1", "q2", "c0", "c1"]);
+    assert!(sub.recv_timeout(Duration::from_millis(50)).is_none(), "nothing left in the queue");
+}

@@ -27,7 +27,7 @@ use std::io::Read;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Pair {
     Raw,
     SocketSocket,
@@ -110,6 +110,14 @@ fn spawn(host: &Host, prog: &str, args: &[String], ecal_data: Option<&std::path:
     c.spawn().with_context(|| format!("starting {prog}"))
 }
 
+/// Whether `prog --help` mentions `option`.
+fn supports(prog: &str, option: &str) -> bool {
+    std::process::Command::new(prog)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(option))
+}
+
 fn finish(mut child: Child, timeout: Duration) -> Value {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
@@ -158,24 +166,15 @@ fn run_pair(
         }
         Pair::SocketSocket | Pair::SocketNpcap => {
             let transport = if pair == Pair::SocketSocket { "socket" } else { "npcap" };
-            let rx = spawn(
-                &lab.b,
-                &bin.join("subscriber").display().to_string(),
-                &common(&[
-                    "--mode",
-                    "network",
-                    "--transport",
-                    transport,
-                    "--timeout",
-                    "60",
-                    "--idle",
-                    "2",
-                    "--verify",
-                    "none",
-                    "--no-digest",
-                ]),
-                None,
-            )?;
+            let sub = bin.join("subscriber").display().to_string();
+            let mut sub_args = vec!["--mode", "network", "--transport", transport, "--timeout", "60", "--idle", "2"];
+            sub_args.extend(["--verify", "none", "--no-digest"]);
+            // Messages taken in a callback on the receive thread, as the eCAL peer does (older
+            // builds given with --before may predate the option).
+            if supports(&sub, "--callback") {
+                sub_args.push("--callback");
+            }
+            let rx = spawn(&lab.b, &sub, &common(&sub_args), None)?;
             std::thread::sleep(Duration::from_millis(700));
             let tx = spawn(
                 &lab.a,
@@ -212,6 +211,11 @@ fn run_pair(
     };
     let p = finish(tx, Duration::from_secs(120));
     let s = finish(rx, Duration::from_secs(90));
+    // The full summaries (every counter) for a look at where losses were counted.
+    let logs = project_root().join("target").join("xtask").join("logs");
+    let name = format!("bench-{size}-{:?}{}", pair, if before.is_some() { "-before" } else { "" });
+    let _ = std::fs::create_dir_all(&logs);
+    let _ = std::fs::write(logs.join(format!("{name}.json")), format!("{p}\n{s}\n"));
     Ok(Row {
         size,
         pair,

@@ -3,8 +3,9 @@
 
 use clap::Parser;
 use examples::{init_logging, open_node, stop_on_ctrl_c, stopping, CommonArgs, StreamDigest};
-use middleware_core::Raw;
+use middleware_core::{Raw, Received};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
@@ -31,8 +32,46 @@ struct Args {
     /// Count messages without hashing them (benchmarks); the summary's sha256 is then empty.
     #[arg(long)]
     no_digest: bool,
+    /// Take messages in a callback on the node's receive thread (as eCAL's subscribers do)
+    /// instead of from the subscriber's queue: no thread hop, no queue to overflow.
+    #[arg(long)]
+    callback: bool,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+/// What one topic received so far.
+#[derive(Clone)]
+struct Tally {
+    digest: StreamDigest,
+    verified: bool,
+    first_last: Option<(Instant, Instant)>,
+    /// Per publisher: messages, first and last clock, verification failures.
+    per_publisher: BTreeMap<u64, (u64, i64, i64, u64)>,
+}
+
+impl Tally {
+    fn take(&mut self, verify: &str, topic: &str, r: &Received<Vec<u8>>) {
+        let k = self.digest.count as usize;
+        let ok = match verify {
+            "mod251" => r.value.iter().enumerate().all(|(j, b)| *b as usize == (j + k) % 251),
+            "mod251-clock" => {
+                let k = (r.clock - 1).rem_euclid(251) as usize;
+                r.value.iter().enumerate().all(|(j, b)| *b as usize == (j + k) % 251)
+            }
+            "counter" => r.value == format!("msg-{k:06}").as_bytes(),
+            _ => true,
+        };
+        let e = self.per_publisher.entry(r.publisher_id).or_insert((0, r.clock, r.clock, 0));
+        (e.0, e.2, e.3) = (e.0 + 1, r.clock, e.3 + u64::from(!ok));
+        if !ok {
+            tracing::warn!(topic, k, len = r.value.len(), "payload failed verification");
+            self.verified = false;
+        }
+        self.digest.update(&r.value);
+        let now = Instant::now();
+        self.first_last = Some(self.first_last.map_or((now, now), |(f, _)| (f, now)));
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,69 +81,67 @@ fn main() -> anyhow::Result<()> {
     let config = args.common.load()?;
     let node = open_node(config)?;
     let subs = args.topics.iter().map(|t| node.subscriber::<Raw>(t)).collect::<Result<Vec<_>, _>>()?;
-    let proto = if args.no_digest { StreamDigest::counting_only() } else { StreamDigest::default() };
-    let mut digests = vec![proto; subs.len()];
-    let mut verified = vec![true; subs.len()];
-    let mut first_last: Vec<Option<(Instant, Instant)>> = vec![None; subs.len()];
-    // Per topic and publisher: messages, first and last clock, verification failures.
-    let mut per_publisher: Vec<BTreeMap<u64, (u64, i64, i64, u64)>> = vec![BTreeMap::new(); subs.len()];
+    let proto = Tally {
+        digest: if args.no_digest { StreamDigest::counting_only() } else { StreamDigest::default() },
+        verified: true,
+        first_last: None,
+        per_publisher: BTreeMap::new(),
+    };
+    let tallies: Vec<Arc<Mutex<Tally>>> = subs.iter().map(|_| Arc::new(Mutex::new(proto.clone()))).collect();
+    if args.callback {
+        for (s, t) in subs.iter().zip(&tallies) {
+            let (t, verify, topic) = (Arc::clone(t), args.verify.clone(), s.topic().to_string());
+            s.on_receive(move |r| t.lock().expect("poisoned").take(&verify, &topic, &r));
+        }
+    }
     let mut most_publishers = 0usize;
     let end = Instant::now() + Duration::from_secs_f64(args.timeout);
-    'outer: loop {
+    loop {
         let mut done = args.count > 0;
-        for (i, s) in subs.iter().enumerate() {
+        for (s, t) in subs.iter().zip(&tallies) {
             most_publishers = most_publishers.max(s.publishers().len());
+            if args.callback {
+                done &= t.lock().expect("poisoned").digest.count >= args.count;
+                continue;
+            }
+            let mut t = t.lock().expect("poisoned");
             // Also bounded by the timeout: with `--count 0` a steady stream never leaves this loop.
-            while (args.count == 0 || digests[i].count < args.count) && Instant::now() < end && !stopping() {
+            while (args.count == 0 || t.digest.count < args.count) && Instant::now() < end && !stopping() {
                 let Some(r) = s.recv_timeout(Duration::from_millis(20)) else {
                     done = false;
                     break;
                 };
-                let k = digests[i].count as usize;
-                let ok = match args.verify.as_str() {
-                    "mod251" => r.value.iter().enumerate().all(|(j, b)| *b as usize == (j + k) % 251),
-                    "mod251-clock" => {
-                        let k = (r.clock - 1).rem_euclid(251) as usize;
-                        r.value.iter().enumerate().all(|(j, b)| *b as usize == (j + k) % 251)
-                    }
-                    "counter" => r.value == format!("msg-{k:06}").as_bytes(),
-                    _ => true,
-                };
-                let e = per_publisher[i].entry(r.publisher_id).or_insert((0, r.clock, r.clock, 0));
-                (e.0, e.2, e.3) = (e.0 + 1, r.clock, e.3 + u64::from(!ok));
-                if !ok {
-                    tracing::warn!(topic = s.topic(), k, len = r.value.len(), "payload failed verification");
-                    verified[i] = false;
-                }
-                digests[i].update(&r.value);
-                let now = Instant::now();
-                first_last[i] = Some(first_last[i].map_or((now, now), |(f, _)| (f, now)));
+                t.take(&args.verify, s.topic(), &r);
             }
         }
         let idle = args.idle > 0.0
-            && first_last
+            && tallies
                 .iter()
-                .flatten()
+                .filter_map(|t| t.lock().expect("poisoned").first_last)
                 .map(|(_, l)| l.elapsed().as_secs_f64())
                 .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))))
                 .is_some_and(|since_last| since_last >= args.idle);
         if done || idle || Instant::now() >= end || stopping() {
-            break 'outer;
+            break;
+        }
+        if args.callback {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     let stats = node.stats();
     let mut ok = true;
-    for (i, s) in subs.iter().enumerate() {
-        let d = &digests[i];
-        ok &= d.count >= args.count && verified[i];
+    for (s, t) in subs.iter().zip(&tallies) {
+        let t = t.lock().expect("poisoned");
+        let d = &t.digest;
+        ok &= d.count >= args.count && t.verified;
         let line = serde_json::json!({
             "role": "sub", "topic": s.topic(), "received": d.count, "bytes": d.bytes, "sha256": d.hex(),
-            "verified": verified[i],
+            "verified": t.verified,
             "transport": examples::TRANSPORT_CHOICE.get(),
-            "first_to_last_s": first_last[i].map(|(f, l)| (l - f).as_secs_f64()),
+            "first_to_last_s": t.first_last.map(|(f, l)| (l - f).as_secs_f64()),
             "cpu_s": examples::process_cpu_seconds(),
             "peak_rss_kib": examples::peak_rss_kib(),
-            "publishers": per_publisher[i].iter().map(|(id, (n, first, last, bad))| serde_json::json!({
+            "publishers": t.per_publisher.iter().map(|(id, (n, first, last, bad))| serde_json::json!({
                 "id": id.to_string(), "received": n, "first_clock": first, "last_clock": last, "verify_failures": bad,
             })).collect::<Vec<_>>(),
             "publishers_connected": { "most": most_publishers, "at_end": s.publishers().len() },

@@ -64,12 +64,20 @@ pub struct NodeStats {
 
 type RawCallback = Box<dyn Fn(Received<Vec<u8>>) + Send + Sync>;
 
+/// Messages waiting for `recv`, and how many `recv` calls wait for one (the receive thread
+/// signals the condition variable only then: no futex call per message while the reader is busy).
+#[derive(Default)]
+struct SubQueue {
+    items: VecDeque<Received<Vec<u8>>>,
+    waiting: usize,
+}
+
 struct SubShared {
     entity_id: u64,
     topic: String,
     datatype: DataTypeInformation,
     filters: Mutex<FilterTable>,
-    queue: Mutex<VecDeque<Received<Vec<u8>>>>,
+    queue: Mutex<SubQueue>,
     ready: Condvar,
     callback: RwLock<Option<RawCallback>>,
     delivered: Counter,
@@ -314,7 +322,7 @@ impl Node {
             topic: topic.to_string(),
             datatype: C::datatype(),
             filters: Mutex::new(FilterTable::default()),
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(SubQueue::default()),
             ready: Condvar::new(),
             callback: RwLock::new(None),
             delivered: Counter::default(),
@@ -748,12 +756,14 @@ impl Inner {
             } else {
                 drop(cb);
                 let mut q = s.queue.lock().expect("poisoned");
-                if q.len() >= self.config.queue_capacity {
-                    q.pop_front();
+                if q.items.len() >= self.config.queue_capacity {
+                    q.items.pop_front();
                     s.queue_overflow.inc();
                 }
-                q.push_back(r);
-                s.ready.notify_one();
+                q.items.push_back(r);
+                if q.waiting > 0 {
+                    s.ready.notify_one();
+                }
             }
         }
     }
@@ -919,7 +929,7 @@ impl<C: Codec> Subscriber<C> {
         let end = Instant::now() + timeout;
         let mut q = self.shared.queue.lock().expect("poisoned");
         loop {
-            while let Some(r) = q.pop_front() {
+            while let Some(r) = q.items.pop_front() {
                 match C::decode(r.value) {
                     Ok(value) => {
                         return Some(Received {
@@ -939,12 +949,15 @@ impl<C: Codec> Subscriber<C> {
             if now >= end {
                 return None;
             }
+            q.waiting += 1;
             q = self.shared.ready.wait_timeout(q, end - now).expect("poisoned").0;
+            q.waiting -= 1;
         }
     }
 
     /// Callback style: `f` runs on the receive thread for every message, instead of queueing.
-    /// Keep it short; a slow callback delays all receiving of this node.
+    /// Keep it short; a slow callback delays all receiving of this node. Messages already queued
+    /// go through `f` first, in order.
     pub fn on_receive(&self, f: impl Fn(Received<C::Output>) + Send + Sync + 'static) {
         let shared = Arc::clone(&self.shared);
         let cb: RawCallback = Box::new(move |r: Received<Vec<u8>>| match C::decode(r.value) {
@@ -956,7 +969,14 @@ impl<C: Codec> Subscriber<C> {
                 tracing::debug!(error = %e, "payload decode failed");
             }
         });
-        *self.shared.callback.write().expect("poisoned") = Some(cb);
+        // Messages queued before the callback was set go through it first, in order: the
+        // receive thread waits on the lock meanwhile.
+        let mut slot = self.shared.callback.write().expect("poisoned");
+        let queued: Vec<_> = self.shared.queue.lock().expect("poisoned").items.drain(..).collect();
+        for r in queued {
+            cb(r);
+        }
+        *slot = Some(cb);
     }
 
     /// Publishers of this topic heard through registration.

@@ -61,7 +61,7 @@ fn main() {
                 }
             }
             let line = serde_json::json!({"role": "pub", "impl": "raw", "sent": count, "bytes": count * size as u64,
-                "elapsed_s": t0.elapsed().as_secs_f64(), "datagrams_per_message": chunks.len()});
+                "elapsed_s": t0.elapsed().as_secs_f64(), "datagrams_per_message": chunks.len(), "cpu_s": cpu_seconds()});
             println!("{line}");
         }
         "recv" => {

@@ -90,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             "role": "pub", "topic": p.topic(), "sent": d.count, "bytes": d.bytes, "sha256": d.hex(),
             "entity_id": p.entity_id().to_string(), "stats": p.stats(),
             "transport": examples::TRANSPORT_CHOICE.get(),
+            "cpu_s": examples::process_cpu_seconds(),
         });
         println!("{line}");
     }

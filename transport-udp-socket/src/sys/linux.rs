@@ -110,6 +110,14 @@ fn ip_counters(snmp: &str, names: &[&str]) -> Option<Vec<u64>> {
     names.iter().map(|n| values.get(head.iter().position(|h| h == n)?)?.parse().ok()).collect()
 }
 
+/// Clears IP_MULTICAST_ALL (on by default): the socket then receives multicast only for the
+/// groups it joined itself. Failure (kernels before 2.6.31) keeps the default, logged.
+pub(crate) fn receive_only_joined_groups(socket: &socket2::Socket) {
+    if let Err(e) = socket.set_multicast_all_v4(false) {
+        tracing::debug!(error = %e, "IP_MULTICAST_ALL could not be cleared");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -127,13 +135,5 @@ mod tests {
         assert_eq!(super::drops_for_inode(t, 4712), Some(37));
         assert_eq!(super::drops_for_inode(t, 4711), Some(0));
         assert_eq!(super::drops_for_inode(t, 9), None);
-    }
-}
-
-/// Clears IP_MULTICAST_ALL (on by default): the socket then receives multicast only for the
-/// groups it joined itself. Failure (kernels before 2.6.31) keeps the default, logged.
-pub(crate) fn receive_only_joined_groups(socket: &socket2::Socket) {
-    if let Err(e) = socket.set_multicast_all_v4(false) {
-        tracing::debug!(error = %e, "IP_MULTICAST_ALL could not be cleared");
     }
 }

@@ -128,6 +128,23 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Waits at most `timeout` for one datagram and copies it into `buf`;
     /// `Ok(None)` means nothing arrived, not a failure.
     fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<RecvMeta>, TransportError>;
+    /// Like [`Transport::recv`], but hands the datagram to `f` where it lies; a transport that
+    /// already holds datagrams in memory (the capture queue) saves a copy. `scratch` is for
+    /// transports that read into a caller's buffer (this default). `Ok(false)`: nothing arrived.
+    fn recv_with(
+        &self,
+        scratch: &mut [u8],
+        timeout: Duration,
+        f: &mut dyn FnMut(&[u8], SocketAddr),
+    ) -> Result<bool, TransportError> {
+        Ok(match self.recv(scratch, timeout)? {
+            Some(meta) => {
+                f(&scratch[..meta.len], meta.source);
+                true
+            }
+            None => false,
+        })
+    }
     /// Additionally receives datagrams sent to `group` (network mode). In either mode the first
     /// call starts receiving on an endpoint opened with `receive_on_demand`.
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError>;

@@ -124,17 +124,18 @@ impl Partial {
         if !more {
             self.total = Some(end);
         }
+        // The ranges are sorted, disjoint and never touching; the new one (checked disjoint by
+        // `fit`) can only touch its two neighbours: merge in place, no allocation per fragment.
         let i = self.ranges.partition_point(|r| r.0 < start);
         self.ranges.insert(i, (start, end));
-        // Merge neighbours that touch.
-        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.ranges.len());
-        for &(a, b) in &self.ranges {
-            match merged.last_mut() {
-                Some(last) if last.1 == a => last.1 = b,
-                _ => merged.push((a, b)),
-            }
+        if i + 1 < self.ranges.len() && self.ranges[i].1 == self.ranges[i + 1].0 {
+            self.ranges[i].1 = self.ranges[i + 1].1;
+            self.ranges.remove(i + 1);
         }
-        self.ranges = merged;
+        if i > 0 && self.ranges[i - 1].1 == self.ranges[i].0 {
+            self.ranges[i - 1].1 = self.ranges[i].1;
+            self.ranges.remove(i);
+        }
     }
 
     fn complete(&self) -> bool {

@@ -365,14 +365,33 @@ impl Transport for NpcapTransport {
     }
 
     fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<RecvMeta>, TransportError> {
-        let Some((d, from)) = self.queue.pop(timeout) else { return Ok(None) };
-        if d.len() > buf.len() {
-            return Ok(None);
+        let mut meta = None;
+        self.queue.pop_with(timeout, |d, from| {
+            // A datagram larger than the caller's buffer is not cut short: it is left out.
+            if d.len() <= buf.len() {
+                buf[..d.len()].copy_from_slice(d);
+                meta = Some(RecvMeta::new(d.len(), from));
+            }
+        });
+        if let Some(m) = &meta {
+            self.received_datagrams.fetch_add(1, Ordering::Relaxed);
+            self.received_bytes.fetch_add(m.len as u64, Ordering::Relaxed);
         }
-        buf[..d.len()].copy_from_slice(&d);
-        self.received_datagrams.fetch_add(1, Ordering::Relaxed);
-        self.received_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-        Ok(Some(RecvMeta::new(d.len(), from)))
+        Ok(meta)
+    }
+
+    fn recv_with(
+        &self,
+        _scratch: &mut [u8],
+        timeout: Duration,
+        f: &mut dyn FnMut(&[u8], std::net::SocketAddr),
+    ) -> Result<bool, TransportError> {
+        // Straight from the queue's buffer: no copy into the caller's.
+        Ok(self.queue.pop_with(timeout, |d, from| {
+            self.received_datagrams.fetch_add(1, Ordering::Relaxed);
+            self.received_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+            f(d, from);
+        }))
     }
 
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError> {

@@ -1,6 +1,6 @@
 //! A byte-bounded queue between the capture thread and a channel's receive thread: the
 //! capture path's equivalent of a socket receive buffer. Overflow drops the new datagram and
-//! counts it.
+//! counts it. Buffers come back to a small pool after use: no allocation per datagram.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -8,11 +8,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// Buffers kept for reuse at most, and the largest one kept.
+const POOL: usize = 64;
+const POOL_MAX_CAPACITY: usize = 128 << 10;
+
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<(Vec<u8>, SocketAddr)>,
     bytes: usize,
     closed: bool,
+    /// Readers blocked in `pop_with`: the capture thread signals only then.
+    waiting: usize,
 }
 
 #[derive(Debug)]
@@ -20,12 +26,19 @@ pub struct ByteQueue {
     state: Mutex<State>,
     ready: Condvar,
     capacity: usize,
+    spare: Mutex<Vec<Vec<u8>>>,
     pub dropped: AtomicU64,
 }
 
 impl ByteQueue {
     pub fn new(capacity: usize) -> Self {
-        Self { state: Mutex::default(), ready: Condvar::new(), capacity, dropped: AtomicU64::new(0) }
+        Self {
+            state: Mutex::default(),
+            ready: Condvar::new(),
+            capacity,
+            spare: Mutex::new(Vec::new()),
+            dropped: AtomicU64::new(0),
+        }
     }
 
     /// Queues a copy of `payload`; false (and counted) when the queue is full.
@@ -36,26 +49,48 @@ impl ByteQueue {
             return false;
         }
         s.bytes += payload.len();
-        s.items.push_back((payload.to_vec(), from));
         drop(s);
-        self.ready.notify_one();
+        let mut buf = self.spare.lock().expect("poisoned").pop().unwrap_or_default();
+        buf.extend_from_slice(payload);
+        let mut s = self.state.lock().expect("poisoned");
+        s.items.push_back((buf, from));
+        let wake = s.waiting > 0;
+        drop(s);
+        if wake {
+            self.ready.notify_one();
+        }
         true
     }
 
-    /// Waits up to `timeout` for a datagram; `None` on timeout or when closed and empty.
-    pub fn pop(&self, timeout: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    /// Waits up to `timeout` for a datagram and hands it to `f` (its buffer then goes back to
+    /// the pool); false on timeout or when closed and empty.
+    pub fn pop_with(&self, timeout: Duration, f: impl FnOnce(&[u8], SocketAddr)) -> bool {
         let end = Instant::now() + timeout;
         let mut s = self.state.lock().expect("poisoned");
-        loop {
+        let (buf, from) = loop {
             if let Some(item) = s.items.pop_front() {
                 s.bytes -= item.0.len();
-                return Some(item);
+                break item;
             }
             let now = Instant::now();
             if s.closed || now >= end {
-                return None;
+                return false;
             }
+            s.waiting += 1;
             s = self.ready.wait_timeout(s, end - now).expect("poisoned").0;
+            s.waiting -= 1;
+        };
+        drop(s);
+        f(&buf, from);
+        self.recycle(buf);
+        true
+    }
+
+    fn recycle(&self, mut buf: Vec<u8>) {
+        let mut spare = self.spare.lock().expect("poisoned");
+        if spare.len() < POOL && buf.capacity() <= POOL_MAX_CAPACITY {
+            buf.clear();
+            spare.push(buf);
         }
     }
 
@@ -69,6 +104,12 @@ impl ByteQueue {
 mod tests {
     use super::*;
 
+    fn pop(q: &ByteQueue, timeout: Duration) -> Option<Vec<u8>> {
+        let mut got = None;
+        q.pop_with(timeout, |d, _| got = Some(d.to_vec()));
+        got
+    }
+
     #[test]
     fn bounded_by_bytes() {
         let q = ByteQueue::new(10);
@@ -77,8 +118,22 @@ mod tests {
         assert!(!q.push(&[2; 6], a));
         assert!(q.push(&[3; 4], a));
         assert_eq!(q.dropped.load(Ordering::Relaxed), 1);
-        assert_eq!(q.pop(Duration::ZERO).unwrap().0, vec![1; 6]);
-        assert_eq!(q.pop(Duration::ZERO).unwrap().0, vec![3; 4]);
-        assert!(q.pop(Duration::from_millis(1)).is_none());
+        assert_eq!(pop(&q, Duration::ZERO).unwrap(), vec![1; 6]);
+        assert_eq!(pop(&q, Duration::ZERO).unwrap(), vec![3; 4]);
+        assert!(pop(&q, Duration::from_millis(1)).is_none());
+        // Buffers are reused, and a reused buffer carries nothing of its last datagram.
+        assert!(q.push(&[4; 2], a));
+        assert_eq!(pop(&q, Duration::ZERO).unwrap(), vec![4; 2]);
+        assert!(q.spare.lock().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn a_blocked_reader_is_woken() {
+        let q = std::sync::Arc::new(ByteQueue::new(100));
+        let r = std::sync::Arc::clone(&q);
+        let t = std::thread::spawn(move || pop(&r, Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(q.push(b"x", "1.2.3.4:5".parse().unwrap()));
+        assert_eq!(t.join().unwrap(), Some(b"x".to_vec()));
     }
 }

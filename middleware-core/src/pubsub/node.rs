@@ -551,18 +551,19 @@ impl Inner {
         let mut buf = vec![0u8; RECV_BUF_LEN];
         let mut last_error_log: Option<Instant> = None;
         while !self.closed() {
-            match t.recv(&mut buf, POLL) {
-                Ok(Some(meta)) => {
-                    let now = Instant::now();
-                    if let Some(tap) = &self.tap {
-                        tap.datagram(channel, meta.source, &buf[..meta.len]);
-                    }
-                    if let Outcome::Message(m) = reassembler.on_datagram(now, meta.source, &buf[..meta.len]) {
-                        on_message(m, meta.source);
-                    }
-                    on_tick(now);
+            let mut on_datagram = |d: &[u8], source: std::net::SocketAddr| {
+                let now = Instant::now();
+                if let Some(tap) = &self.tap {
+                    tap.datagram(channel, source, d);
                 }
-                Ok(None) => {
+                if let Outcome::Message(m) = reassembler.on_datagram(now, source, d) {
+                    on_message(m, source);
+                }
+                on_tick(now);
+            };
+            match t.recv_with(&mut buf, POLL, &mut on_datagram) {
+                Ok(true) => {}
+                Ok(false) => {
                     let now = Instant::now();
                     reassembler.expire(now);
                     on_tick(now);

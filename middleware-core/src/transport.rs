@@ -119,6 +119,9 @@ impl TransportError {
     }
 }
 
+/// Takes datagrams on a transport's own receive thread (see [`Transport::set_sink`]).
+pub type DatagramSink = std::sync::Arc<dyn Fn(&[u8], SocketAddr) + Send + Sync>;
+
 /// Moves whole UDP payloads for one endpoint.
 pub trait Transport: Send + Sync + fmt::Debug {
     /// Short name for logs and stats: `socket`, `npcap`, `loopback`.
@@ -144,6 +147,14 @@ pub trait Transport: Send + Sync + fmt::Debug {
             }
             None => false,
         })
+    }
+    /// Push style, for transports that receive on a thread of their own (the capture): with
+    /// `Some(sink)` they call `sink` for every datagram from that thread instead of queueing it
+    /// for `recv` (no thread hop, no copy); `None` detaches it, waiting for a call in progress
+    /// to end. Returns false when the transport has no such thread (sockets, this default):
+    /// the caller keeps calling `recv`.
+    fn set_sink(&self, _sink: Option<DatagramSink>) -> bool {
+        false
     }
     /// Additionally receives datagrams sent to `group` (network mode). In either mode the first
     /// call starts receiving on an endpoint opened with `receive_on_demand`.

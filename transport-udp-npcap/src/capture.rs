@@ -126,6 +126,9 @@ impl Capture {
     ) -> Result<Self, TransportError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut me = Self { stop: Arc::clone(&stop), threads: Vec::new(), stats: Vec::new() };
+        // `npcap.spin_us` applies to immediate mode, where reads do not block.
+        let spin = (cfg.immediate && crate::sys::NONBLOCKING_READS && cfg.spin_us > 0)
+            .then(|| Duration::from_micros(u64::from(cfg.spin_us)));
         for (dev, loopback) in devices {
             let mut cap = Handle::open_live(lib, dev, live_options(cfg)).map_err(|e| unavailable(dev, &e))?;
             let dlt = cap.datalink();
@@ -155,7 +158,7 @@ impl Capture {
             let tap = tap.clone();
             let t = std::thread::Builder::new()
                 .name(format!("mw-pcap-{dev}"))
-                .spawn(move || run(cap, (link, dlt), ipc, routes, stop, stats, name, tap))
+                .spawn(move || run(cap, (link, dlt), ipc, spin, routes, stop, stats, name, tap))
                 .map_err(|e| TransportError::io("spawn capture thread", e))?;
             me.threads.push(t);
             tracing::info!(device = %dev, ?link, immediate = cfg.immediate, timeout_ms = cfg.timeout_ms, buffer = cfg.buffer_size, "capture started");
@@ -202,6 +205,7 @@ fn run(
     mut cap: Handle,
     (link, dlt): (LinkType, i32),
     ip: crate::ip_reassembly::IpReassemblyConfig,
+    spin: Option<Duration>,
     routes: Arc<Routes>,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<DeviceStats>>,
@@ -225,7 +229,7 @@ fn run(
                 Err(e) => tracing::warn!(%device, error = %e, "updating the capture filter failed"),
             }
         }
-        let r = if crate::sys::wait_readable(&cap, Duration::from_millis(100)) {
+        let read = |cap: &mut Handle, demux: &mut Demux| {
             let now = Instant::now();
             cap.dispatch(|pkt| {
                 if let Some(tap) = &tap {
@@ -248,6 +252,25 @@ fn run(
                     },
                 );
             })
+        };
+        let r = if crate::sys::wait_readable(&cap, Duration::from_millis(100)) {
+            let mut r = read(&mut cap, &mut demux);
+            // Immediate mode: while an IPv4 datagram is incomplete its next fragment is
+            // microseconds away; reading on instead of sleeping saves a wake-up per fragment.
+            if let (Some(spin), true) = (spin, matches!(r, Ok(n) if n > 0)) {
+                let mut last = Instant::now();
+                while demux.partial_ip_datagrams() > 0 && last.elapsed() < spin {
+                    match read(&mut cap, &mut demux) {
+                        Ok(0) => std::hint::spin_loop(),
+                        Ok(_) => last = Instant::now(),
+                        Err(e) => {
+                            r = Err(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            r
         } else {
             Ok(0)
         };

@@ -9,7 +9,8 @@
 //! | `npcap.snaplen` | `262144` | bytes captured per frame (loopback frames reach 65 550 bytes, so 65 535 is too small) |
 //! | `npcap.immediate` | `false` | deliver every frame at once (lowest latency, most CPU) instead of in blocks |
 //! | `npcap.timeout_ms` | `2` | with `immediate = false`: the longest a frame waits in a partly filled block (the latency bound; WinPcap's "delayed write") |
-//! | `npcap.queue_bytes` | `64MiB` | datagrams waiting for the node's receive thread, per channel; beyond, datagrams are dropped and counted |
+//! | `npcap.spin_us` | `200` | with `immediate = true`: after a frame that leaves an IPv4 datagram incomplete, keep reading the ring this long before sleeping, so the next fragments cost no wake-up each (0 = never; ignored where reads block: Windows) |
+//! | `npcap.queue_bytes` | `64MiB` | datagrams waiting for a reader that calls `recv` (a node takes them on the capture thread instead), per channel; beyond, datagrams are dropped and counted |
 //! | `npcap.ip_timeout_ms` | `5000` | IPv4 reassembly expiry |
 //! | `npcap.ip_max_datagrams` | `1024` | concurrent partial IPv4 datagrams |
 //! | `npcap.ip_max_buffered_bytes` | `64MiB` | bytes held by partial IPv4 datagrams |
@@ -26,6 +27,7 @@ pub const KEYS: &[&str] = &[
     "snaplen",
     "immediate",
     "timeout_ms",
+    "spin_us",
     "queue_bytes",
     "ip_timeout_ms",
     "ip_max_datagrams",
@@ -41,6 +43,7 @@ pub struct NpcapConfig {
     pub snaplen: usize,
     pub immediate: bool,
     pub timeout_ms: u32,
+    pub spin_us: u32,
     pub queue_bytes: usize,
     pub ip: IpReassemblyConfig,
 }
@@ -54,6 +57,7 @@ impl Default for NpcapConfig {
             snaplen: 262_144,
             immediate: false,
             timeout_ms: 2,
+            spin_us: 200,
             queue_bytes: 64 << 20,
             ip: IpReassemblyConfig::default(),
         }
@@ -95,6 +99,7 @@ impl NpcapConfig {
                     }
                 }
                 "timeout_ms" => c.timeout_ms = int(1, 1000).ok_or_else(|| bad("milliseconds 1..=1000"))? as u32,
+                "spin_us" => c.spin_us = int(0, 10_000).ok_or_else(|| bad("microseconds 0..=10000"))? as u32,
                 "queue_bytes" => {
                     c.queue_bytes =
                         parse_bytes(v).filter(|b| *b >= 1 << 20).ok_or_else(|| bad("a size of at least 1MiB"))?

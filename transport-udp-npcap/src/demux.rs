@@ -59,6 +59,11 @@ impl Demux {
         self.ip.stats()
     }
 
+    /// IPv4 datagrams with fragments still missing.
+    pub fn partial_ip_datagrams(&self) -> usize {
+        self.ip.partial_datagrams()
+    }
+
     /// Runs expiry of partial IP datagrams (also done while frames arrive).
     pub fn expire(&mut self, now: Instant) {
         self.ip.expire(now);

@@ -252,8 +252,6 @@ impl TransportFactory for NpcapFactory {
             mode: ep.mode,
             group: ep.group,
             receiving: Mutex::new(false),
-            received_datagrams: Default::default(),
-            received_bytes: Default::default(),
         };
         if !ep.receive_on_demand {
             t.start_receiving()?;
@@ -305,8 +303,6 @@ pub struct NpcapTransport {
     group: Ipv4Addr,
     /// Whether the capture routes this port's datagrams to `queue` yet (`receive_on_demand`).
     receiving: Mutex<bool>,
-    received_datagrams: std::sync::atomic::AtomicU64,
-    received_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for NpcapTransport {
@@ -373,10 +369,6 @@ impl Transport for NpcapTransport {
                 meta = Some(RecvMeta::new(d.len(), from));
             }
         });
-        if let Some(m) = &meta {
-            self.received_datagrams.fetch_add(1, Ordering::Relaxed);
-            self.received_bytes.fetch_add(m.len as u64, Ordering::Relaxed);
-        }
         Ok(meta)
     }
 
@@ -387,11 +379,12 @@ impl Transport for NpcapTransport {
         f: &mut dyn FnMut(&[u8], std::net::SocketAddr),
     ) -> Result<bool, TransportError> {
         // Straight from the queue's buffer: no copy into the caller's.
-        Ok(self.queue.pop_with(timeout, |d, from| {
-            self.received_datagrams.fetch_add(1, Ordering::Relaxed);
-            self.received_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-            f(d, from);
-        }))
+        Ok(self.queue.pop_with(timeout, |d, from| f(d, from)))
+    }
+
+    fn set_sink(&self, sink: Option<middleware_core::transport::DatagramSink>) -> bool {
+        self.queue.set_sink(sink);
+        true
     }
 
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError> {
@@ -402,8 +395,8 @@ impl Transport for NpcapTransport {
     fn stats(&self) -> TransportStats {
         let mut s = TransportStats::default();
         self.sender.fill_stats(&mut s);
-        s.received_datagrams = self.received_datagrams.load(Ordering::Relaxed);
-        s.received_bytes = self.received_bytes.load(Ordering::Relaxed);
+        s.received_datagrams = self.queue.delivered.load(Ordering::Relaxed);
+        s.received_bytes = self.queue.delivered_bytes.load(Ordering::Relaxed);
         let mut details = std::collections::BTreeMap::new();
         let mut add = |k: &str, v: u64| *details.entry(k.to_string()).or_insert(0) += v;
         for dev in &self.shared.capture.stats {

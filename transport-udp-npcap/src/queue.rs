@@ -2,10 +2,11 @@
 //! capture path's equivalent of a socket receive buffer. Overflow drops the new datagram and
 //! counts it. Buffers come back to a small pool after use: no allocation per datagram.
 
+use middleware_core::transport::DatagramSink;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Buffers kept for reuse at most, and the largest one kept.
@@ -21,13 +22,23 @@ struct State {
     waiting: usize,
 }
 
-#[derive(Debug)]
 pub struct ByteQueue {
     state: Mutex<State>,
     ready: Condvar,
     capacity: usize,
     spare: Mutex<Vec<Vec<u8>>>,
+    /// When set, `push` hands datagrams to it on the capture thread instead of queueing them.
+    sink: RwLock<Option<DatagramSink>>,
     pub dropped: AtomicU64,
+    /// Datagrams (and their bytes) handed out, by `pop_with` or to the sink.
+    pub delivered: AtomicU64,
+    pub delivered_bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for ByteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByteQueue").field("capacity", &self.capacity).finish_non_exhaustive()
+    }
 }
 
 impl ByteQueue {
@@ -37,12 +48,30 @@ impl ByteQueue {
             ready: Condvar::new(),
             capacity,
             spare: Mutex::new(Vec::new()),
+            sink: RwLock::new(None),
             dropped: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            delivered_bytes: AtomicU64::new(0),
         }
     }
 
-    /// Queues a copy of `payload`; false (and counted) when the queue is full.
+    /// Sets or clears the sink; clearing waits for a delivery in progress to end.
+    pub fn set_sink(&self, sink: Option<DatagramSink>) {
+        *self.sink.write().expect("poisoned") = sink;
+    }
+
+    fn count(&self, len: usize) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.delivered_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// Hands `payload` to the sink, or queues a copy; false (and counted) when the queue is full.
     pub fn push(&self, payload: &[u8], from: SocketAddr) -> bool {
+        if let Some(sink) = self.sink.read().expect("poisoned").as_ref() {
+            self.count(payload.len());
+            sink(payload, from);
+            return true;
+        }
         let mut s = self.state.lock().expect("poisoned");
         if s.bytes + payload.len() > self.capacity {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -81,6 +110,7 @@ impl ByteQueue {
             s.waiting -= 1;
         };
         drop(s);
+        self.count(buf.len());
         f(&buf, from);
         self.recycle(buf);
         true
@@ -125,6 +155,23 @@ mod tests {
         assert!(q.push(&[4; 2], a));
         assert_eq!(pop(&q, Duration::ZERO).unwrap(), vec![4; 2]);
         assert!(q.spare.lock().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn a_sink_takes_datagrams_instead_of_the_queue_until_cleared() {
+        let q = ByteQueue::new(100);
+        let a: SocketAddr = "1.2.3.4:5".parse().unwrap();
+        let got = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let g = std::sync::Arc::clone(&got);
+        q.set_sink(Some(std::sync::Arc::new(move |d: &[u8], _| g.lock().unwrap().push(d.to_vec()))));
+        assert!(q.push(b"one", a));
+        assert!(pop(&q, Duration::ZERO).is_none(), "nothing queued while a sink is set");
+        q.set_sink(None);
+        assert!(q.push(b"two", a));
+        assert_eq!(*got.lock().unwrap(), vec![b"one".to_vec()]);
+        assert_eq!(pop(&q, Duration::ZERO).unwrap(), b"two".to_vec());
+        assert_eq!(q.delivered.load(Ordering::Relaxed), 2);
+        assert_eq!(q.delivered_bytes.load(Ordering::Relaxed), 6);
     }
 
     #[test]

@@ -248,8 +248,15 @@ fn human(size: usize) -> String {
 }
 
 /// Round-trip latency: `pingpong pong` in host B, `pingpong ping` in host A.
-fn latency(lab: &Lab, transport: &str, immediate: bool, size: usize) -> anyhow::Result<Value> {
-    let prog = project_root().join("target").join("release").join("pingpong").display().to_string();
+fn latency(
+    lab: &Lab,
+    transport: &str,
+    immediate: bool,
+    size: usize,
+    before: Option<&std::path::Path>,
+) -> anyhow::Result<Value> {
+    let bin = before.map(|p| p.to_path_buf()).unwrap_or_else(|| project_root().join("target").join("release"));
+    let prog = bin.join("pingpong").display().to_string();
     let common = |role: &str| -> Vec<String> {
         // The transport options belong to the program, before the subcommand.
         vec!["--mode".into(), "network".into(), "--transport".into(), transport.into(), role.into()]
@@ -350,20 +357,44 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         rows.push(same[same.len() / 2].clone());
     }
     let mut lat_rows = Vec::new();
+    let mut configs: Vec<(&str, &str, bool, Option<&std::path::Path>)> = vec![
+        ("socket", "socket", false, None),
+        ("npcap, immediate", "npcap", true, None),
+        ("npcap, blocks (2 ms)", "npcap", false, None),
+    ];
+    if let Some(dir) = &before {
+        configs.splice(
+            0..0,
+            [
+                ("socket (before)", "socket", false, Some(dir.as_path())),
+                ("npcap, immediate (before)", "npcap", true, Some(dir.as_path())),
+            ],
+        );
+    }
     for size in [64usize, 65_536].into_iter().filter(|_| !no_latency) {
-        for (label, transport, immediate) in
-            [("socket", "socket", false), ("npcap, immediate", "npcap", true), ("npcap, blocks (2 ms)", "npcap", false)]
-        {
-            let v = latency(&lab, transport, immediate, size)?;
-            eprintln!(
-                "latency {:>8} {:<22} p50 {} us p99 {} us lost {}",
-                human(size),
-                label,
-                v["p50_us"],
-                v["p99_us"],
-                v["lost"]
-            );
-            lat_rows.push((size, label, v));
+        // As above: `repeat` rounds with the configurations taking turns, then the median by p50.
+        let mut runs: Vec<(&str, Value)> = Vec::new();
+        for _round in 0..repeat {
+            for &(label, transport, immediate, b) in &configs {
+                let v = latency(&lab, transport, immediate, size, b)?;
+                eprintln!(
+                    "latency {:>8} {:<22} p50 {} us p99 {} us lost {}",
+                    human(size),
+                    label,
+                    v["p50_us"],
+                    v["p99_us"],
+                    v["lost"]
+                );
+                runs.push((label, v));
+            }
+        }
+        for &(label, ..) in &configs {
+            let mut same: Vec<&Value> = runs.iter().filter(|(l, _)| *l == label).map(|(_, v)| v).collect();
+            same.sort_by(|a, b| {
+                let p = |v: &Value| v["p50_us"].as_f64().unwrap_or(f64::INFINITY);
+                p(a).total_cmp(&p(b))
+            });
+            lat_rows.push((size, label, same[same.len() / 2].clone()));
         }
     }
     drop(lab);
@@ -409,7 +440,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     md.push_str(
-        "\n## Round-trip latency (ping-pong, cross-host, both processes on the named transport)\n\n\
+        "\n## Round-trip latency (ping-pong, cross-host, both processes on the named transport; median by p50 of the runs)\n\n\
          | payload | transport | p50 | p99 | round trips | lost |\n|---|---|---|---|---|---|\n",
     );
     for (size, label, v) in &lat_rows {

@@ -11,7 +11,7 @@ use crate::registration::{
     RemoteTable, TopicReport, REG_SAMPLE_NAME,
 };
 use crate::stats::{ChannelCounters, ChannelStats, Counter, PublisherStats, SubscriberStats};
-use crate::transport::{Channel, Endpoint, Transport, TransportError, TransportFactory};
+use crate::transport::{Channel, DatagramSink, Endpoint, Transport, TransportError, TransportFactory};
 use crate::wire::{SampleFrame, SampleFrameRepr};
 use prost::Message;
 use std::collections::{HashMap, VecDeque};
@@ -404,6 +404,8 @@ impl Drop for Node {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // (data_rx detached its sink before ending; this is for a thread that never ran.)
+        self.inner.data.set_sink(None);
     }
 }
 
@@ -642,6 +644,38 @@ impl Inner {
     }
 
     fn data_rx(self: Arc<Self>) {
+        // A transport with a receive thread of its own (the capture) runs the reassembly and
+        // delivery there: no hop to this thread. This thread then only expires partial
+        // messages and publishes the reassembly counters.
+        let reassembler = Arc::new(Mutex::new(Reassembler::new(self.config.reassembly.clone())));
+        let (weak, r) = (Arc::downgrade(&self), Arc::clone(&reassembler));
+        let sink: DatagramSink = Arc::new(move |d: &[u8], source| {
+            // Node::drop detaches the sink before the node goes away, so this always upgrades
+            // while the node lives (and the last reference is never dropped here).
+            let Some(inner) = weak.upgrade() else { return };
+            if let Some(tap) = &inner.tap {
+                tap.datagram(Channel::Data, source, d);
+            }
+            let outcome = {
+                let mut r = r.lock().expect("poisoned");
+                let o = r.on_datagram(Instant::now(), source, d);
+                *inner.data_reassembly.lock().expect("poisoned") = r.stats();
+                o
+            };
+            if let Outcome::Message(m) = outcome {
+                inner.on_data(m, source);
+            }
+        });
+        if self.data.set_sink(Some(sink)) {
+            while !self.closed() {
+                std::thread::sleep(POLL);
+                let mut r = reassembler.lock().expect("poisoned");
+                r.expire(Instant::now());
+                *self.data_reassembly.lock().expect("poisoned") = r.stats();
+            }
+            self.data.set_sink(None);
+            return;
+        }
         self.receive_loop(
             &*self.data,
             Channel::Data,

@@ -66,6 +66,9 @@ pub(crate) fn open_library(path: &str) -> Result<libloading::Library, libloading
     unsafe { libloading::Library::new(path) }
 }
 
+/// Reads return at once when nothing is captured (so a capture thread may spin briefly).
+pub(crate) const NONBLOCKING_READS: bool = true;
+
 /// Non-blocking reads plus our own wait (poll), so a capture thread notices filter changes and
 /// shutdown even when no frame arrives (Linux's ring timeout does not fire on an idle link).
 pub(crate) fn prepare_reads(h: &mut Handle) -> Result<(), String> {

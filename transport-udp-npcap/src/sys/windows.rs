@@ -73,6 +73,9 @@ pub(crate) fn prepare_reads(_h: &mut Handle) -> Result<(), String> {
 }
 
 /// The read itself waits (at most the read timeout), so there is nothing to wait for here.
+/// Reads block (see the module notes): no spinning on them.
+pub(crate) const NONBLOCKING_READS: bool = false;
+
 pub(crate) fn wait_readable(_h: &Handle, _timeout: Duration) -> bool {
     true
 }

@@ -70,5 +70,71 @@ fn topic_hash(c: &mut Criterion) {
     c.bench_function("topic_hash/fnv1_32", |b| b.iter(|| fnv1_32(black_box("sensors/front_lidar/points"))));
 }
 
-criterion_group!(benches, header, reassembly, topic_hash);
+/// IPv4 reassembly in user space (the capture path): one 64 KiB UDP datagram (65 515 bytes of IP
+/// payload) cut into 45 fragments of 1480 bytes, as the kernel sends it over a 1500-byte MTU.
+fn ip_reassembly(c: &mut Criterion) {
+    use std::net::Ipv4Addr;
+    use transport_udp_npcap::frame::Ipv4Packet;
+    use transport_udp_npcap::ip_reassembly::{IpReassembler, IpReassemblyConfig};
+    let payload: Vec<u8> = (0..65_515u32).map(|i| i as u8).collect();
+    let chunks: Vec<(usize, &[u8])> = payload.chunks(1480).enumerate().map(|(i, c)| (i * 1480, c)).collect();
+    assert_eq!(chunks.len(), 45);
+    let mut g = c.benchmark_group("ip_reassembly");
+    g.throughput(Throughput::Bytes(payload.len() as u64));
+    let mut r = IpReassembler::new(IpReassemblyConfig::default());
+    let mut id = 0u16;
+    g.bench_function("64KiB_45_fragments_in_order", |b| {
+        b.iter(|| {
+            id = id.wrapping_add(1);
+            let now = std::time::Instant::now();
+            let mut whole = 0;
+            for &(offset, chunk) in &chunks {
+                let p = Ipv4Packet {
+                    src: Ipv4Addr::new(10, 77, 0, 1),
+                    dst: Ipv4Addr::new(239, 0, 0, 1),
+                    protocol: 17,
+                    identification: id,
+                    offset,
+                    more_fragments: offset + chunk.len() < payload.len(),
+                    payload: chunk,
+                };
+                if let Some(done) = r.push(now, &p) {
+                    whole = done.len();
+                    if let std::borrow::Cow::Owned(buf) = done {
+                        r.recycle(buf);
+                    }
+                }
+            }
+            assert_eq!(whole, payload.len());
+        })
+    });
+    g.finish();
+}
+
+/// Link + IPv4 decode of every frame of a real eCAL capture (cap1: Ethernet, registration and
+/// data datagrams), as the capture thread does for each frame.
+fn frame_decode(c: &mut Criterion) {
+    use transport_udp_npcap::frame::{decode, LinkType};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../middleware-core/tests/data/captures/cap1_small_strings.pcap");
+    let file = std::fs::read(path).expect("capture file");
+    // Classic pcap, little-endian: 24-byte file header (link type at 20), then records of a
+    // 16-byte header (captured length at 8) and the frame.
+    let link = LinkType::from_dlt(i32::from_le_bytes(file[20..24].try_into().unwrap())).expect("link type");
+    let mut frames = Vec::new();
+    let mut at = 24;
+    while at + 16 <= file.len() {
+        let len = u32::from_le_bytes(file[at + 8..at + 12].try_into().unwrap()) as usize;
+        frames.push(&file[at + 16..at + 16 + len]);
+        at += 16 + len;
+    }
+    let bytes: usize = frames.iter().map(|f| f.len()).sum();
+    let mut g = c.benchmark_group("frame_decode");
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function(format!("cap1_{}_frames", frames.len()), |b| {
+        b.iter(|| frames.iter().filter(|f| decode(link, black_box(f)).is_ok()).count())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, header, reassembly, ip_reassembly, frame_decode, topic_hash);
 criterion_main!(benches);

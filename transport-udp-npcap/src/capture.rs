@@ -200,6 +200,12 @@ impl WideStats {
     }
 }
 
+/// Immediate mode spins for the next fragment only while at most this many IPv4 datagrams are
+/// incomplete (a few senders' datagrams in flight; a fragment flood leaves hundreds).
+const SPIN_MAX_PARTIALS: usize = 4;
+/// The longest one pass of the capture loop keeps reading without going back to its top.
+const SPIN_PASS_MAX: Duration = Duration::from_millis(5);
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     mut cap: Handle,
@@ -256,10 +262,17 @@ fn run(
         let r = if crate::sys::wait_readable(&cap, Duration::from_millis(100)) {
             let mut r = read(&mut cap, &mut demux);
             // Immediate mode: while an IPv4 datagram is incomplete its next fragment is
-            // microseconds away; reading on instead of sleeping saves a wake-up per fragment.
+            // microseconds away; reading on instead of sleeping in poll saves a wake-up per
+            // fragment. Until `spin` passes without a frame, and never longer than
+            // SPIN_PASS_MAX in all, so that the loop's housekeeping (filter updates, stats,
+            // shutdown) still runs under a stream that always leaves a datagram incomplete.
+            // Only with a few datagrams in flight: a flood of never-completed fragments
+            // leaves many, and spinning for them only burns the CPU the capture needs.
+            let in_flight = |d: &Demux| (1..=SPIN_MAX_PARTIALS).contains(&d.partial_ip_datagrams());
             if let (Some(spin), true) = (spin, matches!(r, Ok(n) if n > 0)) {
-                let mut last = Instant::now();
-                while demux.partial_ip_datagrams() > 0 && last.elapsed() < spin {
+                let since = Instant::now();
+                let mut last = since;
+                while in_flight(&demux) && last.elapsed() < spin && since.elapsed() < SPIN_PASS_MAX {
                     match read(&mut cap, &mut demux) {
                         Ok(0) => std::hint::spin_loop(),
                         Ok(_) => last = Instant::now(),

@@ -252,6 +252,7 @@ impl TransportFactory for NpcapFactory {
             mode: ep.mode,
             group: ep.group,
             receiving: Mutex::new(false),
+            truncated: Default::default(),
         };
         if !ep.receive_on_demand {
             t.start_receiving()?;
@@ -303,6 +304,8 @@ pub struct NpcapTransport {
     group: Ipv4Addr,
     /// Whether the capture routes this port's datagrams to `queue` yet (`receive_on_demand`).
     receiving: Mutex<bool>,
+    /// Datagrams left out by `recv` for not fitting the caller's buffer.
+    truncated: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for NpcapTransport {
@@ -363,10 +366,13 @@ impl Transport for NpcapTransport {
     fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<RecvMeta>, TransportError> {
         let mut meta = None;
         self.queue.pop_with(timeout, |d, from| {
-            // A datagram larger than the caller's buffer is not cut short: it is left out.
+            // A datagram larger than the caller's buffer is not cut short: it is left out, and
+            // counted as truncated (as the socket transport does).
             if d.len() <= buf.len() {
                 buf[..d.len()].copy_from_slice(d);
                 meta = Some(RecvMeta::new(d.len(), from));
+            } else {
+                self.truncated.fetch_add(1, Ordering::Relaxed);
             }
         });
         Ok(meta)
@@ -397,6 +403,7 @@ impl Transport for NpcapTransport {
         self.sender.fill_stats(&mut s);
         s.received_datagrams = self.queue.delivered.load(Ordering::Relaxed);
         s.received_bytes = self.queue.delivered_bytes.load(Ordering::Relaxed);
+        s.truncated = self.truncated.load(Ordering::Relaxed);
         let mut details = std::collections::BTreeMap::new();
         let mut add = |k: &str, v: u64| *details.entry(k.to_string()).or_insert(0) += v;
         for dev in &self.shared.capture.stats {

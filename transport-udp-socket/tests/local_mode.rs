@@ -136,9 +136,9 @@ fn a_publisher_only_node_receives_no_data_until_it_subscribes() {
     }
     assert_eq!(a.stats().data.transport.received_datagrams, 0, "{:?}", a.stats().data);
     assert_eq!(b.stats().data.transport.received_datagrams, 20, "{:?}", b.stats().data);
-    // Subscribing to anything starts receiving: now a sees its own messages too.
+    // Subscribing starts receiving (the socket exists when `subscriber` returns): now a sees
+    // its own messages too.
     let own = a.subscriber::<Raw>("only").unwrap();
-    std::thread::sleep(Duration::from_millis(300)); // the receive loop notices the new socket
     assert!(publ.send(&[7; 10]).unwrap());
     assert_eq!(own.recv_timeout(WAIT).expect("own message").value, vec![7; 10]);
     assert_eq!(a.stats().data.transport.received_datagrams, 1, "{:?}", a.stats().data);

@@ -404,7 +404,8 @@ impl Drop for Node {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        // (data_rx detached its sink before ending; this is for a thread that never ran.)
+        // data_rx detached its sink before ending; this covers it ending by a panic, so that the
+        // capture thread can never hold the last reference to the node.
         self.inner.data.set_sink(None);
     }
 }

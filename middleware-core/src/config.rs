@@ -22,6 +22,7 @@
 //! | `ports.data` | `14002` | 1..=65535 |
 //! | `udp.receive_buffer` | `64MiB` | bytes, with optional `KiB`/`MiB`/`GiB` |
 //! | `udp.max_datagram_size` | `65507` | 25..=65507 |
+//! | `udp.send_timeout_ms` | `1000` | 1..: how long one datagram's send waits while the OS says `ENOBUFS`, then fails (counted) |
 //! | `reassembly.timeout_ms` | `5000` | 1.. |
 //! | `reassembly.max_message_size` | `128MiB` | bytes |
 //! | `reassembly.max_partial_messages` | `256` | 1.. |
@@ -31,6 +32,7 @@
 //! | `registration.loopback` | `true` | bool: see this process's own entities |
 //! | `subscriber.drop_out_of_order` | `true` | bool |
 //! | `subscriber.queue_capacity` | `1024` | 1..: messages held for `recv` before the oldest is dropped |
+//! | `subscriber.queue_bytes` | `64MiB` | bytes held for `recv` (payloads plus 64 bytes each) before the oldest is dropped; a single message larger than this is still queued alone |
 //! | `npcap.*` | | options of the packet-capture transport, validated by it (see its crate docs) |
 //! | `unit_name` | program name | string shown by monitors |
 //! | `host_name` | `gethostname()` | string; eCAL treats equal host names as the same host |
@@ -42,6 +44,10 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+
+/// What a queued message costs a subscriber's byte bound beyond its payload (its bookkeeping),
+/// so that a flood of empty messages is bounded in bytes too.
+pub const QUEUE_ITEM_OVERHEAD: usize = 64;
 
 /// Prefix of the environment variables that override settings.
 pub const ENV_PREFIX: &str = "MW_";
@@ -166,6 +172,10 @@ pub struct Config {
     pub registration_loopback: bool,
     pub drop_out_of_order: bool,
     pub queue_capacity: usize,
+    /// Bytes a subscriber's queue holds at most (payload + [`QUEUE_ITEM_OVERHEAD`] per message).
+    pub queue_bytes: usize,
+    /// Longest wait of one datagram's send for the OS (`ENOBUFS`).
+    pub send_timeout: Duration,
     pub unit_name: Option<String>,
     pub host_name: Option<String>,
     /// Keys under `npcap.` (without the prefix), parsed and validated by the pcap transport,
@@ -196,6 +206,8 @@ impl Default for Config {
             registration_loopback: true,
             drop_out_of_order: true,
             queue_capacity: 1024,
+            queue_bytes: 64 << 20,
+            send_timeout: Duration::from_secs(1),
             unit_name: None,
             host_name: None,
             npcap: std::collections::BTreeMap::new(),
@@ -219,6 +231,7 @@ pub const KEYS: &[&str] = &[
     "ports.data",
     "udp.receive_buffer",
     "udp.max_datagram_size",
+    "udp.send_timeout_ms",
     "reassembly.timeout_ms",
     "reassembly.max_message_size",
     "reassembly.max_partial_messages",
@@ -228,6 +241,7 @@ pub const KEYS: &[&str] = &[
     "registration.loopback",
     "subscriber.drop_out_of_order",
     "subscriber.queue_capacity",
+    "subscriber.queue_bytes",
     "unit_name",
     "host_name",
 ];
@@ -388,6 +402,9 @@ impl Config {
                 self.max_datagram_size = parse_range(value, crate::wire::HEADER_LEN + 1, crate::wire::MAX_DATAGRAM_LEN)
                     .ok_or_else(|| bad("an integer 25..=65507"))?
             }
+            "udp.send_timeout_ms" => {
+                self.send_timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?
+            }
             "reassembly.timeout_ms" => {
                 self.reassembly.timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?
             }
@@ -419,6 +436,11 @@ impl Config {
             }
             "subscriber.queue_capacity" => {
                 self.queue_capacity = parse_range(value, 1, 1 << 24).ok_or_else(|| bad("an integer 1..=16777216"))?
+            }
+            "subscriber.queue_bytes" => {
+                self.queue_bytes = parse_bytes(value)
+                    .filter(|v| *v >= 1024)
+                    .ok_or_else(|| bad("a size of at least 1024 bytes, e.g. 64MiB"))?
             }
             k if k.starts_with("npcap.") => {
                 self.npcap.insert(k["npcap.".len()..].to_string(), value.trim().to_string());

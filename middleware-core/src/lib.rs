@@ -31,6 +31,7 @@ pub mod testing;
 
 pub use config::{Config, Mode, TransportKind};
 pub use pubsub::{
-    Codec, Node, NodeError, Proto, ProtoType, Publisher, Raw, Received, Subscriber, Tap, TappedSample, Text,
+    Codec, Node, NodeError, NodeOptions, Proto, ProtoType, Publisher, Raw, Received, Subscriber, Tap, TappedSample,
+    Text, TransportChoice,
 };
-pub use transport::{Transport, TransportError, TransportFactory};
+pub use transport::{DatagramSink, Transport, TransportError, TransportFactory};

@@ -88,6 +88,8 @@ pub struct SubscriberStats {
     pub decode_errors: u64,
     /// Publishers whose order state was dropped to stay within the per-subscriber bound.
     pub publishers_forgotten: u64,
+    /// Calls of the subscriber's callback that panicked (caught; that message is lost).
+    pub callback_panics: u64,
 }
 
 /// Per-publisher counters.

@@ -2,13 +2,15 @@
 //! every transport open on that port (like multicast with loopback on), optionally through a
 //! deterministic [`Faults`] injector.
 
-use crate::transport::{Endpoint, RecvMeta, Transport, TransportError, TransportStats};
+use crate::transport::{
+    DatagramSink, Endpoint, ReceiveThread, SinkSlot, Transport, TransportError, TransportStats, TICK,
+};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
 /// Deterministic fault injection (xorshift with a fixed seed).
 #[derive(Debug, Clone, Copy, Default)]
@@ -20,7 +22,8 @@ pub struct Faults {
     pub seed: u64,
 }
 
-type Datagram = (Vec<u8>, SocketAddr);
+/// One datagram and its sender.
+pub type Datagram = (Vec<u8>, SocketAddr);
 
 #[derive(Debug, Default)]
 struct BusState {
@@ -59,18 +62,45 @@ impl LoopbackBus {
         (x % 1000) as u32
     }
 
-    /// A factory for [`crate::Node::new`].
-    pub fn open(&self, ep: &Endpoint) -> Result<Box<dyn Transport>, TransportError> {
-        let (tx, rx) = channel();
+    /// A factory for [`crate::Node::new`]: the transport delivers to `sink` from a receive
+    /// thread of its own, as the socket transport does.
+    ///
+    /// # Errors
+    /// The receive thread could not be started.
+    pub fn open(&self, ep: &Endpoint, sink: Arc<dyn DatagramSink>) -> Result<Box<dyn Transport>, TransportError> {
+        let (tx, rx) = channel::<Datagram>();
         self.state.lock().expect("poisoned").ports.entry(ep.port).or_default().push(tx);
         let src = SocketAddr::from((Ipv4Addr::LOCALHOST, self.next_port.fetch_add(1, Ordering::Relaxed)));
-        Ok(Box::new(LoopbackTransport {
-            bus: self.clone(),
-            port: ep.port,
-            source: src,
-            rx: Mutex::new(rx),
-            stats: Mutex::default(),
-        }))
+        let slot = Arc::new(SinkSlot::new(sink));
+        let stats: Arc<Mutex<TransportStats>> = Arc::default();
+        let (s2, st2) = (Arc::clone(&slot), Arc::clone(&stats));
+        let thread = ReceiveThread::spawn(format!("mw-loop-{}", ep.port), move |stop| {
+            let mut last_tick = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                match rx.recv_timeout(TICK) {
+                    Ok((d, from)) => {
+                        {
+                            let mut s = st2.lock().expect("poisoned");
+                            s.received_datagrams += 1;
+                            s.received_bytes += d.len() as u64;
+                        }
+                        let now = Instant::now();
+                        s2.with(|sink| sink.datagram(&d, from, now));
+                        if now.duration_since(last_tick) >= TICK {
+                            last_tick = now;
+                            s2.with(|sink| sink.tick(now));
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        last_tick = Instant::now();
+                        s2.with(|sink| sink.tick(last_tick));
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        })
+        .map_err(|e| TransportError::io("spawn loopback receive thread", e))?;
+        Ok(Box::new(LoopbackTransport { bus: self.clone(), port: ep.port, source: src, slot, thread, stats }))
     }
 
     /// Injects raw bytes as if `from` had sent them to `port` (hostile-input tests).
@@ -88,8 +118,15 @@ pub struct LoopbackTransport {
     bus: LoopbackBus,
     port: u16,
     source: SocketAddr,
-    rx: Mutex<Receiver<Datagram>>,
-    stats: Mutex<TransportStats>,
+    slot: Arc<SinkSlot>,
+    thread: ReceiveThread,
+    stats: Arc<Mutex<TransportStats>>,
+}
+
+impl Drop for LoopbackTransport {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 impl Transport for LoopbackTransport {
@@ -115,30 +152,45 @@ impl Transport for LoopbackTransport {
         Ok(())
     }
 
-    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<RecvMeta>, TransportError> {
-        let rx = self.rx.lock().expect("poisoned");
-        match rx.recv_timeout(timeout) {
-            Ok((d, from)) => {
-                let mut s = self.stats.lock().expect("poisoned");
-                if d.len() > buf.len() {
-                    s.truncated += 1;
-                    return Ok(None);
-                }
-                buf[..d.len()].copy_from_slice(&d);
-                s.received_datagrams += 1;
-                s.received_bytes += d.len() as u64;
-                Ok(Some(RecvMeta::new(d.len(), from)))
-            }
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(TransportError::Closed),
-        }
-    }
-
     fn join(&self, _group: Ipv4Addr) -> Result<(), TransportError> {
         Ok(())
     }
 
     fn stats(&self) -> TransportStats {
-        self.stats.lock().expect("poisoned").clone()
+        let mut s = self.stats.lock().expect("poisoned").clone();
+        s.details.insert("sink_panics".into(), self.slot.panics());
+        s
+    }
+
+    fn close(&self) {
+        self.slot.close();
+        self.thread.stop();
+    }
+}
+
+/// A sink that collects datagrams into a channel, for transport tests.
+#[derive(Debug)]
+pub struct CollectSink {
+    tx: Mutex<Sender<Datagram>>,
+}
+
+impl CollectSink {
+    /// The sink and the receiving end of what it collects.
+    pub fn new() -> (Arc<Self>, Receiver<Datagram>) {
+        let (tx, rx) = channel();
+        (Arc::new(Self { tx: Mutex::new(tx) }), rx)
+    }
+}
+
+impl DatagramSink for CollectSink {
+    fn datagram(&self, datagram: &[u8], source: SocketAddr, _now: Instant) {
+        let _ = self.tx.lock().expect("poisoned").send((datagram.to_vec(), source));
+    }
+    fn tick(&self, _now: Instant) {}
+}
+
+impl crate::transport::TransportFactory for LoopbackBus {
+    fn open(&self, ep: &Endpoint, sink: Arc<dyn DatagramSink>) -> Result<Box<dyn Transport>, TransportError> {
+        LoopbackBus::open(self, ep, sink)
     }
 }

@@ -4,7 +4,8 @@
 use crate::config::{Config, Mode};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The two eCAL channels this crate uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,6 +36,9 @@ pub struct Endpoint {
     /// no capture route. A node sets it on the data channel, so a process that only publishes
     /// does not take a copy of every datagram it sends (multicast loopback) or of its peers'.
     pub receive_on_demand: bool,
+    /// How long one datagram's send may wait for the OS to take it (`ENOBUFS`: the interface
+    /// queue is full) before it fails and is counted (`udp.send_timeout_ms`).
+    pub send_timeout: Duration,
 }
 
 impl Endpoint {
@@ -56,23 +60,8 @@ impl Endpoint {
                 Channel::Data => config.receive_buffer,
             },
             receive_on_demand: false,
+            send_timeout: config.send_timeout,
         }
-    }
-}
-
-/// Details of one received datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RecvMeta {
-    /// Bytes written to the caller's buffer.
-    pub len: usize,
-    /// Sender address and port: half of the reassembly key.
-    pub source: SocketAddr,
-}
-
-impl RecvMeta {
-    pub fn new(len: usize, source: SocketAddr) -> Self {
-        Self { len, source }
     }
 }
 
@@ -119,61 +108,57 @@ impl TransportError {
     }
 }
 
-/// Takes datagrams on a transport's own receive thread (see [`Transport::set_sink`]).
-pub type DatagramSink = std::sync::Arc<dyn Fn(&[u8], SocketAddr) + Send + Sync>;
+/// Takes the datagrams a transport receives, on the transport's own receive thread(s).
+///
+/// The one receive model: every transport pushes; nobody pulls. A transport calls
+/// [`DatagramSink::datagram`] for every datagram, where it lies (no copy for the sink), and
+/// [`DatagramSink::tick`] at least every [`TICK`] while it is open, with or without traffic, so
+/// the sink can expire partial state. Calls may come from several threads at once (a capture
+/// transport runs a thread per device). A transport never holds a lock of its own across
+/// these calls, and [`SinkSlot`] catches a panic escaping one, so receiving goes on.
+pub trait DatagramSink: Send + Sync {
+    /// One datagram of the channel; `now` is when it was read.
+    fn datagram(&self, datagram: &[u8], source: SocketAddr, now: Instant);
+    /// Housekeeping: at least every [`TICK`].
+    fn tick(&self, now: Instant);
+}
 
-/// Moves whole UDP payloads for one endpoint.
+/// The longest a transport lets pass between two [`DatagramSink::tick`] calls.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Moves whole UDP payloads for one endpoint: sends, and pushes what it receives to the sink it
+/// was opened with ([`TransportFactory::open`]).
 pub trait Transport: Send + Sync + fmt::Debug {
     /// Short name for logs and stats: `socket`, `npcap`, `loopback`.
     fn name(&self) -> &'static str;
     /// Sends one datagram made of `header` followed by `body` to the endpoint's destination.
     fn send(&self, header: &[u8], body: &[u8]) -> Result<(), TransportError>;
-    /// Waits at most `timeout` for one datagram and copies it into `buf`;
-    /// `Ok(None)` means nothing arrived, not a failure.
-    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<RecvMeta>, TransportError>;
-    /// Like [`Transport::recv`], but hands the datagram to `f` where it lies; a transport that
-    /// already holds datagrams in memory (the capture queue) saves a copy. `scratch` is for
-    /// transports that read into a caller's buffer (this default). `Ok(false)`: nothing arrived.
-    fn recv_with(
-        &self,
-        scratch: &mut [u8],
-        timeout: Duration,
-        f: &mut dyn FnMut(&[u8], SocketAddr),
-    ) -> Result<bool, TransportError> {
-        Ok(match self.recv(scratch, timeout)? {
-            Some(meta) => {
-                f(&scratch[..meta.len], meta.source);
-                true
-            }
-            None => false,
-        })
-    }
-    /// Push style, for transports that receive on a thread of their own (the capture): with
-    /// `Some(sink)` they call `sink` for every datagram from that thread instead of queueing it
-    /// for `recv` (no thread hop, no copy); `None` detaches it, waiting for a call in progress
-    /// to end. Returns false when the transport has no such thread (sockets, this default):
-    /// the caller keeps calling `recv`.
-    fn set_sink(&self, _sink: Option<DatagramSink>) -> bool {
-        false
-    }
     /// Additionally receives datagrams sent to `group` (network mode). In either mode the first
     /// call starts receiving on an endpoint opened with `receive_on_demand`.
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError>;
     fn stats(&self) -> TransportStats;
+    /// Stops receiving. When it returns, the sink is not called again and no call to it is in
+    /// progress on another thread; called from the transport's own receive thread (from inside
+    /// the sink) it does not wait for that thread, whose call ends after it returns. The
+    /// transport drops its reference to the sink. Idempotent; dropping the transport closes it.
+    fn close(&self);
 }
 
 /// Opens transports for the channels a node needs.
 pub trait TransportFactory: Send + Sync {
     /// # Errors
     /// The transport cannot be opened; the message says what to do.
-    fn open(&self, endpoint: &Endpoint) -> Result<Box<dyn Transport>, TransportError>;
+    fn open(&self, endpoint: &Endpoint, sink: Arc<dyn DatagramSink>) -> Result<Box<dyn Transport>, TransportError>;
 }
 
 impl<F> TransportFactory for F
 where
-    F: Fn(&Endpoint) -> Result<Box<dyn Transport>, TransportError> + Send + Sync,
+    F: Fn(&Endpoint, Arc<dyn DatagramSink>) -> Result<Box<dyn Transport>, TransportError> + Send + Sync,
 {
-    fn open(&self, endpoint: &Endpoint) -> Result<Box<dyn Transport>, TransportError> {
-        self(endpoint)
+    fn open(&self, endpoint: &Endpoint, sink: Arc<dyn DatagramSink>) -> Result<Box<dyn Transport>, TransportError> {
+        self(endpoint, sink)
     }
 }
+
+mod slot;
+pub use slot::{ReceiveThread, SinkSlot};

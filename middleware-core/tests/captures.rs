@@ -219,7 +219,7 @@ fn cap1_replayed_into_a_node() {
     let b = bus.clone();
     let mut cfg = Config::default();
     cfg.set("mode", "network").unwrap(); // accept hosta's and hostb's registrations
-    let node = Node::new(cfg, &move |ep: &_| b.open(ep)).unwrap();
+    let node = Node::new(cfg, &b).unwrap();
     let sub = node.subscriber::<Text>("wire_small").unwrap();
     let other = node.subscriber::<Text>("unrelated").unwrap();
     for u in read_udp("cap1_small_strings.pcap") {

@@ -18,7 +18,7 @@ fn config() -> Config {
 
 fn node(bus: &LoopbackBus, cfg: Config) -> Node {
     let b = bus.clone();
-    Node::new(cfg, &move |ep: &_| b.open(ep)).unwrap()
+    Node::new(cfg, &b).unwrap()
 }
 
 fn mod251(size: usize, k: usize) -> Vec<u8> {
@@ -258,7 +258,7 @@ fn a_tap_sees_every_sample_including_topics_nobody_here_subscribes() {
     let bus = LoopbackBus::new();
     let rec = Arc::new(Recording::default());
     let b2 = bus.clone();
-    let watcher = Node::with_tap(config(), &move |ep: &_| b2.open(ep), Some(rec.clone())).unwrap();
+    let watcher = Node::with_tap(config(), &b2, Some(rec.clone())).unwrap();
     let a = node(&bus, config());
     let b = node(&bus, config());
     // `watched` has a subscriber in the tapped node, `other` only in node b.

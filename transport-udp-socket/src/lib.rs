@@ -13,17 +13,54 @@
 mod sys;
 
 use middleware_core::config::Mode;
-use middleware_core::transport::{Channel, Endpoint, RecvMeta, Transport, TransportError, TransportStats};
+use middleware_core::transport::{
+    Channel, DatagramSink, Endpoint, ReceiveThread, SinkSlot, Transport, TransportError, TransportStats, TICK,
+};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{ErrorKind, IoSlice};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Datagrams taken per system call at most (`recvmmsg` on Linux; one elsewhere).
+const BATCH: usize = 16;
+/// Receive buffer per datagram: larger than any IPv4 UDP payload.
+const SLOT_LEN: usize = 65536;
 
 /// Opens socket transports; pass to [`middleware_core::Node::new`].
-pub fn factory(ep: &Endpoint) -> Result<Box<dyn Transport>, TransportError> {
-    Ok(Box::new(UdpSocketTransport::open(ep)?))
+pub fn factory(ep: &Endpoint, sink: Arc<dyn DatagramSink>) -> Result<Box<dyn Transport>, TransportError> {
+    Ok(Box::new(UdpSocketTransport::open(ep, sink)?))
+}
+
+/// Runs `op` until it succeeds, retrying while it fails with "no buffer space" (`ENOBUFS`: the
+/// interface queue is full) or is interrupted, for at most `timeout` after the first
+/// `ENOBUFS`; any other error, or the timeout, returns the error.
+///
+/// # Errors
+/// `op`'s error.
+pub fn retry_no_buffer_space<T>(
+    timeout: Duration,
+    mut op: impl FnMut() -> std::io::Result<T>,
+) -> Result<T, std::io::Error> {
+    let mut deadline: Option<Instant> = None;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        match op() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(sys::ENOBUFS) => {
+                let now = Instant::now();
+                let end = *deadline.get_or_insert(now + timeout);
+                if now >= end {
+                    return Err(e);
+                }
+                std::thread::sleep(pause.min(end - now));
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// One IPv4 address of a network interface, with the interface's flags.
@@ -75,6 +112,7 @@ pub struct UdpSender {
     sent_bytes: AtomicU64,
     send_errors: AtomicU64,
     last_send_error_log: Mutex<Option<std::time::Instant>>,
+    send_timeout: Duration,
 }
 
 impl UdpSender {
@@ -89,6 +127,7 @@ impl UdpSender {
             sent_bytes: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
             last_send_error_log: Mutex::new(None),
+            send_timeout: ep.send_timeout,
         })
     }
 
@@ -99,28 +138,28 @@ impl UdpSender {
     pub fn send(&self, header: &[u8], body: &[u8]) -> Result<(), TransportError> {
         let bufs = [IoSlice::new(header), IoSlice::new(body)];
         let len = header.len() + body.len();
-        loop {
-            match self.tx.send_to_vectored(&bufs, &self.dest) {
-                Ok(_) => {
-                    self.sent_datagrams.fetch_add(1, Ordering::Relaxed);
-                    self.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                    return Ok(());
+        // A full interface queue (ENOBUFS) is waited out, for `udp.send_timeout_ms` at most.
+        match retry_no_buffer_space(self.send_timeout, || self.tx.send_to_vectored(&bufs, &self.dest)) {
+            Ok(_) => {
+                self.sent_datagrams.fetch_add(1, Ordering::Relaxed);
+                self.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.send_errors.fetch_add(1, Ordering::Relaxed);
+                let no_space = e.raw_os_error() == Some(sys::ENOBUFS);
+                let mut last = self.last_send_error_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    tracing::warn!(error = %e, dest = ?self.dest.as_socket(), no_space, "send failed");
+                    *last = Some(std::time::Instant::now());
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // A full send queue (ENOBUFS on Linux): wait for it to drain rather than drop.
-                Err(e) if e.raw_os_error() == Some(105) => {
-                    std::thread::sleep(Duration::from_micros(100));
-                    continue;
-                }
-                Err(e) => {
-                    self.send_errors.fetch_add(1, Ordering::Relaxed);
-                    let mut last = self.last_send_error_log.lock().expect("poisoned");
-                    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(error = %e, dest = ?self.dest.as_socket(), "send failed");
-                        *last = Some(std::time::Instant::now());
-                    }
-                    return Err(TransportError::io("send", e));
-                }
+                drop(last);
+                let context = if no_space {
+                    format!("send: the OS had no buffer space for {} ms (udp.send_timeout_ms)", self.send_timeout.as_millis())
+                } else {
+                    "send".to_string()
+                };
+                Err(TransportError::io(context, e))
             }
         }
     }
@@ -150,20 +189,21 @@ pub fn join_group(socket: &Socket, group: Ipv4Addr, interface: Option<Ipv4Addr>)
     })
 }
 
-/// One channel's sockets.
+/// One channel's sockets, and the thread that receives on it.
 #[derive(Debug)]
 pub struct UdpSocketTransport {
     /// Created by `open`, or by the first `join` with `receive_on_demand`.
-    rx: OnceLock<UdpSocket>,
+    rx: OnceLock<Arc<UdpSocket>>,
+    /// Its receive thread, started with it.
+    thread: OnceLock<ReceiveThread>,
+    slot: Arc<SinkSlot>,
     tx: UdpSender,
     endpoint: Endpoint,
     interface: Option<Ipv4Addr>,
     /// Groups joined so far; its lock also serialises creating `rx`.
     joined: Mutex<Vec<Ipv4Addr>>,
-    /// SO_RCVTIMEO currently set on `rx`, in µs (0: not yet set).
-    read_timeout_us: AtomicU64,
     granted: AtomicU64,
-    counters: Counters,
+    counters: Arc<Counters>,
     /// The namespace's kernel IPv4 reassembly (failures, timeouts) when this transport opened.
     reassembly_base: Option<(u64, u64)>,
 }
@@ -175,21 +215,23 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TransportErr
 
 impl UdpSocketTransport {
     /// Opens the send socket for `ep` and, unless `ep.receive_on_demand`, the receive socket
-    /// (joined to the base group in network mode).
+    /// (joined to the base group in network mode) and its thread, which hands every datagram
+    /// to `sink`.
     ///
     /// # Errors
     /// Socket creation, bind or membership failed; the error names the step.
-    pub fn open(ep: &Endpoint) -> Result<Self, TransportError> {
+    pub fn open(ep: &Endpoint, sink: Arc<dyn DatagramSink>) -> Result<Self, TransportError> {
         let interface = ep.interface.as_deref().map(resolve_interface).transpose()?;
         let t = Self {
             rx: OnceLock::new(),
+            thread: OnceLock::new(),
+            slot: Arc::new(SinkSlot::new(sink)),
             tx: UdpSender::open(ep)?,
             endpoint: ep.clone(),
             interface,
             joined: Mutex::new(Vec::new()),
-            read_timeout_us: AtomicU64::new(0),
             granted: AtomicU64::new(0),
-            counters: Counters::default(),
+            counters: Arc::default(),
             reassembly_base: sys::ip_reassembly_failures(),
         };
         if !ep.receive_on_demand {
@@ -219,7 +261,18 @@ impl UdpSocketTransport {
             join_group(&rx, ep.group, self.interface)?;
             joined.push(ep.group);
         }
-        let _ = self.rx.set(rx.into());
+        // The thread wakes at least every TICK (housekeeping, stop flag) without traffic.
+        rx.set_read_timeout(Some(TICK)).map_err(io("SO_RCVTIMEO"))?;
+        let rx: Arc<UdpSocket> = Arc::new(rx.into());
+        let name = match ep.channel {
+            Channel::Registration => format!("mw-reg-rx-{}", ep.port),
+            Channel::Data => format!("mw-data-rx-{}", ep.port),
+        };
+        let (socket, slot, counters) = (Arc::clone(&rx), Arc::clone(&self.slot), Arc::clone(&self.counters));
+        let thread = ReceiveThread::spawn(name, move |stop| receive_loop(&socket, &slot, &counters, stop))
+            .map_err(io("spawn receive thread"))?;
+        let _ = self.rx.set(rx);
+        let _ = self.thread.set(thread);
         tracing::debug!(port = ep.port, "receiving");
         Ok(())
     }
@@ -289,35 +342,6 @@ impl Transport for UdpSocketTransport {
         self.tx.send(header, body)
     }
 
-    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<RecvMeta>, TransportError> {
-        let Some(rx) = self.rx.get() else {
-            // Not receiving yet (`receive_on_demand` and no `join` so far).
-            std::thread::sleep(timeout);
-            return Ok(None);
-        };
-        let want = timeout.max(Duration::from_millis(1));
-        let want_us = want.as_micros().min(u64::MAX as u128) as u64;
-        if self.read_timeout_us.swap(want_us, Ordering::Relaxed) != want_us {
-            rx.set_read_timeout(Some(want)).map_err(io("SO_RCVTIMEO"))?;
-        }
-        match rx.recv_from(buf) {
-            Ok((n, from)) => {
-                if n >= buf.len() {
-                    // Cannot happen with a 64 KiB buffer for IPv4; counted if it does.
-                    self.counters.truncated.fetch_add(1, Ordering::Relaxed);
-                    return Ok(None);
-                }
-                self.counters.received_datagrams.fetch_add(1, Ordering::Relaxed);
-                self.counters.received_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                Ok(Some(RecvMeta::new(n, from)))
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
-                Ok(None)
-            }
-            Err(e) => Err(TransportError::io("recv", e)),
-        }
-    }
-
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError> {
         let mut joined = self.joined.lock().expect("poisoned");
         self.start_receiving(&mut joined)?;
@@ -325,7 +349,7 @@ impl Transport for UdpSocketTransport {
             return Ok(());
         }
         let rx = self.rx.get().expect("started above");
-        join_group(&socket2::SockRef::from(rx), group, self.interface)?;
+        join_group(&socket2::SockRef::from(&**rx), group, self.interface)?;
         joined.push(group);
         tracing::debug!(%group, interface = ?self.interface, port = self.endpoint.port, "joined multicast group");
         Ok(())
@@ -339,7 +363,8 @@ impl Transport for UdpSocketTransport {
         s.received_bytes = c.received_bytes.load(Ordering::Relaxed);
         s.truncated = c.truncated.load(Ordering::Relaxed);
         // Kernel drops (receive buffer overruns) where the platform reports them.
-        s.os_dropped = self.rx.get().and_then(|rx| sys::socket_drops(&socket2::SockRef::from(rx))).unwrap_or(0);
+        s.os_dropped = self.rx.get().and_then(|rx| sys::socket_drops(&socket2::SockRef::from(&**rx))).unwrap_or(0);
+        s.details.insert("sink_panics".into(), self.slot.panics());
         s.receive_buffer_granted = self.granted.load(Ordering::Relaxed);
         // Fragments the kernel dropped before reassembly (for every socket of this network
         // namespace, since this transport opened): the reason a fragmented message is lost
@@ -351,9 +376,117 @@ impl Transport for UdpSocketTransport {
         s.note = format!("socket {} {}:{}", self.endpoint.mode, self.endpoint.group, self.endpoint.port);
         s
     }
+
+    fn close(&self) {
+        self.slot.close();
+        if let Some(t) = self.thread.get() {
+            t.stop();
+        }
+    }
+}
+
+impl Drop for UdpSocketTransport {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The receive thread: batches of datagrams to the sink, a tick at least every [`TICK`].
+fn receive_loop(socket: &UdpSocket, slot: &SinkSlot, counters: &Counters, stop: &std::sync::atomic::AtomicBool) {
+    let mut batch = sys::RecvBatch::new(BATCH, SLOT_LEN);
+    let mut last_tick = Instant::now();
+    let mut last_error_log: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        match batch.recv(socket) {
+            Ok(n) => {
+                let now = Instant::now();
+                // Counted before the sink sees them: stats never lag what was delivered.
+                let (mut bytes, mut truncated) = (0u64, 0u64);
+                for i in 0..n {
+                    match batch.get(i) {
+                        (d, Some(_), false) => bytes += d.len() as u64,
+                        // Cannot happen with 64 KiB slots and IPv4; counted if it does.
+                        _ => truncated += 1,
+                    }
+                }
+                counters.received_datagrams.fetch_add(n as u64 - truncated, Ordering::Relaxed);
+                counters.received_bytes.fetch_add(bytes, Ordering::Relaxed);
+                counters.truncated.fetch_add(truncated, Ordering::Relaxed);
+                slot.with(|sink| {
+                    for i in 0..n {
+                        if let (d, Some(from), false) = batch.get(i) {
+                            sink.datagram(d, from, now);
+                        }
+                    }
+                    if now.saturating_duration_since(last_tick) >= TICK {
+                        last_tick = now;
+                        sink.tick(now);
+                    }
+                });
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                last_tick = Instant::now();
+                slot.with(|sink| sink.tick(last_tick));
+            }
+            Err(e) => {
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    tracing::warn!(error = %e, "socket receive failed");
+                    last_error_log = Some(Instant::now());
+                }
+                std::thread::sleep(TICK);
+            }
+        }
+    }
 }
 
 /// The local address this transport receives on (for tests and diagnostics).
 pub fn local_port(t: &UdpSocketTransport) -> Option<SocketAddr> {
     t.rx.get()?.local_addr().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_space() -> std::io::Error {
+        std::io::Error::from_raw_os_error(sys::ENOBUFS)
+    }
+
+    #[test]
+    fn no_buffer_space_is_retried_for_a_bounded_time_then_returned() {
+        // Always ENOBUFS: the error comes back (the watchdog: the test harness's thread would
+        // hang forever with the old unbounded retry).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut attempts = 0;
+            let r: std::io::Result<()> = retry_no_buffer_space(Duration::from_millis(30), || {
+                attempts += 1;
+                Err(no_space())
+            });
+            tx.send((r.map_err(|e| e.raw_os_error()), attempts)).unwrap();
+        });
+        let (r, attempts) = rx.recv_timeout(Duration::from_secs(10)).expect("retry did not give up");
+        assert_eq!(r, Err(Some(sys::ENOBUFS)));
+        assert!(attempts > 1, "retried before giving up: {attempts}");
+
+        // ENOBUFS twice, then the OS takes it: success.
+        let mut n = 0;
+        let r = retry_no_buffer_space(Duration::from_secs(5), || {
+            n += 1;
+            if n < 3 {
+                Err(no_space())
+            } else {
+                Ok(n)
+            }
+        });
+        assert_eq!(r.unwrap(), 3);
+
+        // Other errors are not retried.
+        let mut n = 0;
+        let r: std::io::Result<()> = retry_no_buffer_space(Duration::from_secs(5), || {
+            n += 1;
+            Err(std::io::Error::from(ErrorKind::PermissionDenied))
+        });
+        assert_eq!((r.unwrap_err().kind(), n), (ErrorKind::PermissionDenied, 1));
+    }
 }

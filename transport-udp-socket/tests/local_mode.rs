@@ -105,20 +105,38 @@ fn kernel_receive_buffer_drops_are_counted() {
     let c = config();
     let mut ep = Endpoint::from_config(&c, Channel::Data);
     ep.receive_buffer = 4096; // the kernel rounds up to its minimum: a few datagrams fit
-    let t = transport_udp_socket::factory(&ep).unwrap();
+    // The receive thread blocks in the sink on the first datagram, so the socket buffer fills.
+    struct Gate {
+        first: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+        got: std::sync::atomic::AtomicU64,
+    }
+    impl middleware_core::DatagramSink for Gate {
+        fn datagram(&self, _d: &[u8], _s: std::net::SocketAddr, _n: std::time::Instant) {
+            if let Some(rx) = self.first.lock().unwrap().take() {
+                let _ = rx.recv_timeout(Duration::from_secs(10));
+            }
+            self.got.fetch_add(1, Ordering::SeqCst);
+        }
+        fn tick(&self, _n: std::time::Instant) {}
+    }
+    let (release, wait) = std::sync::mpsc::channel();
+    let gate = std::sync::Arc::new(Gate { first: std::sync::Mutex::new(Some(wait)), got: Default::default() });
+    let t = transport_udp_socket::factory(&ep, gate.clone()).unwrap();
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sent = 300u64;
     for i in 0..sent {
         tx.send_to(&[i as u8; 1000], ("127.0.0.1", ep.port)).unwrap();
     }
-    let mut buf = vec![0u8; 65_536];
-    let mut received = 0u64;
-    while t.recv(&mut buf, Duration::from_millis(200)).unwrap().is_some() {
-        received += 1;
+    release.send(()).unwrap();
+    // Received and dropped add up to what was sent (within 10 s: the watchdog).
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while gate.got.load(Ordering::SeqCst) + t.stats().os_dropped < sent && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
     }
     let s = t.stats();
     assert!(s.os_dropped > 0, "{s:?}");
-    assert_eq!(received + s.os_dropped, sent, "{s:?}");
+    assert_eq!(gate.got.load(Ordering::SeqCst) + s.os_dropped, sent, "{s:?}");
+    assert_eq!(s.received_datagrams, gate.got.load(Ordering::SeqCst));
 }
 
 /// A process that only publishes takes no copy of its own data (nor of anyone's): its data
@@ -152,14 +170,15 @@ fn receive_on_demand_starts_at_the_first_join() {
     let c = config();
     let mut ep = Endpoint::from_config(&c, Channel::Data);
     ep.receive_on_demand = true;
-    let t = transport_udp_socket::factory(&ep).unwrap();
+    let (sink, got) = middleware_core::testing::CollectSink::new();
+    let t = transport_udp_socket::factory(&ep, sink).unwrap();
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut buf = vec![0u8; 65_536];
     let _ = tx.send_to(b"before", ("127.0.0.1", ep.port)); // nobody bound: refused or lost
-    assert!(t.recv(&mut buf, Duration::from_millis(100)).unwrap().is_none());
+    assert!(got.recv_timeout(Duration::from_millis(100)).is_err());
     t.join(ep.group).unwrap();
     tx.send_to(b"after", ("127.0.0.1", ep.port)).unwrap();
-    let m = t.recv(&mut buf, WAIT).unwrap().expect("received after join");
-    assert_eq!(&buf[..m.len], b"after");
+    let (d, from) = got.recv_timeout(WAIT).expect("received after join");
+    assert_eq!(d, b"after");
+    assert_eq!(from, tx.local_addr().unwrap());
     assert_eq!(t.stats().received_datagrams, 1);
 }

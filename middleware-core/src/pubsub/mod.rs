@@ -5,11 +5,17 @@
 //! data. [`Publisher`] and [`Subscriber`] are handles created from it.
 
 pub mod codec;
+mod delivery;
+mod discovery;
 pub mod filter;
 mod node;
+mod publisher;
+mod subscriber;
 pub mod tap;
 
 pub use codec::{Codec, CodecError, Proto, ProtoType, Raw, Text};
 pub use filter::{FilterTable, SeqFilter, Verdict, MAX_TRACKED_PUBLISHERS};
-pub use node::{Node, NodeError, NodeStats, Publisher, Received, Subscriber};
+pub use node::{Node, NodeError, NodeOptions, NodeStats, Received, TransportChoice};
+pub use publisher::Publisher;
+pub use subscriber::Subscriber;
 pub use tap::{Tap, TappedSample};

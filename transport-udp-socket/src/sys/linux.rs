@@ -118,6 +118,87 @@ pub(crate) fn receive_only_joined_groups(socket: &socket2::Socket) {
     }
 }
 
+/// `ENOBUFS`: the interface's queue is full; the send may succeed when it drains.
+pub(crate) const ENOBUFS: i32 = libc::ENOBUFS;
+
+/// Receives up to `n` datagrams per system call with `recvmmsg(MSG_WAITFORONE)`: it blocks
+/// (up to the socket's SO_RCVTIMEO) for the first, then takes whatever else is queued.
+pub(crate) struct RecvBatch {
+    bufs: Vec<u8>,
+    slot_len: usize,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers inside point into the struct's own heap buffers only.
+#[allow(unsafe_code)]
+unsafe impl Send for RecvBatch {}
+
+impl RecvBatch {
+    pub(crate) fn new(n: usize, slot_len: usize) -> Self {
+        let n = n.max(1);
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let zero_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let zero_iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        // SAFETY: as above.
+        let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        Self {
+            bufs: vec![0; n * slot_len],
+            slot_len,
+            addrs: vec![zero_addr; n],
+            iovs: vec![zero_iov; n],
+            hdrs: vec![zero_hdr; n],
+        }
+    }
+
+    /// Waits for at least one datagram; returns how many arrived.
+    pub(crate) fn recv(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
+        let n = self.hdrs.len();
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..n {
+            // SAFETY: i * slot_len + slot_len <= bufs.len().
+            self.iovs[i] = libc::iovec { iov_base: unsafe { base.add(i * self.slot_len) }.cast(), iov_len: self.slot_len };
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: hdrs holds n initialised headers whose pointers target live buffers of the
+        // sizes given; the kernel writes at most those sizes.
+        let r = unsafe {
+            libc::recvmmsg(socket.as_raw_fd(), self.hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    /// Datagram `i` of the last `recv`: bytes, sender, and whether the kernel cut it short.
+    pub(crate) fn get(&self, i: usize) -> (&[u8], Option<std::net::SocketAddr>, bool) {
+        let h = &self.hdrs[i];
+        let len = (h.msg_len as usize).min(self.slot_len);
+        let data = &self.bufs[i * self.slot_len..i * self.slot_len + len];
+        let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        let a = &self.addrs[i];
+        let from = (i32::from(a.ss_family) == libc::AF_INET).then(|| {
+            // SAFETY: family AF_INET means the storage holds a sockaddr_in.
+            let sin = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            std::net::SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            ))
+        });
+        (data, from, truncated)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -27,3 +27,33 @@ pub(crate) fn ip_reassembly_failures() -> Option<(u64, u64)> {
 
 /// Elsewhere a socket receives only the groups it joined already (no IP_MULTICAST_ALL).
 pub(crate) fn receive_only_joined_groups(_socket: &socket2::Socket) {}
+
+/// `ENOBUFS` (`WSAENOBUFS` on Windows): no buffer space; the send may succeed later.
+#[cfg(windows)]
+pub(crate) const ENOBUFS: i32 = 10055;
+#[cfg(not(windows))]
+pub(crate) const ENOBUFS: i32 = libc::ENOBUFS;
+
+/// One datagram per call where there is no `recvmmsg`.
+pub(crate) struct RecvBatch {
+    buf: Vec<u8>,
+    last: Option<(usize, std::net::SocketAddr)>,
+}
+
+impl RecvBatch {
+    pub(crate) fn new(_n: usize, slot_len: usize) -> Self {
+        Self { buf: vec![0; slot_len], last: None }
+    }
+
+    pub(crate) fn recv(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
+        let (n, from) = socket.recv_from(&mut self.buf)?;
+        self.last = Some((n, from));
+        Ok(1)
+    }
+
+    pub(crate) fn get(&self, _i: usize) -> (&[u8], Option<std::net::SocketAddr>, bool) {
+        let (n, from) = self.last.unwrap_or((0, std::net::SocketAddr::from(([0, 0, 0, 0], 0))));
+        // A datagram filling the whole buffer may have been cut (IPv4 payloads are < 65536).
+        (&self.buf[..n], Some(from), n >= self.buf.len())
+    }
+}

@@ -270,3 +270,6 @@ mod tests {
         assert!(CmdType::try_from(d.cmd_type).is_err());
     }
 }
+
+mod data_sample;
+pub use data_sample::{encode_data_message, DataHeader};

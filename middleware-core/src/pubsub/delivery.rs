@@ -1,0 +1,316 @@
+//! From a transport's receive thread to the application: the per-channel sink (eCAL
+//! reassembly), decoding of data messages, the per-publisher order filter and the fan-out to
+//! subscribers. The decoding and fan-out take `now` and run without threads in the tests below.
+//!
+//! Locks here are short and never held across a call out: the reassembler's lock is released
+//! before the message is handled (the reassembled message is owned, or borrows the datagram),
+//! the subscriber map is copied out of its lock, each filter is locked for one check, and the
+//! callback runs with nothing locked (see `subscriber.rs`).
+
+use super::node::{lock, Received, Shared};
+use super::subscriber::SubShared;
+use super::filter::Verdict;
+use super::tap::TappedSample;
+use crate::fragment::{Outcome, Reassembler, ReassemblyStats};
+use crate::pb::{CmdType, Sample};
+use crate::transport::{Channel, DatagramSink, TICK};
+use crate::wire::SampleFrame;
+use prost::Message;
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The sink a node gives each of its transports.
+pub(crate) struct ChannelRx {
+    shared: Arc<Shared>,
+    channel: Channel,
+    reassembler: Mutex<Reassembler>,
+    /// Last registration-table expiry (registration channel).
+    last_expire: Mutex<Instant>,
+}
+
+impl ChannelRx {
+    pub(crate) fn new(shared: Arc<Shared>, channel: Channel) -> Self {
+        let reassembler = Mutex::new(Reassembler::new(shared.config.reassembly.clone()));
+        Self { shared, channel, reassembler, last_expire: Mutex::new(Instant::now()) }
+    }
+
+    pub(crate) fn reassembly_stats(&self) -> ReassemblyStats {
+        lock(&self.reassembler).stats()
+    }
+}
+
+impl DatagramSink for ChannelRx {
+    fn datagram(&self, datagram: &[u8], source: SocketAddr, now: Instant) {
+        let sh = &self.shared;
+        if sh.closed() {
+            return;
+        }
+        if let Some(tap) = &sh.tap {
+            tap.datagram(self.channel, source, datagram);
+        }
+        // The message borrows the datagram or is owned: nothing of the reassembler's.
+        let outcome = lock(&self.reassembler).on_datagram(now, source, datagram);
+        if let Outcome::Message(m) = outcome {
+            match self.channel {
+                Channel::Registration => sh.on_registration(&m, source, now),
+                Channel::Data => on_data(sh, m, source, now),
+            }
+        }
+        if self.channel == Channel::Registration {
+            self.tick(now);
+        }
+    }
+
+    fn tick(&self, now: Instant) {
+        lock(&self.reassembler).expire(now);
+        if self.channel == Channel::Registration {
+            let due = {
+                let mut last = lock(&self.last_expire);
+                let due = now.saturating_duration_since(*last) >= TICK;
+                if due {
+                    *last = now;
+                }
+                due
+            };
+            if due {
+                self.shared.expire_remote(now);
+            }
+        }
+    }
+}
+
+/// Why a data message was dropped before any subscriber saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DataDrop {
+    BadFrame,
+    BadProtobuf,
+    WrongCmd,
+    BadTopicId,
+}
+
+/// A decoded data sample.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DataSample {
+    pub publisher_id: u64,
+    pub host_name: String,
+    pub clock: i64,
+    pub time_us: i64,
+    pub payload: bytes::Bytes,
+}
+
+/// The topic name of a data message (its frame), or why it is malformed.
+pub(crate) fn data_topic(msg: &[u8]) -> Result<&str, DataDrop> {
+    SampleFrame::new_checked(msg).map(|f| f.name()).map_err(|_| DataDrop::BadFrame)
+}
+
+/// Decodes the `Sample` of a data message of `topic`. A reassembled (owned) message is decoded
+/// in place: the payload becomes a slice of its buffer, no second allocation.
+pub(crate) fn decode_data(msg: Cow<'_, [u8]>, topic: &str) -> Result<DataSample, DataDrop> {
+    let frame = SampleFrame::new_checked(&msg).map_err(|_| DataDrop::BadFrame)?;
+    let body_start = msg.len() - frame.body().len();
+    let body = match msg {
+        Cow::Owned(v) => bytes::Bytes::from(v).slice(body_start..),
+        Cow::Borrowed(b) => bytes::Bytes::copy_from_slice(&b[body_start..]),
+    };
+    let sample = Sample::decode(body).map_err(|_| DataDrop::BadProtobuf)?;
+    let t = sample.topic.unwrap_or_default();
+    if sample.cmd_type != CmdType::SetSample as i32 || t.topic_name != topic {
+        return Err(DataDrop::WrongCmd);
+    }
+    let publisher_id = t.topic_id.parse::<u64>().map_err(|_| DataDrop::BadTopicId)?;
+    let c = sample.content.unwrap_or_default();
+    Ok(DataSample { publisher_id, host_name: t.host_name, clock: c.clock, time_us: c.time, payload: c.payload })
+}
+
+/// Runs each subscriber's order filter and hands the message to those that accept it. The
+/// last one takes the payload buffer itself (moved, not copied).
+pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, now: Instant, drop_out_of_order: bool) {
+    let mut payload = Some(sample.payload);
+    let last = subs.len().saturating_sub(1);
+    for (i, s) in subs.iter().enumerate() {
+        let verdict = lock(&s.filters).check(now, sample.publisher_id, sample.clock, drop_out_of_order);
+        match verdict {
+            Verdict::Duplicate => {
+                s.duplicates.inc();
+                continue;
+            }
+            Verdict::OutOfOrder => {
+                s.out_of_order.inc();
+                continue;
+            }
+            Verdict::Accept { gap } => {
+                if gap > 0 {
+                    s.sequence_gaps.add(gap);
+                    tracing::debug!(topic = %s.topic, publisher_id = sample.publisher_id, gap, "sequence gap");
+                }
+            }
+        }
+        let value: Vec<u8> = if i == last {
+            payload.take().map(Vec::from).unwrap_or_default()
+        } else {
+            payload.as_ref().map(|p| p.to_vec()).unwrap_or_default()
+        };
+        s.offer(Received {
+            value,
+            publisher_id: sample.publisher_id,
+            clock: sample.clock,
+            send_time_us: sample.time_us,
+        });
+    }
+}
+
+fn on_data(sh: &Shared, msg: Cow<'_, [u8]>, source: SocketAddr, now: Instant) {
+    let c = &sh.data_counters;
+    let subs = {
+        let topic = match data_topic(&msg) {
+            Ok(t) => t,
+            Err(_) => {
+                c.bad_frame.inc();
+                tracing::debug!(len = msg.len(), "malformed data message frame");
+                return;
+            }
+        };
+        let map = sh.subscribers.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match map.get(topic) {
+            Some(v) if !v.is_empty() => v.clone(),
+            _ if sh.tap.is_some() => Vec::new(),
+            _ => {
+                c.unmatched_topic.inc();
+                return;
+            }
+        }
+    };
+    let message_len = msg.len();
+    let topic: String = match subs.first() {
+        Some(s) => s.topic.clone(),
+        None => data_topic(&msg).unwrap_or_default().to_string(),
+    };
+    let sample = match decode_data(msg, &topic) {
+        Ok(s) => s,
+        Err(DataDrop::BadFrame) => return c.bad_frame.inc(),
+        Err(DataDrop::BadProtobuf) => {
+            c.bad_protobuf.inc();
+            tracing::debug!(%topic, "undecodable data sample");
+            return;
+        }
+        Err(DataDrop::WrongCmd) => return c.wrong_cmd.inc(),
+        Err(DataDrop::BadTopicId) => return c.bad_topic_id.inc(),
+    };
+    if let Some(tap) = &sh.tap {
+        tap.data_sample(&TappedSample {
+            topic: &topic,
+            publisher_id: sample.publisher_id,
+            host_name: &sample.host_name,
+            clock: sample.clock,
+            send_time_us: sample.time_us,
+            payload: &sample.payload,
+            message_len,
+            source,
+        });
+    }
+    if subs.is_empty() {
+        c.unmatched_topic.inc();
+        return;
+    }
+    fan_out(&subs, sample, now, sh.config.drop_out_of_order);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::{encode_data_message, DataHeader, Topic};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn message(topic: &str, publisher: u64, clock: i64, payload: &[u8]) -> Vec<u8> {
+        let header = Topic { topic_name: topic.into(), topic_id: publisher.to_string(), ..Default::default() }
+            .encode_to_vec();
+        let h = DataHeader { topic_name: topic, topic_header: &header, clock, time_us: 5, hash: 0 };
+        let mut out = Vec::new();
+        encode_data_message(&mut out, &h, payload.len(), |o| o.extend_from_slice(payload));
+        out
+    }
+
+    fn sub(capacity: usize, bytes: usize) -> Arc<SubShared> {
+        Arc::new(SubShared::new(1, "t", Default::default(), capacity, bytes))
+    }
+
+    #[test]
+    fn decoding_rejects_what_ecal_rejects_and_keeps_the_payload() {
+        let m = message("t", 42, 7, b"abc");
+        assert_eq!(data_topic(&m), Ok("t"));
+        let s = decode_data(Cow::Owned(m.clone()), "t").unwrap();
+        assert_eq!((s.publisher_id, s.clock, s.time_us, &s.payload[..]), (42, 7, 5, &b"abc"[..]));
+        assert_eq!(decode_data(Cow::Borrowed(&m), "other"), Err(DataDrop::WrongCmd));
+        assert_eq!(data_topic(&m[..1]), Err(DataDrop::BadFrame));
+        let mut bad_id = message("t", 1, 1, b"");
+        let pos = bad_id.windows(1).rposition(|w| w == b"1").unwrap();
+        bad_id[pos] = b'x';
+        assert_eq!(decode_data(Cow::Borrowed(&bad_id), "t"), Err(DataDrop::BadTopicId));
+        let mut truncated = m.clone();
+        truncated.truncate(m.len() - 4);
+        assert_eq!(decode_data(Cow::Borrowed(&truncated), "t"), Err(DataDrop::BadProtobuf));
+    }
+
+    #[test]
+    fn fan_out_filters_per_subscriber_and_bounds_queues_in_messages_and_bytes() {
+        let now = Instant::now();
+        let (a, b) = (sub(1024, 4096), sub(2, 1 << 20));
+        let subs = vec![Arc::clone(&a), Arc::clone(&b)];
+        let sample = |clock: i64, len: usize| DataSample {
+            publisher_id: 9,
+            host_name: String::new(),
+            clock,
+            time_us: 0,
+            payload: bytes::Bytes::from(vec![clock as u8; len]),
+        };
+        fan_out(&subs, sample(1, 1000), now, true);
+        fan_out(&subs, sample(1, 1000), now, true); // duplicate
+        fan_out(&subs, sample(3, 1000), now, true); // gap of 1
+        fan_out(&subs, sample(2, 1000), now, true); // out of order
+        fan_out(&subs, sample(4, 1000), now, true);
+        for s in [&a, &b] {
+            let st = s.stats();
+            assert_eq!((st.delivered, st.duplicates, st.out_of_order, st.sequence_gaps), (3, 1, 1, 1));
+        }
+        // a: 4096 bytes hold three 1000-byte messages (+64 each); b: two messages at most.
+        assert_eq!(a.queued(), (3, 3 * 1064));
+        assert_eq!(a.stats().queue_overflow, 0);
+        assert_eq!(b.queued(), (2, 2 * 1064));
+        assert_eq!(b.stats().queue_overflow, 1);
+        // Bytes bound: a 3000-byte message pushes out the oldest ones until it fits.
+        fan_out(&[Arc::clone(&a)], sample(5, 3000), now, true);
+        assert_eq!(a.queued(), (1, 3064));
+        assert_eq!(a.stats().queue_overflow, 3);
+        // A message larger than the whole bound still queues, alone.
+        fan_out(&[Arc::clone(&a)], sample(6, 10_000), now, true);
+        assert_eq!(a.queued(), (1, 10_064));
+        // Empty messages are bounded in bytes too (64 bytes of bookkeeping each).
+        let c = sub(1 << 20, 64 * 100);
+        for k in 0..1000 {
+            fan_out(&[Arc::clone(&c)], sample(k + 1, 0), now, true);
+        }
+        assert_eq!(c.queued(), (100, 6400));
+        assert_eq!(c.stats().queue_overflow, 900);
+    }
+
+    #[test]
+    fn a_panicking_subscriber_does_not_stop_the_next_one() {
+        let now = Instant::now();
+        let (a, b) = (sub(16, 1 << 20), sub(16, 1 << 20));
+        let got = Arc::new(AtomicUsize::new(0));
+        a.set_callback(Arc::new(|_| panic!("callback A panics")));
+        let g = Arc::clone(&got);
+        b.set_callback(Arc::new(move |_| {
+            g.fetch_add(1, Ordering::SeqCst);
+        }));
+        for k in 1..=10 {
+            let s = DataSample { publisher_id: 1, host_name: String::new(), clock: k, time_us: 0, payload: vec![1u8].into() };
+            fan_out(&[Arc::clone(&a), Arc::clone(&b)], s, now, true);
+        }
+        assert_eq!(got.load(Ordering::SeqCst), 10);
+        assert_eq!(a.stats().callback_panics, 10);
+        assert_eq!(b.stats().callback_panics, 0);
+    }
+}

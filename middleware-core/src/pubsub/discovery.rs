@@ -1,0 +1,188 @@
+//! The registration driver: what this node announces (its process, publishers and subscribers,
+//! every refresh period and at once on change) and what it learns (the remote table, and from
+//! it each publisher's connections).
+
+use super::node::{lock, Inner, Shared};
+use super::publisher::PubShared;
+use super::subscriber::SubShared;
+use crate::config::Mode;
+use crate::pb::Sample;
+use crate::registration::{process_sample, topic_sample, Acceptance, Change, Direction, TopicReport, REG_SAMPLE_NAME};
+use crate::wire::{SampleFrame, SampleFrameRepr};
+use prost::Message;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
+use std::time::Instant;
+
+impl Shared {
+    pub(crate) fn acceptance_of(config: &crate::config::Config, identity: &crate::registration::Identity) -> Acceptance {
+        Acceptance {
+            host_name: identity.host_name.clone(),
+            process_id: identity.process_id,
+            network_mode: config.mode == Mode::Network,
+            loopback: config.registration_loopback,
+        }
+    }
+
+    pub(crate) fn pub_report(&self, p: &PubShared) -> TopicReport {
+        TopicReport {
+            entity_id: p.entity_id,
+            topic_name: p.topic.clone(),
+            datatype: p.datatype.clone(),
+            active: p.sent.get() > 0,
+            topic_size: p.last_size.load(Ordering::Relaxed).clamp(0, i32::MAX.into()) as i32,
+            connections_local: p.connections_local.load(Ordering::Relaxed).min(i32::MAX as usize) as i32,
+            connections_external: p.connections_external.load(Ordering::Relaxed).min(i32::MAX as usize) as i32,
+            message_drops: 0,
+            data_clock: p.clock.load(Ordering::Relaxed),
+            data_frequency_mhz: 0,
+        }
+    }
+
+    pub(crate) fn sub_report(&self, s: &SubShared) -> TopicReport {
+        let st = s.stats();
+        TopicReport {
+            entity_id: s.entity_id,
+            topic_name: s.topic.clone(),
+            datatype: s.datatype.clone(),
+            active: st.delivered > 0,
+            message_drops: st.sequence_gaps.saturating_add(st.queue_overflow).min(i32::MAX as u64) as i32,
+            data_clock: s.last_clock.load(Ordering::Relaxed),
+            ..Default::default()
+        }
+    }
+
+    /// Recomputes every local publisher's connection counts from the remote table.
+    pub(crate) fn update_connections(&self) {
+        let remote = lock(&self.remote);
+        let pubs = lock(&self.publishers);
+        for p in pubs.values() {
+            let (mut local, mut external) = (0, 0);
+            for s in remote.udp_subscribers(&p.topic) {
+                if s.host_name == self.identity.host_name {
+                    local += 1;
+                } else {
+                    external += 1;
+                }
+            }
+            let before = p.connections_local.load(Ordering::Relaxed) + p.connections_external.load(Ordering::Relaxed);
+            p.connections_local.store(local, Ordering::Relaxed);
+            p.connections_external.store(external, Ordering::Relaxed);
+            if before != local + external {
+                tracing::info!(topic = %p.topic, local, external, "publisher connections changed");
+            }
+        }
+    }
+
+    /// One reassembled registration message.
+    pub(crate) fn on_registration(&self, msg: &[u8], source: SocketAddr, now: Instant) {
+        let c = &self.reg_counters;
+        let Ok(frame) = SampleFrame::new_checked(msg) else {
+            c.bad_frame.inc();
+            return;
+        };
+        let Ok(sample) = Sample::decode(frame.body()) else {
+            c.bad_protobuf.inc();
+            tracing::debug!("undecodable registration sample");
+            return;
+        };
+        if let Some(tap) = &self.tap {
+            tap.registration(&sample, source);
+        }
+        let result = lock(&self.remote).on_sample(now, &sample, &self.acceptance);
+        match result {
+            Ok(Change::New(id)) => {
+                self.update_connections();
+                // A newcomer learns about us now rather than at our next refresh: one extra round
+                // per new entity, which halves discovery time for late joiners.
+                let own = lock(&self.publishers).contains_key(&id)
+                    || self
+                        .subscribers
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .values()
+                        .flatten()
+                        .any(|s| s.entity_id == id);
+                if !own {
+                    self.register_now();
+                }
+            }
+            Ok(Change::Removed(_)) => self.update_connections(),
+            Ok(_) => {}
+            Err(crate::registration::Rejected::BadTopicId) => c.bad_topic_id.inc(),
+            Err(crate::registration::Rejected::TableFull) => {
+                c.registration_table_full.inc();
+                tracing::debug!("registration table full; sample ignored");
+            }
+            Err(r) => {
+                c.rejected_registration.inc();
+                tracing::trace!(?r, "registration rejected");
+            }
+        }
+    }
+
+    /// Drops remote entities not heard for `registration.timeout_ms`.
+    pub(crate) fn expire_remote(&self, now: Instant) {
+        let gone = lock(&self.remote).expire(now, self.config.registration_timeout);
+        if !gone.is_empty() {
+            tracing::info!(count = gone.len(), "remote entities timed out");
+            self.update_connections();
+        }
+    }
+
+    pub(crate) fn register_now(&self) {
+        let (m, c) = &self.wake;
+        *lock(m) = true;
+        c.notify_all();
+    }
+}
+
+impl Inner {
+    pub(crate) fn send_registration(&self, sample: &Sample) {
+        let mut buf = Vec::with_capacity(512);
+        SampleFrameRepr { name: REG_SAMPLE_NAME }.emit_prefix(&mut buf);
+        sample.encode_raw(&mut buf);
+        match self.send_message(&*self.reg, &buf) {
+            Ok(()) => self.registrations_sent.inc(),
+            Err(e) => tracing::warn!(error = %e, "sending registration failed"),
+        }
+    }
+
+    fn registration_round(&self, unregister: bool) {
+        self.send_registration(&process_sample(&self.identity, false));
+        let pubs: Vec<_> = lock(&self.publishers).values().cloned().collect();
+        for p in pubs {
+            let r = self.pub_report(&p);
+            self.send_registration(&topic_sample(&self.identity, Direction::Publisher, &r, unregister));
+        }
+        let subs: Vec<_> =
+            self.subscribers.read().unwrap_or_else(PoisonError::into_inner).values().flatten().cloned().collect();
+        for s in subs {
+            let r = self.sub_report(&s);
+            self.send_registration(&topic_sample(&self.identity, Direction::Subscriber, &r, unregister));
+        }
+        if unregister {
+            self.send_registration(&process_sample(&self.identity, true));
+        }
+    }
+
+    /// The `mw-reg-tx` thread: a registration round every refresh period or when woken; the
+    /// unregistration round at shutdown.
+    pub(crate) fn registration_tx(self: std::sync::Arc<Self>) {
+        let refresh = self.config.registration_refresh;
+        loop {
+            if self.closed() {
+                self.registration_round(true);
+                return;
+            }
+            self.registration_round(false);
+            let (m, c) = &self.wake;
+            let mut woken = lock(m);
+            if !*woken {
+                woken = c.wait_timeout(woken, refresh).unwrap_or_else(PoisonError::into_inner).0;
+            }
+            *woken = false;
+        }
+    }
+}

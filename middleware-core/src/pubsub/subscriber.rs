@@ -1,0 +1,376 @@
+//! A subscriber's state and handle: its bounded queue, its callback, and the rules that let a
+//! callback do anything (drop its own subscriber, call `on_receive`, drop the node) and panic
+//! without breaking receiving.
+//!
+//! No lock is held while user code runs: delivery takes the callback out of the state under
+//! the lock (an `Arc` clone), marks the thread as inside it, releases the lock, calls it, and
+//! catches a panic. Dropping a subscriber waits for its callback to finish on other threads,
+//! never for the calling thread's own call.
+
+use super::codec::Codec;
+use super::filter::FilterTable;
+use super::node::{lock, Inner, Received};
+use crate::config::QUEUE_ITEM_OVERHEAD;
+use crate::pb::DataTypeInformation;
+use crate::registration::{topic_sample, Direction, RemoteEntity};
+use crate::stats::{Counter, SubscriberStats};
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+pub(crate) type RawCallback = Arc<dyn Fn(Received<Vec<u8>>) + Send + Sync>;
+
+/// How long dropping a subscriber waits for its callback running on another thread before it
+/// gives up waiting (logged): only reachable when two callbacks on two receive threads each
+/// drop the other's subscriber.
+const DROP_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct SubState {
+    items: VecDeque<Received<Vec<u8>>>,
+    /// Bytes charged for `items`: payloads plus [`QUEUE_ITEM_OVERHEAD`] each.
+    bytes: usize,
+    /// `recv_timeout` calls waiting: the receive thread signals only then.
+    waiting: usize,
+    callback: Option<RawCallback>,
+    /// `on_receive` calls still handing queued messages to a new callback: meanwhile new
+    /// messages queue behind them, so order is kept.
+    draining: usize,
+    /// Threads inside this subscriber's callback right now.
+    active: Vec<ThreadId>,
+    /// Dropped: nothing is queued or called any more.
+    closed: bool,
+}
+
+pub(crate) struct SubShared {
+    pub entity_id: u64,
+    pub topic: String,
+    pub datatype: DataTypeInformation,
+    pub filters: Mutex<FilterTable>,
+    state: Mutex<SubState>,
+    /// Signalled when a message is queued for a waiting `recv_timeout`.
+    ready: Condvar,
+    /// Signalled when a callback call ends (for `Drop`).
+    idle: Condvar,
+    capacity: usize,
+    capacity_bytes: usize,
+    pub delivered: Counter,
+    pub delivered_bytes: Counter,
+    pub duplicates: Counter,
+    pub out_of_order: Counter,
+    pub sequence_gaps: Counter,
+    pub queue_overflow: Counter,
+    pub decode_errors: Counter,
+    pub callback_panics: Counter,
+    panic_logged: AtomicBool,
+    pub last_clock: AtomicI64,
+    pub last_size: AtomicI64,
+}
+
+impl SubShared {
+    pub(crate) fn new(
+        entity_id: u64,
+        topic: &str,
+        datatype: DataTypeInformation,
+        capacity: usize,
+        capacity_bytes: usize,
+    ) -> Self {
+        Self {
+            entity_id,
+            topic: topic.to_string(),
+            datatype,
+            filters: Mutex::new(FilterTable::default()),
+            state: Mutex::new(SubState::default()),
+            ready: Condvar::new(),
+            idle: Condvar::new(),
+            capacity: capacity.max(1),
+            capacity_bytes,
+            delivered: Counter::default(),
+            delivered_bytes: Counter::default(),
+            duplicates: Counter::default(),
+            out_of_order: Counter::default(),
+            sequence_gaps: Counter::default(),
+            queue_overflow: Counter::default(),
+            decode_errors: Counter::default(),
+            callback_panics: Counter::default(),
+            panic_logged: AtomicBool::new(false),
+            last_clock: AtomicI64::new(0),
+            last_size: AtomicI64::new(0),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SubState> {
+        lock(&self.state)
+    }
+
+    pub(crate) fn stats(&self) -> SubscriberStats {
+        SubscriberStats {
+            delivered: self.delivered.get(),
+            delivered_bytes: self.delivered_bytes.get(),
+            duplicates: self.duplicates.get(),
+            out_of_order: self.out_of_order.get(),
+            sequence_gaps: self.sequence_gaps.get(),
+            queue_overflow: self.queue_overflow.get(),
+            decode_errors: self.decode_errors.get(),
+            publishers_forgotten: lock(&self.filters).forgotten(),
+            callback_panics: self.callback_panics.get(),
+        }
+    }
+
+    /// Hands one accepted message to the application: its callback (called here, with no lock
+    /// held) or its queue (bounded in messages and bytes; the oldest is dropped, counted).
+    pub(crate) fn offer(&self, r: Received<Vec<u8>>) {
+        let mut st = self.state();
+        if st.closed {
+            return;
+        }
+        self.delivered.inc();
+        self.delivered_bytes.add(r.value.len() as u64);
+        self.last_clock.store(r.clock, Ordering::Relaxed);
+        self.last_size.store(r.value.len() as i64, Ordering::Relaxed);
+        match st.callback.clone() {
+            Some(cb) if st.draining == 0 => {
+                let me = std::thread::current().id();
+                st.active.push(me);
+                drop(st);
+                self.invoke(&cb, r);
+                self.leave(me);
+            }
+            _ => {
+                self.enqueue(&mut st, r);
+                let wake = st.waiting > 0;
+                drop(st);
+                if wake {
+                    self.ready.notify_one();
+                }
+            }
+        }
+    }
+
+    fn enqueue(&self, st: &mut SubState, r: Received<Vec<u8>>) {
+        let cost = r.value.len() + QUEUE_ITEM_OVERHEAD;
+        // Make room: by count, then by bytes (a message larger than the whole bound still
+        // queues alone: it is already in memory, and dropping it would lose it for nothing).
+        while !st.items.is_empty() && (st.items.len() >= self.capacity || st.bytes + cost > self.capacity_bytes) {
+            if let Some(old) = st.items.pop_front() {
+                st.bytes -= old.value.len() + QUEUE_ITEM_OVERHEAD;
+                self.queue_overflow.inc();
+            }
+        }
+        st.bytes += cost;
+        st.items.push_back(r);
+    }
+
+    fn invoke(&self, cb: &RawCallback, r: Received<Vec<u8>>) {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(r))) {
+            self.callback_panics.inc();
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(non-string panic payload)".into());
+            if self.panic_logged.swap(true, Ordering::Relaxed) {
+                tracing::debug!(topic = %self.topic, panic = %what, "subscriber callback panicked again (counted)");
+            } else {
+                tracing::error!(
+                    topic = %self.topic,
+                    entity_id = self.entity_id,
+                    panic = %what,
+                    "subscriber callback panicked; the message is lost, receiving goes on \
+                     (further panics of this subscriber are counted in callback_panics, logged at debug)"
+                );
+            }
+        }
+    }
+
+    fn leave(&self, me: ThreadId) {
+        let mut st = self.state();
+        if let Some(i) = st.active.iter().position(|t| *t == me) {
+            st.active.swap_remove(i);
+        }
+        drop(st);
+        self.idle.notify_all();
+    }
+
+    /// Sets the callback; messages queued before go through it first, in order.
+    pub(crate) fn set_callback(&self, cb: RawCallback) {
+        let me = std::thread::current().id();
+        let mut st = self.state();
+        if st.closed {
+            return;
+        }
+        st.callback = Some(Arc::clone(&cb));
+        st.draining += 1;
+        loop {
+            let items = std::mem::take(&mut st.items);
+            st.bytes = 0;
+            if items.is_empty() {
+                st.draining -= 1;
+                return;
+            }
+            st.active.push(me);
+            drop(st);
+            for r in items {
+                self.invoke(&cb, r);
+            }
+            self.leave(me);
+            st = self.state();
+        }
+    }
+
+    /// Takes the next queued message, waiting up to `timeout`.
+    fn pop(&self, timeout: Duration) -> Option<Received<Vec<u8>>> {
+        let end = Instant::now() + timeout;
+        let mut st = self.state();
+        loop {
+            if let Some(r) = st.items.pop_front() {
+                st.bytes -= r.value.len() + QUEUE_ITEM_OVERHEAD;
+                return Some(r);
+            }
+            let now = Instant::now();
+            if now >= end || st.closed {
+                return None;
+            }
+            st.waiting += 1;
+            st = self.ready.wait_timeout(st, end - now).unwrap_or_else(PoisonError::into_inner).0;
+            st.waiting -= 1;
+        }
+    }
+
+    /// Clears the callback (breaking any reference cycle through it) and waits until no other
+    /// thread is inside it; with `discard`, also stops delivery for good and empties the queue.
+    pub(crate) fn close(&self, discard: bool) {
+        let me = std::thread::current().id();
+        let mut st = self.state();
+        if discard {
+            st.closed = true;
+            st.items.clear();
+            st.bytes = 0;
+        }
+        let cb = st.callback.take();
+        let deadline = Instant::now() + DROP_WAIT;
+        while st.active.iter().any(|t| *t != me) {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::error!(topic = %self.topic, "gave up waiting for this subscriber's callback on another thread");
+                break;
+            }
+            st = self.idle.wait_timeout(st, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        drop(st);
+        self.ready.notify_all();
+        drop(cb);
+    }
+
+    /// Messages and bytes queued now (for tests and stats).
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        let st = self.state();
+        (st.items.len(), st.bytes)
+    }
+}
+
+/// Receives values of codec `C` from one topic.
+pub struct Subscriber<C: Codec> {
+    pub(crate) node: Arc<Inner>,
+    pub(crate) shared: Arc<SubShared>,
+    pub(crate) _codec: PhantomData<fn() -> C>,
+}
+
+impl<C: Codec> std::fmt::Debug for Subscriber<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("topic", &self.shared.topic).field("id", &self.shared.entity_id).finish()
+    }
+}
+
+fn typed<C: Codec>(shared: &SubShared, r: Received<Vec<u8>>) -> Option<Received<C::Output>> {
+    match C::decode(r.value) {
+        Ok(value) => {
+            Some(Received { value, publisher_id: r.publisher_id, clock: r.clock, send_time_us: r.send_time_us })
+        }
+        Err(e) => {
+            shared.decode_errors.inc();
+            tracing::debug!(topic = %shared.topic, error = %e, "payload decode failed");
+            None
+        }
+    }
+}
+
+impl<C: Codec> Subscriber<C> {
+    pub fn topic(&self) -> &str {
+        &self.shared.topic
+    }
+
+    pub fn entity_id(&self) -> u64 {
+        self.shared.entity_id
+    }
+
+    /// Blocking receive: waits up to `timeout` for the next message. Messages that fail to
+    /// decode are counted in `decode_errors` and skipped.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Received<C::Output>> {
+        let end = Instant::now() + timeout;
+        loop {
+            let r = self.shared.pop(end.saturating_duration_since(Instant::now()))?;
+            if let Some(v) = typed::<C>(&self.shared, r) {
+                return Some(v);
+            }
+        }
+    }
+
+    /// Callback style: `f` runs on the transport's receive thread for every message, instead of
+    /// queueing (as eCAL does). Messages already queued go through `f` first, in order, on the
+    /// calling thread. Setting a new callback replaces the old one.
+    ///
+    /// Keep it short: a slow callback delays receiving of this node's channel. It may do
+    /// anything else: drop this subscriber, create or drop publishers and subscribers, call
+    /// `on_receive`, drop the node. A panic is caught, counted (`callback_panics`), logged at
+    /// error level once per subscriber, and receiving goes on.
+    pub fn on_receive(&self, f: impl Fn(Received<C::Output>) + Send + Sync + 'static) {
+        // The callback holds only a weak reference: the subscriber's state holds the callback.
+        let weak = Arc::downgrade(&self.shared);
+        let cb: RawCallback = Arc::new(move |r: Received<Vec<u8>>| {
+            let Some(shared) = weak.upgrade() else { return };
+            if let Some(v) = typed::<C>(&shared, r) {
+                drop(shared);
+                f(v);
+            }
+        });
+        self.shared.set_callback(cb);
+    }
+
+    /// Messages and bytes waiting in the queue (bounded by `subscriber.queue_capacity` and
+    /// `subscriber.queue_bytes`).
+    pub fn queued(&self) -> (usize, usize) {
+        self.shared.queued()
+    }
+
+    /// Publishers of this topic heard through registration.
+    pub fn publishers(&self) -> Vec<RemoteEntity> {
+        lock(&self.node.remote).publishers_of(&self.shared.topic).cloned().collect()
+    }
+
+    pub fn stats(&self) -> SubscriberStats {
+        self.shared.stats()
+    }
+}
+
+impl<C: Codec> Drop for Subscriber<C> {
+    fn drop(&mut self) {
+        {
+            let mut map = self.node.subscribers.write().unwrap_or_else(PoisonError::into_inner);
+            if let Some(v) = map.get_mut(&self.shared.topic) {
+                v.retain(|s| !Arc::ptr_eq(s, &self.shared));
+                if v.is_empty() {
+                    map.remove(&self.shared.topic);
+                }
+            }
+        }
+        self.shared.close(true);
+        if !self.node.closed() {
+            let r = self.node.sub_report(&self.shared);
+            self.node.send_registration(&topic_sample(&self.node.identity, Direction::Subscriber, &r, true));
+        }
+    }
+}

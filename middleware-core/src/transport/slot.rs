@@ -1,0 +1,249 @@
+//! The two pieces every transport's receive side is built from: a [`SinkSlot`] (calls into the
+//! core without a lock held, catches panics, and can be closed with a guarantee that no call is
+//! in progress afterwards) and a [`ReceiveThread`] (stops and joins, except from itself).
+
+use super::DatagramSink;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{JoinHandle, ThreadId};
+
+#[derive(Default)]
+struct SlotState {
+    sink: Option<Arc<dyn DatagramSink>>,
+    /// Threads inside a call to the sink right now.
+    active: Vec<ThreadId>,
+    /// `close` callers waiting for `active` to empty.
+    closing: usize,
+}
+
+/// Where a transport's receive thread(s) hand datagrams to the core.
+///
+/// [`SinkSlot::with`] takes a reference to the sink under a short lock and calls it with no lock
+/// held; a panic that escapes the sink is caught, counted ([`SinkSlot::panics`]) and logged, and
+/// the receive thread goes on. [`SinkSlot::close`] detaches the sink and waits for calls in
+/// progress on other threads (never for the calling thread's own: a sink may close its own
+/// transport, e.g. a callback dropping its node).
+#[derive(Default)]
+pub struct SinkSlot {
+    state: Mutex<SlotState>,
+    idle: Condvar,
+    panics: AtomicU64,
+}
+
+impl std::fmt::Debug for SinkSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkSlot").field("panics", &self.panics()).finish_non_exhaustive()
+    }
+}
+
+impl SinkSlot {
+    pub fn new(sink: Arc<dyn DatagramSink>) -> Self {
+        Self {
+            state: Mutex::new(SlotState { sink: Some(sink), ..SlotState::default() }),
+            idle: Condvar::new(),
+            panics: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // Nothing panics while holding it; recover anyway rather than cascade.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Calls `f` with the sink unless the slot is closed; false when closed.
+    pub fn with(&self, f: impl FnOnce(&dyn DatagramSink)) -> bool {
+        let me = std::thread::current().id();
+        let sink = {
+            let mut st = self.lock();
+            let Some(sink) = st.sink.clone() else { return false };
+            st.active.push(me);
+            sink
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&*sink)));
+        drop(sink);
+        let mut st = self.lock();
+        if let Some(i) = st.active.iter().position(|t| *t == me) {
+            st.active.swap_remove(i);
+        }
+        if st.closing > 0 {
+            self.idle.notify_all();
+        }
+        drop(st);
+        if let Err(p) = result {
+            let n = self.panics.fetch_add(1, Ordering::Relaxed) + 1;
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            if n == 1 {
+                tracing::error!(panic = %what, "panic in the receive path caught; receiving goes on (counted)");
+            } else {
+                tracing::debug!(panic = %what, count = n, "panic in the receive path caught");
+            }
+        }
+        true
+    }
+
+    /// Detaches the sink (its reference is dropped) and waits until no other thread is inside
+    /// a call to it. Idempotent.
+    pub fn close(&self) {
+        let me = std::thread::current().id();
+        let mut st = self.lock();
+        let sink = st.sink.take();
+        st.closing += 1;
+        while st.active.iter().any(|t| *t != me) {
+            st = self.idle.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        st.closing -= 1;
+        drop(st);
+        drop(sink);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().sink.is_none()
+    }
+
+    /// Panics that escaped the sink (a defect of the receive path; user callback panics are
+    /// caught and counted per subscriber before they get here).
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+}
+
+/// A transport's receive thread: runs `f(stop)` until `stop` is set.
+#[derive(Debug)]
+pub struct ReceiveThread {
+    stop: Arc<AtomicBool>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ReceiveThread {
+    /// # Errors
+    /// The OS could not start a thread.
+    pub fn spawn(name: String, f: impl FnOnce(&AtomicBool) + Send + 'static) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let handle = std::thread::Builder::new().name(name).spawn(move || f(&s))?;
+        Ok(Self { stop, handle: Mutex::new(Some(handle)) })
+    }
+
+    /// Sets the stop flag and joins the thread, unless called from that thread itself (then it
+    /// ends once the current call returns to its loop). Idempotent.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let handle = self.handle.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(h) = handle {
+            if h.thread().id() == std::thread::current().id() {
+                return; // detached: it exits by itself
+            }
+            let name = h.thread().name().unwrap_or("receive").to_string();
+            if h.join().is_err() {
+                tracing::error!(thread = %name, "receive thread ended by a panic");
+            }
+        }
+    }
+}
+
+impl Drop for ReceiveThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    struct Count(AtomicU64, bool);
+    impl DatagramSink for Count {
+        fn datagram(&self, d: &[u8], _s: SocketAddr, _n: Instant) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            if self.1 && d == b"boom" {
+                panic!("sink panic");
+            }
+        }
+        fn tick(&self, _n: Instant) {}
+    }
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    #[test]
+    fn a_panic_in_the_sink_is_caught_and_counted_and_the_slot_keeps_working() {
+        let sink = Arc::new(Count(AtomicU64::new(0), true));
+        let slot = SinkSlot::new(sink.clone());
+        assert!(slot.with(|s| s.datagram(b"boom", addr(), Instant::now())));
+        assert!(slot.with(|s| s.datagram(b"ok", addr(), Instant::now())));
+        assert_eq!(slot.panics(), 1);
+        assert_eq!(sink.0.load(Ordering::SeqCst), 2);
+        slot.close();
+        assert!(!slot.with(|s| s.datagram(b"late", addr(), Instant::now())), "closed: no call");
+        assert_eq!(sink.0.load(Ordering::SeqCst), 2);
+        assert_eq!(Arc::strong_count(&sink), 1, "close dropped the slot's reference");
+    }
+
+    #[test]
+    fn close_waits_for_a_call_in_progress_on_another_thread_but_not_for_its_own() {
+        let slot = Arc::new(SinkSlot::new(Arc::new(Count(AtomicU64::new(0), false))));
+        // Closing from inside a call (its own thread) returns at once.
+        let s2 = Arc::clone(&slot);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            s2.with(|_| s2.close());
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(5)).expect("close from inside the sink deadlocked");
+
+        // Another thread's call in progress is waited for.
+        let slot = Arc::new(SinkSlot::new(Arc::new(Count(AtomicU64::new(0), false))));
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let finished = Arc::new(AtomicBool::new(false));
+        let (s3, f3) = (Arc::clone(&slot), Arc::clone(&finished));
+        let t = std::thread::spawn(move || {
+            s3.with(|_| {
+                entered_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                f3.store(true, Ordering::SeqCst);
+            });
+        });
+        entered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let closer = {
+            let slot = Arc::clone(&slot);
+            let finished = Arc::clone(&finished);
+            std::thread::spawn(move || {
+                slot.close();
+                finished.load(Ordering::SeqCst)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        release_tx.send(()).unwrap();
+        assert!(closer.join().unwrap(), "close returned while a call was still in progress");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_receive_thread_stopped_from_itself_does_not_join_itself() {
+        let holder: Arc<Mutex<Option<Arc<ReceiveThread>>>> = Arc::default();
+        let h2 = Arc::clone(&holder);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = Arc::new(
+            ReceiveThread::spawn("test-rx".into(), move |stop| {
+                while h2.lock().unwrap().is_none() {
+                    std::thread::yield_now();
+                }
+                let me = h2.lock().unwrap().take().unwrap();
+                me.stop();
+                drop(me);
+                tx.send(stop.load(Ordering::SeqCst)).unwrap();
+            })
+            .unwrap(),
+        );
+        *holder.lock().unwrap() = Some(t);
+        assert!(rx.recv_timeout(Duration::from_secs(5)).expect("self-stop deadlocked"));
+    }
+}

@@ -1,145 +1,9 @@
-//! Shared by the example programs: transport selection from the config, command-line options
-//! common to all programs, payload generation and digests.
-//!
-//! This package depends on every transport, so the one `match` on
-//! [`middleware_core::config::TransportKind`] lives here.
+//! Shared by the example programs: payload generation, digests, process figures and the example
+//! protobuf type. They open their nodes with `middleware::open_node`, as any application.
 
-use anyhow::Context;
-use middleware_core::config::{Config, TransportKind};
-use middleware_core::{Node, Tap};
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
-use std::sync::Arc;
 
-/// Options every program takes; each falls back to the config file and environment.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CommonArgs {
-    /// Transport: socket, npcap or auto (config key `transport`).
-    #[arg(long)]
-    pub transport: Option<String>,
-    /// eCAL communication mode: local (this host) or network (multicast) (config key `mode`).
-    #[arg(long)]
-    pub mode: Option<String>,
-    /// Network interface name or IPv4 address (config key `network.interface`).
-    #[arg(long)]
-    pub interface: Option<String>,
-    /// TOML config file (default: $MW_CONFIG, if set).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-}
-
-impl CommonArgs {
-    /// Loads the config: defaults, file, environment, then these options.
-    ///
-    /// # Errors
-    /// Bad config value, unreadable file.
-    pub fn load(&self) -> anyhow::Result<Config> {
-        let mut c = Config::load(self.config.as_deref())?;
-        if let Some(v) = &self.transport {
-            c.set("transport", v)?;
-        }
-        if let Some(v) = &self.mode {
-            c.set("mode", v)?;
-        }
-        if let Some(v) = &self.interface {
-            c.set("network.interface", v)?;
-        }
-        Ok(c)
-    }
-}
-
-/// Installs a stderr logger filtered by `MW_LOG` (or `RUST_LOG`), default `warn`.
-pub fn init_logging() {
-    let filter = std::env::var("MW_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// Set by Ctrl-C (SIGINT/SIGTERM): long-running programs stop their loops so the node is dropped
-/// normally and sends its unregistration, instead of peers waiting for the 10 s timeout.
-pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Installs the Ctrl-C handler that sets [`STOP`]; a second Ctrl-C exits at once.
-pub fn stop_on_ctrl_c() {
-    let _ = ctrlc::set_handler(|| {
-        if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    });
-}
-
-/// Whether Ctrl-C was pressed.
-pub fn stopping() -> bool {
-    STOP.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Which transport [`open_node`] chose and why (for summaries and `doctor`-style output).
-pub static TRANSPORT_CHOICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Observers a tool attaches when it opens its node: see [`open_node_with`].
-#[derive(Clone, Default)]
-pub struct Taps {
-    /// Sees every datagram and decoded sample the node receives.
-    pub node: Option<Arc<dyn Tap>>,
-    /// Sees every captured frame (packet capture transport only).
-    pub frames: Option<transport_udp_npcap::FrameTap>,
-}
-
-fn open_npcap(config: &Config, taps: &Taps) -> anyhow::Result<Node> {
-    let mut factory = transport_udp_npcap::NpcapFactory::new(config)?;
-    if let Some(t) = &taps.frames {
-        factory = factory.with_frame_tap(Arc::clone(t));
-    }
-    Ok(Node::with_tap(config.clone(), &factory, taps.node.clone())?)
-}
-
-/// Opens a node on the transport the config selects. `auto` captures when the capture library
-/// (loaded at run time) is installed, lists the devices the mode needs and the devices open;
-/// otherwise it falls back to sockets. Either way one log line says what was chosen and why,
-/// also recorded in [`TRANSPORT_CHOICE`].
-///
-/// # Errors
-/// The transport cannot be opened (for `npcap`: the library or the capture permission is
-/// missing; the message says what to install or grant).
-pub fn open_node(config: Config) -> anyhow::Result<Node> {
-    open_node_with(config, &Taps::default())
-}
-
-/// [`open_node`] with observers attached.
-///
-/// # Errors
-/// As [`open_node`].
-pub fn open_node_with(config: Config, taps: &Taps) -> anyhow::Result<Node> {
-    let socket = |config: Config| {
-        Node::with_tap(config, &transport_udp_socket::factory, taps.node.clone()).context("opening socket transport")
-    };
-    let (node, choice) = match config.transport {
-        TransportKind::Socket => (socket(config)?, "socket".to_string()),
-        TransportKind::Npcap => {
-            (open_npcap(&config, taps).context("opening the npcap (packet capture) transport")?, "npcap".to_string())
-        }
-        TransportKind::Auto => {
-            let d = transport_udp_npcap::decide(config.mode, &transport_udp_npcap::availability(&config));
-            let opened =
-                if d.capture { open_npcap(&config, taps).map_err(|e| format!("{e:#}")) } else { Err(d.reason.clone()) };
-            match opened {
-                Ok(node) => {
-                    tracing::info!("transport auto: packet capture with {}", d.reason);
-                    (node, format!("npcap (auto: {})", d.reason))
-                }
-                Err(why) => {
-                    tracing::warn!("transport auto: packet capture unavailable ({why}); falling back to sockets");
-                    let node = socket(config)?;
-                    (node, format!("socket (auto fallback: {why})"))
-                }
-            }
-        }
-    };
-    let _ = TRANSPORT_CHOICE.set(choice);
-    Ok(node)
-}
+pub use middleware::cli::{init_logging, stop_on_ctrl_c, stopping, CommonArgs};
 
 /// CPU time (user + system) this process has used so far, in seconds; `None` where
 /// `/proc/self/stat` does not exist (non-Linux).
@@ -213,7 +77,7 @@ pub mod people {
         pub email: String,
     }
 
-    impl middleware_core::ProtoType for Person {
+    impl middleware::ProtoType for Person {
         fn full_name() -> String {
             "pb.People.Person".into()
         }

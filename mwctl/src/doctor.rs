@@ -1,18 +1,18 @@
 //! `mwctl doctor`: checks what breaks deployments, says how to fix each, exits non-zero when
 //! something is wrong.
 
-use middleware_core::config::{Mode, TransportKind};
-use middleware_core::fragment::{Outcome, Reassembler};
-use middleware_core::pb::Sample;
-use middleware_core::wire::SampleFrame;
-use middleware_core::Config;
+use middleware::core::config::{Mode, TransportKind};
+use middleware::core::fragment::{Outcome, Reassembler};
+use middleware::core::pb::Sample;
+use middleware::core::wire::SampleFrame;
+use middleware::core::Config;
 use prost::Message;
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
-use transport_udp_socket::InterfaceInfo;
+use middleware::socket::InterfaceInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,8 +62,8 @@ fn capture_checks(config: &Config, out: &mut Vec<Check>) {
         TransportKind::Auto => "transport auto falls back to sockets",
         TransportKind::Socket => "not needed: this config uses the socket transport",
     };
-    let available = transport_udp_npcap::availability(config);
-    let decision = transport_udp_npcap::decide(config.mode, &available);
+    let available = middleware::npcap::availability(config);
+    let decision = middleware::npcap::decide(config.mode, &available);
     match &available.library {
         Ok((path, version)) => {
             let devices = available.devices.as_ref().map_or(0, Vec::len);
@@ -94,7 +94,7 @@ fn capture_checks(config: &Config, out: &mut Vec<Check>) {
         auto_choice(config, &decision.reason, false, out);
         return;
     }
-    let factory = match transport_udp_npcap::NpcapFactory::new(config) {
+    let factory = match middleware::npcap::NpcapFactory::new(config) {
         Ok(f) => f,
         Err(e) => {
             out.push(check("capture permission", Status::Fail, format!("bad npcap.* option: {e}"), None));
@@ -160,7 +160,7 @@ fn route_checks(config: &Config, ifaces: &[InterfaceInfo], out: &mut Vec<Check>)
         s.connect(SocketAddrV4::new(group, config.data_port))?;
         s.local_addr()
     });
-    let configured = config.interface.as_deref().map(transport_udp_socket::resolve_interface);
+    let configured = config.interface.as_deref().map(middleware::socket::resolve_interface);
     let src = match probe {
         Ok(SocketAddr::V4(a)) => *a.ip(),
         Ok(_) => Ipv4Addr::UNSPECIFIED,
@@ -304,7 +304,7 @@ fn listen(config: &Config, seconds: f64) -> (Vec<Peer>, Vec<String>) {
     let iface = config
         .interface
         .as_deref()
-        .and_then(|i| transport_udp_socket::resolve_interface(i).ok())
+        .and_then(|i| middleware::socket::resolve_interface(i).ok())
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
     let mut socks = Vec::new();
     match listener(config.local_group, port, None) {
@@ -451,7 +451,7 @@ fn firewall_check(out: &mut Vec<Check>) {
 }
 
 pub fn checks(config: &Config, listen_seconds: f64) -> (Vec<Check>, Vec<Peer>) {
-    let ifaces = transport_udp_socket::interfaces();
+    let ifaces = middleware::socket::interfaces();
     let mut out = vec![check(
         "config",
         Status::Info,

@@ -15,8 +15,8 @@ mod record;
 mod replay;
 
 use clap::{Parser, Subcommand};
-use examples::{init_logging, open_node_with, stop_on_ctrl_c, CommonArgs, Taps, TRANSPORT_CHOICE};
-use middleware_core::{Node, Tap};
+use middleware::cli::{init_logging, stop_on_ctrl_c, CommonArgs};
+use middleware::{open_node_with, Node, Tap, Taps};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -82,13 +82,13 @@ fn open(common: &CommonArgs, taps: &Taps) -> anyhow::Result<Ctx> {
     // Tools see everything, their own registration included (useful on a lone host).
     config.registration_loopback = true;
     let node = open_node_with(config, taps)?;
-    let transport = TRANSPORT_CHOICE.get().cloned().unwrap_or_default();
+    let transport = node.transport().to_string();
     Ok(Ctx { node, transport })
 }
 
 /// Sleeps until `t` (returns at once if it has passed), waking early on Ctrl-C.
 pub fn sleep_until(t: Instant) {
-    while !examples::stopping() {
+    while !middleware::cli::stopping() {
         let now = Instant::now();
         if now >= t {
             return;
@@ -111,7 +111,7 @@ fn main() {
         Cmd::Record { args, common } => (|| {
             let config = common.load()?;
             let rec = Arc::new(record::Recorder::create(&args.out, &args.topic, &config)?);
-            let frames: transport_udp_npcap::FrameTap = {
+            let frames: middleware::FrameTap = {
                 let r = Arc::clone(&rec);
                 Arc::new(move |f| r.on_frame(f))
             };

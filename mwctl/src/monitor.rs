@@ -3,8 +3,8 @@
 //! subscribers report about themselves in registration).
 
 use crate::Ctx;
-use middleware_core::registration::{Direction, RemoteEntity, RemoteProcess};
-use middleware_core::{Tap, TappedSample};
+use middleware::core::registration::{Direction, RemoteEntity, RemoteProcess};
+use middleware::core::{Tap, TappedSample};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
@@ -360,7 +360,7 @@ pub fn run(ctx: &Ctx, tap: &Arc<TrafficTap>, args: &Args) -> anyhow::Result<i32>
             writeln!(out, "{text}")?;
         }
         out.flush()?;
-        if examples::stopping() || args.seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s) {
+        if middleware::cli::stopping() || args.seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s) {
             return Ok(0);
         }
     }

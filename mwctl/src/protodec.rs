@@ -264,12 +264,43 @@ pub fn hex_dump(b: &[u8], max_lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use examples::people::Person;
-    use middleware_core::ProtoType;
+
+    /// The example programs' `pb.People.Person` record.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Person {
+        #[prost(int32, tag = "1")]
+        id: i32,
+        #[prost(string, tag = "2")]
+        name: String,
+        #[prost(string, tag = "3")]
+        email: String,
+    }
+
+    fn person_descriptor() -> Vec<u8> {
+        let field = |name: &str, number, ty: Type| prost_types::FieldDescriptorProto {
+            name: Some(name.into()),
+            number: Some(number),
+            r#type: Some(ty as i32),
+            ..Default::default()
+        };
+        let set = prost_types::FileDescriptorSet {
+            file: vec![prost_types::FileDescriptorProto {
+                name: Some("person.proto".into()),
+                package: Some("pb.People".into()),
+                message_type: vec![DescriptorProto {
+                    name: Some("Person".into()),
+                    field: vec![field("id", 1, Type::Int32), field("name", 2, Type::String), field("email", 3, Type::String)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        set.encode_to_vec()
+    }
 
     #[test]
     fn person_decodes_with_its_descriptor() {
-        let schema = Schema::from_descriptor(&Person::descriptor()).unwrap();
+        let schema = Schema::from_descriptor(&person_descriptor()).unwrap();
         assert!(schema.has("pb.People.Person"));
         let p = Person { id: -3, name: "Ada".into(), email: "a@b".into() };
         let text = schema.render("pb.People.Person", &p.encode_to_vec()).unwrap();
@@ -328,7 +359,7 @@ mod tests {
 
     #[test]
     fn hostile_bytes_are_errors_not_panics() {
-        let schema = Schema::from_descriptor(&Person::descriptor()).unwrap();
+        let schema = Schema::from_descriptor(&person_descriptor()).unwrap();
         for data in [&[0x12, 0xff, 0xff, 0xff, 0xff, 0x0f][..], &[0x08], &[0x00], &[0x0b], &[0xff; 11]] {
             assert!(schema.render("pb.People.Person", data).is_err(), "{data:?}");
             assert!(render_untyped(data).is_err(), "{data:?}");

@@ -10,11 +10,11 @@
 use crate::pcapng::{Writer, LINKTYPE_ETHERNET};
 use crate::Ctx;
 use anyhow::Context;
-use middleware_core::pb::Sample;
-use middleware_core::registration::Direction;
-use middleware_core::transport::Channel;
-use middleware_core::wire::{Datagram, DatagramKind, SampleFrame};
-use middleware_core::{Raw, Subscriber, Tap, TappedSample};
+use middleware::core::pb::Sample;
+use middleware::core::registration::Direction;
+use middleware::core::transport::Channel;
+use middleware::core::wire::{Datagram, DatagramKind, SampleFrame};
+use middleware::core::{Raw, Subscriber, Tap, TappedSample};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufWriter, IsTerminal};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -175,7 +175,7 @@ fn now_us() -> i64 {
 impl Recorder {
     /// # Errors
     /// The file cannot be created.
-    pub fn create(path: &std::path::Path, topics: &[String], config: &middleware_core::Config) -> anyhow::Result<Self> {
+    pub fn create(path: &std::path::Path, topics: &[String], config: &middleware::core::Config) -> anyhow::Result<Self> {
         let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let w = Writer::new(BufWriter::with_capacity(1 << 20, f), concat!("mwctl ", env!("CARGO_PKG_VERSION")))?;
         Ok(Self {
@@ -210,7 +210,7 @@ impl Recorder {
     }
 
     /// A frame as captured by the packet capture transport.
-    pub fn on_frame(&self, f: &transport_udp_npcap::CapturedFrame<'_>) {
+    pub fn on_frame(&self, f: &middleware::npcap::CapturedFrame<'_>) {
         self.raw.store(true, Ordering::Relaxed);
         self.write(f.device, f.link_type as u16, f.timestamp_us, f.original_len, f.data);
     }
@@ -376,7 +376,7 @@ pub fn run(ctx: &Ctx, rec: &Arc<Recorder>, args: &Args) -> anyhow::Result<i32> {
                 eprintln!("{line}");
             }
         }
-        if examples::stopping()
+        if middleware::cli::stopping()
             || args.seconds.is_some_and(|s| elapsed >= s)
             || args.samples.is_some_and(|n| t.data_samples >= n)
         {
@@ -399,8 +399,8 @@ pub fn run(ctx: &Ctx, rec: &Arc<Recorder>, args: &Args) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use middleware_core::fragment::split;
-    use middleware_core::wire::SampleFrameRepr;
+    use middleware::core::fragment::split;
+    use middleware::core::wire::SampleFrameRepr;
 
     fn message(topic: &str, len: usize) -> Vec<u8> {
         let mut m = Vec::new();
@@ -479,7 +479,7 @@ mod tests {
 
     #[test]
     fn synthesized_frames_decode_back() {
-        let cfg = middleware_core::Config::default();
+        let cfg = middleware::core::Config::default();
         let path = std::env::temp_dir().join(format!("mwctl-test-{}.pcapng", std::process::id()));
         let r = Recorder::create(&path, &[], &cfg).unwrap();
         let payload = datagrams("t", 10, 1).remove(0);

@@ -4,16 +4,16 @@
 
 use crate::Ctx;
 use anyhow::Context;
-use middleware_core::fragment::{Outcome, Reassembler};
-use middleware_core::pb::{CmdType, DataTypeInformation, Sample};
-use middleware_core::wire::SampleFrame;
-use middleware_core::{Publisher, Raw};
+use middleware::core::fragment::{Outcome, Reassembler};
+use middleware::core::pb::{CmdType, DataTypeInformation, Sample};
+use middleware::core::wire::SampleFrame;
+use middleware::core::{Publisher, Raw};
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use transport_udp_npcap::demux::Demux;
-use transport_udp_npcap::frame::LinkType;
+use middleware::npcap::demux::Demux;
+use middleware::npcap::frame::LinkType;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -138,7 +138,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<i32> {
     let mut sent: BTreeMap<&str, u64> = BTreeMap::new();
     let mut not_sent = 0u64;
     for s in &rec.samples {
-        if examples::stopping() {
+        if middleware::cli::stopping() {
             break;
         }
         if args.speed > 0.0 {

@@ -1,4 +1,5 @@
-//! Owns the capture handles: one receive thread per capture device, feeding the per-port queues.
+//! Owns the capture handles: one receive thread per capture device, handing each datagram to
+//! the sink of the channel bound to its port, on that thread (no queue, no thread hop).
 
 use crate::config::NpcapConfig;
 use crate::demux::{Demux, DemuxStats};
@@ -6,20 +7,18 @@ use crate::filter::bpf;
 use crate::frame::LinkType;
 use crate::ip_reassembly::IpReassemblyStats;
 use crate::libpcap::{Direction, Handle, Library, LiveOptions, OpenError};
-use crate::queue::ByteQueue;
-use middleware_core::transport::TransportError;
+use middleware_core::transport::{ReceiveThread, SinkSlot, TransportError, TICK};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// What the receive threads deliver to, shared with the transports.
 #[derive(Debug, Default)]
 pub struct Routes {
-    /// Destination port -> queue of the channel bound to it.
-    pub ports: RwLock<HashMap<u16, Arc<ByteQueue>>>,
+    /// Destination port -> the sink of the channel bound to it.
+    pub ports: RwLock<HashMap<u16, Arc<SinkSlot>>>,
     /// Destination addresses accepted (joined groups, or the broadcast address).
     pub destinations: RwLock<Vec<Ipv4Addr>>,
     /// Set when ports or destinations change: the threads recompile their filters.
@@ -28,16 +27,28 @@ pub struct Routes {
 
 impl Routes {
     fn wanted(&self, d: SocketAddrV4) -> bool {
-        self.destinations.read().expect("poisoned").contains(d.ip())
-            && self.ports.read().expect("poisoned").contains_key(&d.port())
+        read(&self.destinations).contains(d.ip()) && read(&self.ports).contains_key(&d.port())
+    }
+
+    /// The sink for `port` (a reference taken under the lock, used after it is released).
+    fn sink(&self, port: u16) -> Option<Arc<SinkSlot>> {
+        read(&self.ports).get(&port).cloned()
     }
 
     pub fn filter(&self) -> String {
-        let d = self.destinations.read().expect("poisoned").clone();
-        let mut p: Vec<u16> = self.ports.read().expect("poisoned").keys().copied().collect();
+        let d = read(&self.destinations).clone();
+        let mut p: Vec<u16> = read(&self.ports).keys().copied().collect();
         p.sort_unstable();
         bpf(&d, &p)
     }
+}
+
+pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One frame as captured, before decoding: what a recorder writes to a pcapng file.
@@ -68,12 +79,13 @@ pub struct DeviceStats {
     pub pcap_if_dropped: u64,
     pub filter_updates: u64,
     pub read_errors: u64,
+    /// Panics caught in the frame path (a defect; capturing went on).
+    pub panics: u64,
 }
 
 /// The running capture on one or more devices.
 pub struct Capture {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<ReceiveThread>,
     pub stats: Vec<Arc<Mutex<DeviceStats>>>,
 }
 
@@ -124,8 +136,7 @@ impl Capture {
         hear_own_host: bool,
         tap: Option<FrameTap>,
     ) -> Result<Self, TransportError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut me = Self { stop: Arc::clone(&stop), threads: Vec::new(), stats: Vec::new() };
+        let mut me = Self { threads: Vec::new(), stats: Vec::new() };
         // `npcap.spin_us` applies to immediate mode, where reads do not block.
         let spin = (cfg.immediate && crate::sys::NONBLOCKING_READS && cfg.spin_us > 0)
             .then(|| Duration::from_micros(u64::from(cfg.spin_us)));
@@ -153,13 +164,13 @@ impl Capture {
             crate::sys::prepare_reads(&mut cap).map_err(|e| unavailable(dev, &OpenError::Other(e)))?;
             let stats = Arc::new(Mutex::new(DeviceStats { device: dev.clone(), ..Default::default() }));
             me.stats.push(Arc::clone(&stats));
-            let (routes, stop, ipc) = (Arc::clone(&routes), Arc::clone(&stop), cfg.ip.clone());
+            let (routes, ipc) = (Arc::clone(&routes), cfg.ip.clone());
             let name = dev.clone();
             let tap = tap.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("mw-pcap-{dev}"))
-                .spawn(move || run(cap, (link, dlt), ipc, spin, routes, stop, stats, name, tap))
-                .map_err(|e| TransportError::io("spawn capture thread", e))?;
+            let t = ReceiveThread::spawn(format!("mw-pcap-{dev}"), move |stop| {
+                run(cap, (link, dlt), ipc, spin, &routes, stop, &stats, &name, tap.as_ref());
+            })
+            .map_err(|e| TransportError::io("spawn capture thread", e))?;
             me.threads.push(t);
             tracing::info!(device = %dev, ?link, immediate = cfg.immediate, timeout_ms = cfg.timeout_ms, buffer = cfg.buffer_size, "capture started");
         }
@@ -169,9 +180,10 @@ impl Capture {
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        // Joins each thread, except the one running this (a callback that dropped the last
+        // transport of its node): that one ends when it is back in its loop.
+        for t in &self.threads {
+            t.stop();
         }
     }
 }
@@ -212,11 +224,11 @@ fn run(
     (link, dlt): (LinkType, i32),
     ip: crate::ip_reassembly::IpReassemblyConfig,
     spin: Option<Duration>,
-    routes: Arc<Routes>,
-    stop: Arc<AtomicBool>,
-    stats: Arc<Mutex<DeviceStats>>,
-    device: String,
-    tap: Option<FrameTap>,
+    routes: &Routes,
+    stop: &AtomicBool,
+    stats: &Mutex<DeviceStats>,
+    device: &str,
+    tap: Option<&FrameTap>,
 ) {
     let mut demux = Demux::new(link, ip);
     // Routes may change between the handle's first filter and this thread's start: compare
@@ -226,6 +238,8 @@ fn run(
     let (mut filter_updates, mut read_errors) = (0u64, 0u64);
     // pcap's counters are 32-bit and wrap (4 G frames is hours at line rate): widen them.
     let mut counters = WideStats::default();
+    let mut last_tick = Instant::now();
+    let mut panics = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let g = routes.generation.load(Ordering::Acquire);
         if g != generation {
@@ -238,9 +252,9 @@ fn run(
         let read = |cap: &mut Handle, demux: &mut Demux| {
             let now = Instant::now();
             cap.dispatch(|pkt| {
-                if let Some(tap) = &tap {
+                if let Some(tap) = tap {
                     tap(&CapturedFrame {
-                        device: &device,
+                        device,
                         link_type: dlt,
                         timestamp_us: pkt.timestamp_us,
                         original_len: pkt.original_len,
@@ -252,11 +266,20 @@ fn run(
                     pkt.data,
                     |d| routes.wanted(d),
                     |d| {
-                        if let Some(q) = routes.ports.read().expect("poisoned").get(&d.destination.port()) {
-                            q.push(d.payload, d.source);
+                        // The sink runs with no lock held (the route lookup's is released).
+                        if let Some(sink) = routes.sink(d.destination.port()) {
+                            sink.with(|s| s.datagram(d.payload, d.source, now));
                         }
                     },
                 );
+            })
+        };
+        // A panic in the frame path (a defect: sinks catch their own) must not end capturing
+        // for good: caught, counted, logged, and the loop goes on.
+        let read = |cap: &mut Handle, demux: &mut Demux| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(cap, demux))).unwrap_or_else(|p| {
+                let what = p.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+                Err(format!("panic in the capture path: {}", what.unwrap_or_default()))
             })
         };
         let r = if crate::sys::wait_readable(&cap, Duration::from_millis(100)) {
@@ -291,6 +314,12 @@ fn run(
             Ok(0) => demux.expire(Instant::now()),
             Ok(_) => {}
             Err(_) if stop.load(Ordering::Relaxed) => break,
+            Err(e) if e.starts_with("panic in the capture path") => {
+                panics += 1;
+                if panics == 1 || panics % 1000 == 0 {
+                    tracing::error!(%device, error = %e, count = panics, "caught; capturing goes on");
+                }
+            }
             Err(e) => {
                 read_errors += 1;
                 if read_errors == 1 || read_errors % 1000 == 0 {
@@ -299,22 +328,35 @@ fn run(
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        let now = Instant::now();
+        if now.saturating_duration_since(last_tick) >= TICK {
+            last_tick = now;
+            let sinks: Vec<Arc<SinkSlot>> = read_lock_values(routes);
+            for s in sinks {
+                s.with(|s| s.tick(now));
+            }
+        }
         if last_stats.elapsed() >= Duration::from_millis(100) || stop.load(Ordering::Relaxed) {
             last_stats = Instant::now();
             if let Ok(ps) = cap.stats() {
                 counters.update(ps);
             }
-            let mut s = stats.lock().expect("poisoned");
+            let mut s = stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             s.demux = demux.stats();
             s.ip = demux.ip_stats();
             (s.pcap_received, s.pcap_dropped, s.pcap_if_dropped) = counters.totals();
             s.filter_updates = filter_updates;
             s.read_errors = read_errors;
+            s.panics = panics;
         }
     }
-    let mut s = stats.lock().expect("poisoned");
+    let mut s = stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     s.demux = demux.stats();
     s.ip = demux.ip_stats();
+}
+
+fn read_lock_values(routes: &Routes) -> Vec<Arc<SinkSlot>> {
+    read(&routes.ports).values().cloned().collect()
 }
 
 #[cfg(test)]

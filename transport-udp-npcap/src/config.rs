@@ -10,7 +10,7 @@
 //! | `npcap.immediate` | `false` | deliver every frame at once (lowest latency, most CPU) instead of in blocks |
 //! | `npcap.timeout_ms` | `2` | with `immediate = false`: the longest a frame waits in a partly filled block (the latency bound; WinPcap's "delayed write") |
 //! | `npcap.spin_us` | `200` | with `immediate = true`: after a frame that leaves an IPv4 datagram incomplete, keep reading the ring this long before sleeping, so the next fragments cost no wake-up each (0 = never; ignored where reads block: Windows) |
-//! | `npcap.queue_bytes` | `64MiB` | datagrams waiting for a reader that calls `recv` (a node takes them on the capture thread instead), per channel; beyond, datagrams are dropped and counted |
+//! | `npcap.queue_bytes` | | no longer used (accepted, with a warning): datagrams go from the capture thread to the node's sink, no queue between |
 //! | `npcap.ip_timeout_ms` | `5000` | IPv4 reassembly expiry |
 //! | `npcap.ip_max_datagrams` | `1024` | concurrent partial IPv4 datagrams |
 //! | `npcap.ip_max_buffered_bytes` | `64MiB` | bytes held by partial IPv4 datagrams |
@@ -44,7 +44,6 @@ pub struct NpcapConfig {
     pub immediate: bool,
     pub timeout_ms: u32,
     pub spin_us: u32,
-    pub queue_bytes: usize,
     pub ip: IpReassemblyConfig,
 }
 
@@ -58,7 +57,6 @@ impl Default for NpcapConfig {
             immediate: false,
             timeout_ms: 2,
             spin_us: 200,
-            queue_bytes: 64 << 20,
             ip: IpReassemblyConfig::default(),
         }
     }
@@ -101,8 +99,10 @@ impl NpcapConfig {
                 "timeout_ms" => c.timeout_ms = int(1, 1000).ok_or_else(|| bad("milliseconds 1..=1000"))? as u32,
                 "spin_us" => c.spin_us = int(0, 10_000).ok_or_else(|| bad("microseconds 0..=10000"))? as u32,
                 "queue_bytes" => {
-                    c.queue_bytes =
-                        parse_bytes(v).filter(|b| *b >= 1 << 20).ok_or_else(|| bad("a size of at least 1MiB"))?
+                    tracing::warn!(
+                        "npcap.queue_bytes is no longer used: the capture thread hands datagrams to the node \
+                         directly (the capture ring, npcap.buffer_size, is the only buffer); remove it"
+                    );
                 }
                 "ip_timeout_ms" => {
                     c.ip.timeout = Duration::from_millis(int(1, 600_000).ok_or_else(|| bad("milliseconds 1..=600000"))?)

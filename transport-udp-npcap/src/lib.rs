@@ -26,7 +26,6 @@ pub mod frame;
 pub mod fuzzing;
 pub mod ip_reassembly;
 pub mod libpcap;
-mod queue;
 mod sys;
 
 use crate::capture::{Capture, Routes};
@@ -34,14 +33,15 @@ pub use crate::capture::{CapturedFrame, FrameTap};
 use crate::config::NpcapConfig;
 use crate::libpcap::Handle;
 pub use crate::libpcap::{Device, Library, LoadError};
-use crate::queue::ByteQueue;
+use crate::capture::write;
 use middleware_core::config::{Config, Mode};
-use middleware_core::transport::{Endpoint, RecvMeta, Transport, TransportError, TransportFactory, TransportStats};
+use middleware_core::transport::{
+    DatagramSink, Endpoint, SinkSlot, Transport, TransportError, TransportFactory, TransportStats,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use transport_udp_socket::{join_group, resolve_interface, UdpSender};
 
 /// The capture library a configuration uses (`npcap.library`, else the platform's usual
@@ -216,7 +216,7 @@ impl NpcapFactory {
         }
         let devices = self.devices()?;
         let routes = Arc::new(Routes::default());
-        routes.destinations.write().expect("poisoned").push(self.group);
+        write(&routes.destinations).push(self.group);
         let membership = match self.mode {
             Mode::Network => Some(Membership::open(self.interface.as_deref())?),
             Mode::Local => None,
@@ -241,18 +241,18 @@ impl NpcapFactory {
 }
 
 impl TransportFactory for NpcapFactory {
-    fn open(&self, ep: &Endpoint) -> Result<Box<dyn Transport>, TransportError> {
+    fn open(&self, ep: &Endpoint, sink: Arc<dyn DatagramSink>) -> Result<Box<dyn Transport>, TransportError> {
         let shared = self.shared()?;
-        let queue = Arc::new(ByteQueue::new(self.config.queue_bytes));
+        let counted = Arc::new(Counting { inner: sink, datagrams: AtomicU64::new(0), bytes: AtomicU64::new(0) });
         let t = NpcapTransport {
             shared: Arc::clone(&shared),
-            queue: Arc::clone(&queue),
+            slot: Arc::new(SinkSlot::new(Arc::clone(&counted) as Arc<dyn DatagramSink>)),
+            counted,
             port: ep.port,
             sender: UdpSender::open(ep)?,
             mode: ep.mode,
             group: ep.group,
             receiving: Mutex::new(false),
-            truncated: Default::default(),
         };
         if !ep.receive_on_demand {
             t.start_receiving()?;
@@ -293,19 +293,37 @@ impl Membership {
     }
 }
 
-/// One channel: receives from the shared capture, sends through a socket.
+/// Counts what a channel's sink is handed (before it sees it: stats never lag delivery).
+struct Counting {
+    inner: Arc<dyn DatagramSink>,
+    datagrams: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl DatagramSink for Counting {
+    fn datagram(&self, datagram: &[u8], source: std::net::SocketAddr, now: std::time::Instant) {
+        self.datagrams.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        self.inner.datagram(datagram, source, now);
+    }
+    fn tick(&self, now: std::time::Instant) {
+        self.inner.tick(now);
+    }
+}
+
+/// One channel: receives from the shared capture (its sink is called on the capture threads),
+/// sends through a socket.
 pub struct NpcapTransport {
     shared: Arc<Shared>,
-    queue: Arc<ByteQueue>,
+    slot: Arc<SinkSlot>,
+    counted: Arc<Counting>,
     port: u16,
     sender: UdpSender,
     mode: Mode,
     /// The endpoint's base group, joined when receiving starts (network mode).
     group: Ipv4Addr,
-    /// Whether the capture routes this port's datagrams to `queue` yet (`receive_on_demand`).
+    /// Whether the capture routes this port's datagrams to the sink yet (`receive_on_demand`).
     receiving: Mutex<bool>,
-    /// Datagrams left out by `recv` for not fitting the caller's buffer.
-    truncated: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for NpcapTransport {
@@ -316,20 +334,22 @@ impl std::fmt::Debug for NpcapTransport {
 
 impl Drop for NpcapTransport {
     fn drop(&mut self) {
-        self.shared.routes.ports.write().expect("poisoned").remove(&self.port);
-        self.queue.close();
+        self.close();
     }
 }
 
 impl NpcapTransport {
-    /// Routes this port's datagrams from the capture to the queue and, in network mode, joins
+    /// Routes this port's datagrams from the capture to the sink and, in network mode, joins
     /// the base group; a no-op once done.
     fn start_receiving(&self) -> Result<(), TransportError> {
-        let mut receiving = self.receiving.lock().expect("poisoned");
+        let mut receiving = self.receiving.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if *receiving {
             return Ok(());
         }
-        self.shared.routes.ports.write().expect("poisoned").insert(self.port, Arc::clone(&self.queue));
+        if self.slot.is_closed() {
+            return Err(TransportError::Closed);
+        }
+        write(&self.shared.routes.ports).insert(self.port, Arc::clone(&self.slot));
         self.shared.routes.generation.fetch_add(1, Ordering::Release);
         *receiving = true;
         drop(receiving);
@@ -342,7 +362,7 @@ impl NpcapTransport {
         }
         if let Some(m) = &self.shared.membership {
             if m.join(group)? {
-                let mut d = self.shared.routes.destinations.write().expect("poisoned");
+                let mut d = write(&self.shared.routes.destinations);
                 if !d.contains(&group) {
                     d.push(group);
                 }
@@ -363,36 +383,6 @@ impl Transport for NpcapTransport {
         self.sender.send(header, body)
     }
 
-    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<RecvMeta>, TransportError> {
-        let mut meta = None;
-        self.queue.pop_with(timeout, |d, from| {
-            // A datagram larger than the caller's buffer is not cut short: it is left out, and
-            // counted as truncated (as the socket transport does).
-            if d.len() <= buf.len() {
-                buf[..d.len()].copy_from_slice(d);
-                meta = Some(RecvMeta::new(d.len(), from));
-            } else {
-                self.truncated.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        Ok(meta)
-    }
-
-    fn recv_with(
-        &self,
-        _scratch: &mut [u8],
-        timeout: Duration,
-        f: &mut dyn FnMut(&[u8], std::net::SocketAddr),
-    ) -> Result<bool, TransportError> {
-        // Straight from the queue's buffer: no copy into the caller's.
-        Ok(self.queue.pop_with(timeout, |d, from| f(d, from)))
-    }
-
-    fn set_sink(&self, sink: Option<middleware_core::transport::DatagramSink>) -> bool {
-        self.queue.set_sink(sink);
-        true
-    }
-
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError> {
         self.start_receiving()?;
         self.join_group(group)
@@ -401,9 +391,6 @@ impl Transport for NpcapTransport {
     fn stats(&self) -> TransportStats {
         let mut s = TransportStats::default();
         self.sender.fill_stats(&mut s);
-        s.received_datagrams = self.queue.delivered.load(Ordering::Relaxed);
-        s.received_bytes = self.queue.delivered_bytes.load(Ordering::Relaxed);
-        s.truncated = self.truncated.load(Ordering::Relaxed);
         let mut details = std::collections::BTreeMap::new();
         let mut add = |k: &str, v: u64| *details.entry(k.to_string()).or_insert(0) += v;
         for dev in &self.shared.capture.stats {
@@ -426,13 +413,31 @@ impl Transport for NpcapTransport {
             add("ip_evicted", d.ip.evicted);
             add("filter_updates", d.filter_updates);
             add("read_errors", d.read_errors);
+            add("capture_panics", d.panics);
         }
-        let qd = self.queue.dropped.load(Ordering::Relaxed);
-        add("queue_dropped", qd);
-        s.os_dropped = details["pcap_dropped"] + details["pcap_if_dropped"] + qd;
+        add("sink_panics", self.slot.panics());
+        s.received_datagrams = self.counted.datagrams.load(Ordering::Relaxed);
+        s.received_bytes = self.counted.bytes.load(Ordering::Relaxed);
+        s.os_dropped = details["pcap_dropped"] + details["pcap_if_dropped"];
         s.details = details;
         s.note = format!("npcap on {}", self.shared.devices.join(","));
         s
+    }
+
+    fn close(&self) {
+        let removed = {
+            let mut ports = write(&self.shared.routes.ports);
+            match ports.get(&self.port) {
+                Some(s) if Arc::ptr_eq(s, &self.slot) => ports.remove(&self.port),
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            self.shared.routes.generation.fetch_add(1, Ordering::Release);
+        }
+        // No call into the sink after this returns (except the capture thread's own, when
+        // that thread is the one closing).
+        self.slot.close();
     }
 }
 

@@ -188,7 +188,7 @@ fn cap3_through_a_node() {
     let r = replay("cap3_1MiB_message.pcap");
     let bus = LoopbackBus::new();
     let b = bus.clone();
-    let node = Node::new(Config::default(), &move |ep: &_| b.open(ep)).unwrap();
+    let node = Node::new(Config::default(), &b).unwrap();
     let sub = node.subscriber::<Raw>("wire_1mb").unwrap();
     for (dst, src, payload) in &r.datagrams {
         bus.inject(dst.port(), *src, payload);

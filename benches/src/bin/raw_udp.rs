@@ -10,7 +10,9 @@
 //! Each prints one JSON line (`sent` / `received` messages, bytes, `first_to_last_s`, `cpu_s`).
 
 use middleware_core::config::{Config, Mode};
-use middleware_core::transport::{Channel, Endpoint, Transport};
+use middleware_core::transport::{Channel, DatagramSink, Endpoint};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
@@ -67,22 +69,33 @@ fn main() {
         "recv" => {
             let timeout: f64 = arg(&args, "--timeout", "30").parse().unwrap();
             let idle: f64 = arg(&args, "--idle", "2").parse().unwrap();
-            let rx = transport_udp_socket::UdpSocketTransport::open(&ep).expect("receiver");
-            let mut buf = vec![0u8; 65536];
-            let (mut datagrams, mut first, mut last) = (0u64, None::<Instant>, Instant::now());
+            // Counts on the transport's receive thread; this thread only watches.
+            struct Count {
+                datagrams: AtomicU64,
+                times: Mutex<(Option<Instant>, Instant)>,
+            }
+            impl DatagramSink for Count {
+                fn datagram(&self, _d: &[u8], _s: std::net::SocketAddr, now: Instant) {
+                    self.datagrams.fetch_add(1, Ordering::Relaxed);
+                    let mut t = self.times.lock().unwrap();
+                    t.0.get_or_insert(now);
+                    t.1 = now;
+                }
+                fn tick(&self, _now: Instant) {}
+            }
+            let count_sink = Arc::new(Count { datagrams: AtomicU64::new(0), times: Mutex::new((None, Instant::now())) });
+            let _rx = transport_udp_socket::UdpSocketTransport::open(&ep, count_sink.clone()).expect("receiver");
             let end = Instant::now() + Duration::from_secs_f64(timeout);
             let want = count * chunks.len() as u64;
-            while datagrams < want && Instant::now() < end {
-                match rx.recv(&mut buf, Duration::from_millis(50)) {
-                    Ok(Some(_)) => {
-                        datagrams += 1;
-                        last = Instant::now();
-                        first.get_or_insert(last);
-                    }
-                    _ if first.is_some() && last.elapsed().as_secs_f64() >= idle => break,
-                    _ => {}
+            while count_sink.datagrams.load(Ordering::Relaxed) < want && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+                let (first, last) = *count_sink.times.lock().unwrap();
+                if first.is_some() && last.elapsed().as_secs_f64() >= idle {
+                    break;
                 }
             }
+            let datagrams = count_sink.datagrams.load(Ordering::Relaxed);
+            let (first, last) = *count_sink.times.lock().unwrap();
             let messages = datagrams / chunks.len() as u64;
             let line = serde_json::json!({"role": "sub", "impl": "raw", "received": messages,
                 "bytes": messages * size as u64, "datagrams": datagrams,

@@ -2,8 +2,8 @@
 //! `hello pub [--text T]` sends "T #n" once per second, `hello sub` prints what arrives.
 
 use clap::{Parser, Subcommand};
-use examples::{init_logging, open_node, stop_on_ctrl_c, stopping, CommonArgs};
-use middleware_core::Text;
+use examples::{init_logging, stop_on_ctrl_c, stopping, CommonArgs};
+use middleware::Text;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     stop_on_ctrl_c();
     let args = Args::parse();
-    let node = open_node(args.common.load()?)?;
+    let node = middleware::open_node(args.common.load()?)?;
     match args.role {
         Role::Pub { text, rate } => {
             let p = node.publisher::<Text>(&args.topic)?;

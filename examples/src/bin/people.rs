@@ -3,8 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use examples::people::Person;
-use examples::{init_logging, open_node, CommonArgs};
-use middleware_core::Proto;
+use examples::{init_logging, CommonArgs};
+use middleware::Proto;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -33,7 +33,7 @@ enum Role {
 fn main() -> anyhow::Result<()> {
     init_logging();
     let args = Args::parse();
-    let node = open_node(args.common.load()?)?;
+    let node = middleware::open_node(args.common.load()?)?;
     match args.role {
         Role::Pub => {
             let p = node.publisher::<Proto<Person>>(&args.topic)?;

@@ -3,8 +3,8 @@
 //! waits for its echo, repeats, and prints the round-trip percentiles as one JSON line.
 
 use clap::{Parser, Subcommand};
-use examples::{init_logging, open_node, stop_on_ctrl_c, stopping, CommonArgs};
-use middleware_core::Raw;
+use examples::{init_logging, stop_on_ctrl_c, stopping, CommonArgs};
+use middleware::Raw;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     stop_on_ctrl_c();
     let args = Args::parse();
-    let node = open_node(args.common.load()?)?;
+    let node = middleware::open_node(args.common.load()?)?;
     match args.role {
         Role::Pong { seconds } => {
             let sub = node.subscriber::<Raw>("ping")?;
@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
             let line = serde_json::json!({
                 "role": "ping", "size": size, "round_trips": rtts.len(), "lost": lost,
                 "p50_us": pct(0.50), "p99_us": pct(0.99), "max_us": rtts.last(),
-                "transport": examples::TRANSPORT_CHOICE.get(),
+                "transport": node.transport().to_string(),
             });
             println!("{line}");
         }

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use examples::{init_logging, mod251, open_node, stop_on_ctrl_c, stopping, CommonArgs, StreamDigest};
-use middleware_core::Raw;
+use examples::{init_logging, mod251, stop_on_ctrl_c, stopping, CommonArgs, StreamDigest};
+use middleware::Raw;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     stop_on_ctrl_c();
     let args = Args::parse();
     let config = args.common.load()?;
-    let node = open_node(config)?;
+    let node = middleware::open_node(config)?;
     let pubs = args
         .topics
         .iter()
@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         let line = serde_json::json!({
             "role": "pub", "topic": p.topic(), "sent": d.count, "bytes": d.bytes, "sha256": d.hex(),
             "entity_id": p.entity_id().to_string(), "stats": p.stats(),
-            "transport": examples::TRANSPORT_CHOICE.get(),
+            "transport": node.transport().to_string(),
             "cpu_s": examples::process_cpu_seconds(),
         });
         println!("{line}");

@@ -2,8 +2,8 @@
 //! fewer than `--count` messages arrived or a payload failed verification.
 
 use clap::Parser;
-use examples::{init_logging, open_node, stop_on_ctrl_c, stopping, CommonArgs, StreamDigest};
-use middleware_core::{Raw, Received};
+use examples::{init_logging, stop_on_ctrl_c, stopping, CommonArgs, StreamDigest};
+use middleware::{Raw, Received};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     stop_on_ctrl_c();
     let args = Args::parse();
     let config = args.common.load()?;
-    let node = open_node(config)?;
+    let node = middleware::open_node(config)?;
     let subs = args.topics.iter().map(|t| node.subscriber::<Raw>(t)).collect::<Result<Vec<_>, _>>()?;
     let proto = Tally {
         digest: if args.no_digest { StreamDigest::counting_only() } else { StreamDigest::default() },
@@ -137,7 +137,7 @@ fn main() -> anyhow::Result<()> {
         let line = serde_json::json!({
             "role": "sub", "topic": s.topic(), "received": d.count, "bytes": d.bytes, "sha256": d.hex(),
             "verified": t.verified,
-            "transport": examples::TRANSPORT_CHOICE.get(),
+            "transport": node.transport().to_string(),
             "first_to_last_s": t.first_last.map(|(f, l)| (l - f).as_secs_f64()),
             "cpu_s": examples::process_cpu_seconds(),
             "peak_rss_kib": examples::peak_rss_kib(),

@@ -1,0 +1,183 @@
+//! eCAL 6 compatible publish/subscribe over UDP, in one package: depend on this one alone.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use middleware::{Config, Text};
+//! let node = middleware::open_node(Config::load(None)?)?; // the transport the config names
+//! let publisher = node.publisher::<Text>("chatter")?;
+//! publisher.send("hello")?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`open_node`] opens a [`Node`] on the transport the config's `transport` key selects:
+//! `socket` (UDP sockets), `npcap` (packet capture through libpcap / Npcap, loaded at run time;
+//! cargo feature `npcap`, on by default) or `auto` (capture when it can work here, else
+//! sockets). The choice, and why, is a property of the node: [`Node::transport`].
+//!
+//! Everything else is the core's API, re-exported: [`Config`], [`Node`], [`Publisher`],
+//! [`Subscriber`], the codecs [`Raw`], [`Text`], [`Proto`].
+
+#[cfg(feature = "cli")]
+pub mod cli;
+
+pub use middleware_core::config::{Config, ConfigError, Mode, TransportKind};
+pub use middleware_core::pb::DataTypeInformation;
+pub use middleware_core::registration::{Identity, RemoteEntity, RemoteProcess};
+pub use middleware_core::stats::{ChannelStats, PublisherStats, SubscriberStats};
+pub use middleware_core::transport::TransportStats;
+pub use middleware_core::{
+    Codec, Node, NodeError, NodeOptions, NodeStats, Proto, ProtoType, Publisher, Raw, Received, Subscriber, Tap,
+    TappedSample, Text, TransportChoice,
+};
+/// The core's modules, for what the names above do not cover (wire format, registration,
+/// the `Transport` trait for writing a transport of one's own).
+pub use middleware_core as core;
+
+#[cfg(feature = "npcap")]
+pub use transport_udp_npcap::{CapturedFrame, FrameTap};
+/// The packet-capture transport (diagnostics: `availability`, `decide`, `NpcapFactory::check`).
+#[cfg(feature = "npcap")]
+pub use transport_udp_npcap as npcap;
+/// The socket transport (diagnostics: `interfaces`, `resolve_interface`).
+pub use transport_udp_socket as socket;
+
+use middleware_core::transport::TransportFactory;
+use std::sync::Arc;
+
+/// Why a node could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("opening the {transport} transport: {source}")]
+    Transport {
+        transport: &'static str,
+        #[source]
+        source: NodeError,
+    },
+    #[error(
+        "transport `npcap` is configured, but this program was built without the capture transport \
+         (cargo feature `npcap` of the `middleware` package); use `socket` or `auto`, or rebuild with the feature"
+    )]
+    NpcapNotBuilt,
+}
+
+/// Observers a tool attaches when it opens its node: see [`open_node_with`].
+#[derive(Clone, Default)]
+pub struct Taps {
+    /// Sees every datagram and decoded sample the node receives.
+    pub node: Option<Arc<dyn Tap>>,
+    /// Sees every captured frame (packet capture transport only).
+    #[cfg(feature = "npcap")]
+    pub frames: Option<FrameTap>,
+}
+
+/// Opens a node on the transport the config selects. `auto` captures when the capture library
+/// (loaded at run time) is installed, lists the devices the mode needs and they open;
+/// otherwise it falls back to sockets. Either way one log line says what was chosen and why,
+/// and [`Node::transport`] tells it.
+///
+/// # Errors
+/// The transport cannot be opened (for `npcap`: the library or the capture permission is
+/// missing; the message says what to install or grant), or a bad `npcap.*` option.
+pub fn open_node(config: Config) -> Result<Node, OpenError> {
+    open_node_with(config, &Taps::default())
+}
+
+fn open_socket(config: Config, taps: &Taps, reason: String) -> Result<Node, OpenError> {
+    let factory: &dyn TransportFactory = &transport_udp_socket::factory;
+    Node::open(config, factory, NodeOptions { tap: taps.node.clone(), transport_reason: reason })
+        .map_err(|source| OpenError::Transport { transport: "socket", source })
+}
+
+#[cfg(feature = "npcap")]
+fn open_npcap(config: &Config, taps: &Taps, reason: String) -> Result<Node, OpenError> {
+    let mut factory = transport_udp_npcap::NpcapFactory::new(config)?;
+    if let Some(t) = &taps.frames {
+        factory = factory.with_frame_tap(Arc::clone(t));
+    }
+    Node::open(config.clone(), &factory, NodeOptions { tap: taps.node.clone(), transport_reason: reason })
+        .map_err(|source| OpenError::Transport { transport: "npcap (packet capture)", source })
+}
+
+/// [`open_node`] with observers attached.
+///
+/// # Errors
+/// As [`open_node`].
+pub fn open_node_with(config: Config, taps: &Taps) -> Result<Node, OpenError> {
+    match config.transport {
+        TransportKind::Socket => open_socket(config, taps, String::new()),
+        #[cfg(feature = "npcap")]
+        TransportKind::Npcap => open_npcap(&config, taps, String::new()),
+        #[cfg(not(feature = "npcap"))]
+        TransportKind::Npcap => Err(OpenError::NpcapNotBuilt),
+        TransportKind::Auto => open_auto(config, taps),
+    }
+}
+
+#[cfg(feature = "npcap")]
+fn open_auto(config: Config, taps: &Taps) -> Result<Node, OpenError> {
+    let d = transport_udp_npcap::decide(config.mode, &transport_udp_npcap::availability(&config));
+    let opened = if d.capture {
+        open_npcap(&config, taps, format!("auto: {}", d.reason)).map_err(|e| e.to_string())
+    } else {
+        Err(d.reason.clone())
+    };
+    match opened {
+        Ok(node) => {
+            tracing::info!("transport auto: packet capture with {}", d.reason);
+            Ok(node)
+        }
+        Err(why) => {
+            tracing::warn!("transport auto: packet capture unavailable ({why}); falling back to sockets");
+            open_socket(config, taps, format!("auto fallback: {why}"))
+        }
+    }
+}
+
+#[cfg(not(feature = "npcap"))]
+fn open_auto(config: Config, taps: &Taps) -> Result<Node, OpenError> {
+    open_socket(config, taps, "auto: built without the capture transport (cargo feature `npcap`)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local_config(base: u16) -> Config {
+        let mut c = Config::default();
+        c.set("ports.registration", &base.to_string()).unwrap();
+        c.set("ports.data", &(base + 1).to_string()).unwrap();
+        c
+    }
+
+    #[test]
+    fn each_node_knows_its_own_transport_and_why() {
+        let base = 30_000 + 2 * (std::process::id() % 1000) as u16;
+        let a = open_node(local_config(base)).unwrap();
+        assert_eq!(a.transport(), &TransportChoice { name: "socket".into(), reason: String::new() });
+        let mut c = local_config(base);
+        c.set("transport", "auto").unwrap();
+        c.set("npcap.library", "/nonexistent/libpcap-for-this-test.so").unwrap();
+        let b = open_node(c).unwrap();
+        assert_eq!(b.transport().name, "socket");
+        assert!(b.transport().reason.starts_with("auto fallback: "), "{:?}", b.transport());
+        assert!(b.transport().reason.contains("/nonexistent/libpcap-for-this-test.so"), "{:?}", b.transport());
+        // The first node's choice is its own, not overwritten by the second's.
+        assert_eq!(a.transport().reason, "");
+        assert_eq!(a.stats().transport, *a.transport());
+        assert_eq!(b.stats().transport, *b.transport());
+    }
+
+    #[cfg(feature = "npcap")]
+    #[test]
+    fn npcap_without_the_library_says_what_to_install() {
+        let mut c = local_config(30_000 + 2 * (std::process::id() % 1000) as u16 + 2000);
+        c.set("transport", "npcap").unwrap();
+        c.set("npcap.library", "/nonexistent/libpcap-for-this-test.so").unwrap();
+        let e = open_node(c).unwrap_err().to_string();
+        assert!(e.starts_with("opening the npcap (packet capture) transport: "), "{e}");
+        assert!(e.contains("/nonexistent/libpcap-for-this-test.so"), "{e}");
+    }
+}

@@ -326,3 +326,112 @@ fn a_callback_set_late_first_gets_the_queued_messages_in_order() {
     assert_eq!(*got.lock().unwrap(), vec!["q0", "q1", "q2", "c0", "c1"]);
     assert!(sub.recv_timeout(Duration::from_millis(50)).is_none(), "nothing left in the queue");
 }
+
+/// The queue of a subscriber nobody reads is bounded in bytes, not only in messages: 1 MiB
+/// messages with a 4 MiB bound keep at most four queued, every drop counted.
+#[test]
+fn an_unread_queue_is_bounded_in_bytes() {
+    let bus = LoopbackBus::new();
+    let mut c = config();
+    c.set("subscriber.queue_bytes", "4MiB").unwrap();
+    let a = node(&bus, c);
+    let sub = a.subscriber::<Raw>("big").unwrap();
+    let publ = a.publisher::<Raw>("big").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    for k in 0..20 {
+        assert!(publ.send(&mod251(1 << 20, k)).unwrap());
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while sub.stats().delivered < 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (n, bytes) = sub.queued();
+    assert!(bytes <= 4 << 20, "{bytes} bytes queued");
+    assert_eq!(n, 3, "three 1 MiB messages (+64 bytes each) fit in 4 MiB");
+    assert_eq!(sub.stats().queue_overflow, 17, "{:?}", sub.stats());
+    // The newest ones were kept.
+    for k in 17..20 {
+        assert_eq!(sub.recv_timeout(WAIT).unwrap().value, mod251(1 << 20, k));
+    }
+}
+
+/// A send the transport holds up (the OS saying ENOBUFS, bounded by udp.send_timeout_ms) holds
+/// up no other sender of the same publisher: no lock is held across the transport's send.
+#[test]
+fn a_stalled_send_does_not_block_other_senders_of_the_publisher() {
+    use middleware_core::transport::{DatagramSink, Endpoint, Transport, TransportError, TransportStats};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{channel, Receiver, Sender};
+
+    #[derive(Debug)]
+    struct Stalling {
+        inner: Box<dyn Transport>,
+        stall_next: Arc<AtomicBool>,
+        stalled: Mutex<Sender<()>>,
+        release: Arc<Mutex<Receiver<()>>>,
+    }
+    impl Transport for Stalling {
+        fn name(&self) -> &'static str {
+            "stalling"
+        }
+        fn send(&self, h: &[u8], b: &[u8]) -> Result<(), TransportError> {
+            if self.stall_next.swap(false, Ordering::SeqCst) {
+                self.stalled.lock().unwrap().send(()).unwrap();
+                let _ = self.release.lock().unwrap().recv_timeout(Duration::from_secs(20));
+            }
+            self.inner.send(h, b)
+        }
+        fn join(&self, g: std::net::Ipv4Addr) -> Result<(), TransportError> {
+            self.inner.join(g)
+        }
+        fn stats(&self) -> TransportStats {
+            self.inner.stats()
+        }
+        fn close(&self) {
+            self.inner.close();
+        }
+    }
+
+    let bus = LoopbackBus::new();
+    let stall_next = Arc::new(AtomicBool::new(false));
+    let (stalled_tx, stalled) = channel();
+    let (release, release_rx) = channel();
+    let release_rx = Arc::new(Mutex::new(release_rx));
+    let stalled_tx = Mutex::new(stalled_tx);
+    let data_port = config().data_port;
+    let (b, sn, rr) = (bus.clone(), Arc::clone(&stall_next), Arc::clone(&release_rx));
+    let factory = move |ep: &Endpoint, sink: Arc<dyn DatagramSink>| -> Result<Box<dyn Transport>, TransportError> {
+        let inner = b.open(ep, sink)?;
+        if ep.port != data_port {
+            return Ok(inner);
+        }
+        Ok(Box::new(Stalling {
+            inner,
+            stall_next: Arc::clone(&sn),
+            stalled: Mutex::new(stalled_tx.lock().unwrap().clone()),
+            release: Arc::clone(&rr),
+        }))
+    };
+    // The second message overtakes the first: keep both (eCAL's default drops the older).
+    let mut c = config();
+    c.set("subscriber.drop_out_of_order", "false").unwrap();
+    let a = Node::new(c, &factory).unwrap();
+    let sub = a.subscriber::<Raw>("stall").unwrap();
+    let publ = Arc::new(a.publisher::<Raw>("stall").unwrap());
+    assert!(publ.wait_for_subscriber(WAIT));
+    stall_next.store(true, Ordering::SeqCst);
+    let p1 = Arc::clone(&publ);
+    let first = std::thread::spawn(move || p1.send(b"first").unwrap());
+    stalled.recv_timeout(WAIT).expect("the first send reached the transport");
+    // The first send is stuck inside the transport; a second sender goes through.
+    let p2 = Arc::clone(&publ);
+    let (done_tx, done) = channel();
+    std::thread::spawn(move || done_tx.send(p2.send(b"second").unwrap()).unwrap());
+    let second = done.recv_timeout(WAIT);
+    release.send(()).unwrap();
+    assert_eq!(second, Ok(true), "the second send waited for the stalled one");
+    assert!(first.join().unwrap());
+    let mut got: Vec<Vec<u8>> = (0..2).map(|_| sub.recv_timeout(WAIT).expect("both arrive").value).collect();
+    got.sort();
+    assert_eq!(got, vec![b"first".to_vec(), b"second".to_vec()]);
+}

@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn each_node_knows_its_own_transport_and_why() {
-        let base = 30_000 + 2 * (std::process::id() % 1000) as u16;
+        let base = 63_000 + 2 * (std::process::id() % 500) as u16;
         let a = open_node(local_config(base)).unwrap();
         assert_eq!(a.transport(), &TransportChoice { name: "socket".into(), reason: String::new() });
         let mut c = local_config(base);
@@ -173,7 +173,7 @@ mod tests {
     #[cfg(feature = "npcap")]
     #[test]
     fn npcap_without_the_library_says_what_to_install() {
-        let mut c = local_config(30_000 + 2 * (std::process::id() % 1000) as u16 + 2000);
+        let mut c = local_config(64_000 + 2 * (std::process::id() % 500) as u16);
         c.set("transport", "npcap").unwrap();
         c.set("npcap.library", "/nonexistent/libpcap-for-this-test.so").unwrap();
         let e = open_node(c).unwrap_err().to_string();

@@ -25,6 +25,20 @@ struct Traffic {
     gaps: u64,
 }
 
+/// Clocks a publisher skipped between `last` and `clock` (clocks come from the network: any
+/// i64, so the arithmetic is done wide and saturates).
+fn clock_gap(last: Option<i64>, clock: i64) -> u64 {
+    match last {
+        Some(last) => (i128::from(clock) - i128::from(last) - 1).clamp(0, i128::from(u64::MAX)) as u64,
+        None => 0,
+    }
+}
+
+/// Messages sent between two registered clocks of a publisher (0 when it went backwards).
+fn clock_advance(before: i64, now: i64) -> u64 {
+    (i128::from(now) - i128::from(before)).clamp(0, i128::from(u64::MAX)) as u64
+}
+
 /// Counts the data samples a node sees, per topic.
 #[derive(Debug, Default)]
 pub struct TrafficTap {
@@ -42,10 +56,7 @@ struct TapState {
 impl Tap for TrafficTap {
     fn data_sample(&self, s: &TappedSample<'_>) {
         let mut st = self.state.lock().expect("poisoned");
-        let gap = match st.clocks.get(&s.publisher_id) {
-            Some(&last) if s.clock > last + 1 => (s.clock - last - 1) as u64,
-            _ => 0,
-        };
+        let gap = clock_gap(st.clocks.get(&s.publisher_id).copied(), s.clock);
         if st.clocks.len() < MAX_CLOCKS || st.clocks.contains_key(&s.publisher_id) {
             let e = st.clocks.entry(s.publisher_id).or_insert(s.clock);
             *e = (*e).max(s.clock);
@@ -146,12 +157,12 @@ impl Rates {
                 if seen.messages == 0 {
                     // Not received here (no subscriber on this network path): publishers' counters.
                     source = "registration";
-                    let mut sent = 0i64;
+                    let mut sent = 0u64;
                     let mut bytes = 0f64;
                     for p in &pubs {
                         if let Some((c0, _)) = prev_clocks.get(&p.entity_id) {
-                            let d = (p.data_clock - c0).max(0);
-                            sent += d;
+                            let d = clock_advance(*c0, p.data_clock);
+                            sent = sent.saturating_add(d);
                             bytes += d as f64 * f64::from(p.topic_size.max(0));
                         }
                     }
@@ -369,6 +380,37 @@ pub fn run(ctx: &Ctx, tap: &Arc<TrafficTap>, args: &Args) -> anyhow::Result<i32>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clocks_from_the_network_never_overflow() {
+        assert_eq!(clock_gap(None, 5), 0);
+        assert_eq!(clock_gap(Some(4), 5), 0);
+        assert_eq!(clock_gap(Some(4), 7), 2);
+        assert_eq!(clock_gap(Some(9), 7), 0);
+        // `last + 1` and `clock - last - 1` overflowed here (a panic in debug builds).
+        assert_eq!(clock_gap(Some(i64::MAX), i64::MAX), 0);
+        assert_eq!(clock_gap(Some(i64::MIN), i64::MAX), u64::MAX - 1);
+        assert_eq!(clock_gap(Some(i64::MAX), i64::MIN), 0);
+        assert_eq!(clock_advance(i64::MIN, i64::MAX), u64::MAX);
+        assert_eq!(clock_advance(i64::MAX, i64::MIN), 0);
+        assert_eq!(clock_advance(10, 15), 5);
+        // Through the tap as a hostile sender would drive it.
+        let tap = TrafficTap::default();
+        let src = "127.0.0.1:1".parse().unwrap();
+        for clock in [i64::MAX, i64::MIN, i64::MAX] {
+            tap.data_sample(&TappedSample {
+                topic: "t",
+                publisher_id: 1,
+                host_name: "h",
+                clock,
+                send_time_us: 0,
+                payload: b"x",
+                message_len: 10,
+                source: src,
+            });
+        }
+        assert_eq!(tap.snapshot().0["t"].messages, 3);
+    }
 
     #[test]
     fn sparkline_scales_to_max() {

@@ -16,6 +16,7 @@ mod fuzz;
 mod hostile;
 mod interop;
 mod netns;
+mod readme;
 mod tools;
 mod torture;
 mod windows;
@@ -46,7 +47,8 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 fn usage() -> ! {
     eprintln!(
         "usage: cargo xtask <command>\n\
-         \n  demo [--transport T]       build and run a subscriber and a publisher talking (default transport, local mode)\
+         \n  demo [--transport T] [--json]  build and run a subscriber and a publisher talking (default transport, local mode)\
+         \n  readme                     build the README's first example against `middleware` alone and run it (root)\
          \n  bench [--sizes 64,1024]    end-to-end throughput table (root; writes BENCHMARKS.md)\
          \n  test                       workspace tests (nextest when installed, else cargo test), then interop and tools\
          \n  interop [--filter TEXT]    interop matrix in network namespaces (root), with real eCAL 6.1.1\
@@ -65,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         "ecal-venv" => ecal::venv().map(|p| println!("{}", p.display())),
         "test" => test_all(rest),
         "demo" => demo(rest),
+        "readme" => readme::run_cmd(rest),
         "bench" => bench::run(rest),
         "tools" => tools::run(rest),
         "windows" => windows::run_cmd(rest),
@@ -89,6 +92,8 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
         run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
     }
     windows::run_cmd(&[])?;
+    // The README's first example, as an outside application builds and runs it.
+    readme::run_cmd(&[])?;
     // A short fuzz pass (the long one is `cargo xtask fuzz --seconds 60`).
     fuzz::run(&["--seconds".into(), "15".into()])?;
     interop::run(rest)?;
@@ -99,26 +104,60 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
 }
 
 /// The main job: a subscriber and a publisher, two processes, on the default configuration
-/// (socket transport, local mode: nothing leaves the host), 200 messages of 4 KiB each.
+/// (socket transport, local mode: nothing leaves the host), 200 messages of 4 KiB each. Prints a
+/// short summary; `--json` also prints the programs' JSON lines. Other options go to both
+/// programs (e.g. `--transport npcap`).
 fn demo(rest: &[String]) -> anyhow::Result<()> {
+    let json = rest.iter().any(|a| a == "--json");
+    let rest: Vec<&String> = rest.iter().filter(|a| *a != "--json").collect();
     run(cargo().args(["build", "--release", "-p", "examples", "--bins"]))?;
     let bin = project_root().join("target").join("release");
-    let (count, size) = ("200", "4096");
-    let mut sub = Command::new(bin.join("subscriber"))
-        .args(["--topic", "demo", "--count", count, "--timeout", "30"])
-        .args(rest)
+    let (count, size) = (200u64, 4096u64);
+    let sub = Command::new(bin.join("subscriber"))
+        .args(["--topic", "demo", "--count", &count.to_string(), "--timeout", "30"])
+        .args(&rest)
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .context("starting subscriber")?;
     std::thread::sleep(std::time::Duration::from_millis(500));
+    let started = std::time::Instant::now();
     let publ = Command::new(bin.join("publisher"))
-        .args(["--topic", "demo", "--count", count, "--size", size, "--rate", "100"])
-        .args(rest)
-        .status()
+        .args(["--topic", "demo", "--count", &count.to_string(), "--size", &size.to_string(), "--rate", "100"])
+        .args(&rest)
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .context("starting publisher")?;
-    let sub_status = sub.wait()?;
-    if !publ.success() || !sub_status.success() {
-        bail!("demo failed: publisher {publ}, subscriber {sub_status}");
+    let sub = sub.wait_with_output()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let line = |o: &std::process::Output| -> serde_json::Value {
+        let text = String::from_utf8_lossy(&o.stdout);
+        text.lines().next().and_then(|l| serde_json::from_str(l).ok()).unwrap_or(serde_json::Value::Null)
+    };
+    let (p, s) = (line(&publ), line(&sub));
+    if json {
+        println!("{p}\n{s}");
     }
-    eprintln!("demo: the subscriber received and verified all {count} messages (digests above match)");
+    let received = s["received"].as_u64().unwrap_or(0);
+    let verified = s["verified"].as_bool() == Some(true);
+    let digests_match = p["sha256"].is_string() && p["sha256"] == s["sha256"];
+    let rate = s["first_to_last_s"].as_f64().filter(|t| *t > 0.0).map(|t| (received.saturating_sub(1)) as f64 / t);
+    println!("demo: transport {}, topic \"demo\"", s["transport"].as_str().unwrap_or("?"));
+    println!(
+        "  sent      {} messages of {size} B",
+        p["sent"].as_u64().map_or("?".to_string(), |n| n.to_string())
+    );
+    println!(
+        "  received  {received} of {count}{}",
+        rate.map(|r| format!(", {r:.0} msg/s (publisher paced at 100/s)")).unwrap_or_default()
+    );
+    println!(
+        "  verified  {} (every payload checked byte by byte; stream SHA-256 {} the publisher's)",
+        if verified { "yes" } else { "NO" },
+        if digests_match { "equals" } else { "DIFFERS from" }
+    );
+    println!("  took      {elapsed:.1} s");
+    if !publ.status.success() || !sub.status.success() || received != count || !verified || !digests_match {
+        bail!("demo failed: publisher {}, subscriber {}", publ.status, sub.status);
+    }
     Ok(())
 }

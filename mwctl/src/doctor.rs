@@ -131,6 +131,20 @@ fn auto_choice(config: &Config, reason: &str, capture: bool, out: &mut Vec<Check
     out.push(check("transport auto", Status::Info, text, None));
 }
 
+/// Opens a node exactly as an application does (`middleware::open_node`) and reports the
+/// transport it got, and why; dropped at once (it unregisters before the peer checks listen).
+fn node_check(config: &Config, out: &mut Vec<Check>) {
+    match middleware::open_node(config.clone()) {
+        Ok(node) => out.push(check("node", Status::Ok, format!("opens on transport {}", node.transport()), None)),
+        Err(e) => out.push(check(
+            "node",
+            Status::Fail,
+            format!("cannot open a node with this config: {e}"),
+            Some("see the capture and route checks".into()),
+        )),
+    }
+}
+
 /// Where the group routes, and whether that interface can carry multicast.
 fn route_checks(config: &Config, ifaces: &[InterfaceInfo], out: &mut Vec<Check>) {
     if config.mode == Mode::Local {
@@ -466,6 +480,7 @@ pub fn checks(config: &Config, listen_seconds: f64) -> (Vec<Check>, Vec<Peer>) {
         None,
     )];
     capture_checks(config, &mut out);
+    node_check(config, &mut out);
     route_checks(config, &ifaces, &mut out);
     buffer_check(config, &mut out);
     fragment_check(&mut out);

@@ -183,7 +183,8 @@ fn callback_drops_the_node(kind: Kind) {
     let w = World::new(kind);
     let (a, b) = (w.node(), w.node());
     let sub = a.subscriber::<Raw>("drop_node").unwrap();
-    let slot: Arc<Mutex<Option<(Node, Option<Subscriber<Raw>>)>>> = Arc::default();
+    type Slot = Arc<Mutex<Option<(Node, Option<Subscriber<Raw>>)>>>;
+    let slot: Slot = Arc::default();
     let (done_tx, done) = channel();
     let (s2, done_tx) = (Arc::clone(&slot), Mutex::new(done_tx));
     sub.on_receive(move |_| {
@@ -208,7 +209,8 @@ fn callback_drops_the_node(kind: Kind) {
 }
 
 fn all(kind: Kind) {
-    let scenarios: [(&str, fn(Kind)); 4] = [
+    type Scenario = (&'static str, fn(Kind));
+    let scenarios: [Scenario; 4] = [
         ("panicking callback", panicking_callback),
         ("callback drops its subscriber", callback_drops_its_subscriber),
         ("callback calls on_receive", callback_calls_on_receive),

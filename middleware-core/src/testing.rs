@@ -8,7 +8,7 @@ use crate::transport::{
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,7 +27,8 @@ pub type Datagram = (Vec<u8>, SocketAddr);
 
 #[derive(Debug, Default)]
 struct BusState {
-    ports: HashMap<u16, Vec<Sender<Datagram>>>,
+    /// Per port: each open transport's channel and its drop counter.
+    ports: HashMap<u16, Vec<(SyncSender<Datagram>, Arc<AtomicU64>)>>,
 }
 
 /// A shared medium for [`LoopbackTransport`]s.
@@ -68,8 +69,10 @@ impl LoopbackBus {
     /// # Errors
     /// The receive thread could not be started.
     pub fn open(&self, ep: &Endpoint, sink: Arc<dyn DatagramSink>) -> Result<Box<dyn Transport>, TransportError> {
-        let (tx, rx) = channel::<Datagram>();
-        self.state.lock().expect("poisoned").ports.entry(ep.port).or_default().push(tx);
+        // Bounded like a socket buffer: beyond it datagrams are dropped (counted as os_dropped).
+        let (tx, rx) = sync_channel::<Datagram>(16_384);
+        let dropped = Arc::new(AtomicU64::new(0));
+        self.state.lock().expect("poisoned").ports.entry(ep.port).or_default().push((tx, Arc::clone(&dropped)));
         let src = SocketAddr::from((Ipv4Addr::LOCALHOST, self.next_port.fetch_add(1, Ordering::Relaxed)));
         let slot = Arc::new(SinkSlot::new(sink));
         let stats: Arc<Mutex<TransportStats>> = Arc::default();
@@ -100,14 +103,22 @@ impl LoopbackBus {
             }
         })
         .map_err(|e| TransportError::io("spawn loopback receive thread", e))?;
-        Ok(Box::new(LoopbackTransport { bus: self.clone(), port: ep.port, source: src, slot, thread, stats }))
+        Ok(Box::new(LoopbackTransport { bus: self.clone(), port: ep.port, source: src, slot, thread, stats, dropped }))
     }
 
     /// Injects raw bytes as if `from` had sent them to `port` (hostile-input tests).
     pub fn inject(&self, port: u16, from: SocketAddr, bytes: &[u8]) {
-        let st = self.state.lock().expect("poisoned");
-        for tx in st.ports.get(&port).into_iter().flatten() {
-            let _ = tx.send((bytes.to_vec(), from));
+        let mut st = self.state.lock().expect("poisoned");
+        if let Some(v) = st.ports.get_mut(&port) {
+            v.retain(|(tx, dropped)| match tx.try_send((bytes.to_vec(), from)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                // That transport is gone.
+                Err(TrySendError::Disconnected(_)) => false,
+            });
         }
     }
 }
@@ -121,6 +132,8 @@ pub struct LoopbackTransport {
     slot: Arc<SinkSlot>,
     thread: ReceiveThread,
     stats: Arc<Mutex<TransportStats>>,
+    /// Datagrams dropped because this transport's channel was full.
+    dropped: Arc<AtomicU64>,
 }
 
 impl Drop for LoopbackTransport {
@@ -159,6 +172,7 @@ impl Transport for LoopbackTransport {
     fn stats(&self) -> TransportStats {
         let mut s = self.stats.lock().expect("poisoned").clone();
         s.details.insert("sink_panics".into(), self.slot.panics());
+        s.os_dropped = self.dropped.load(Ordering::Relaxed);
         s
     }
 

@@ -435,3 +435,109 @@ fn a_stalled_send_does_not_block_other_senders_of_the_publisher() {
     got.sort();
     assert_eq!(got, vec![b"first".to_vec(), b"second".to_vec()]);
 }
+
+/// A tiny payload inside a huge message (1 MiB of padding, which eCAL ignores) does not keep
+/// the message's buffer alive in the queue: the queue holds, and charges, the payload.
+#[test]
+fn a_small_payload_in_a_huge_message_costs_its_own_size_in_the_queue() {
+    use middleware_core::pb::{CmdType, Content, Sample, Topic};
+    use middleware_core::wire::SampleFrameRepr;
+    use prost::Message;
+    let bus = LoopbackBus::new();
+    let mut c = config();
+    c.set("subscriber.queue_bytes", "4MiB").unwrap();
+    let data_port = c.data_port;
+    let a = node(&bus, c);
+    let sub = a.subscriber::<Raw>("padded").unwrap();
+    for k in 1..=100i64 {
+        let sample = Sample {
+            cmd_type: CmdType::SetSample as i32,
+            topic: Some(Topic { topic_name: "padded".into(), topic_id: "77".into(), ..Default::default() }),
+            content: Some(Content { clock: k, payload: vec![k as u8; 10].into(), ..Default::default() }),
+            padding: vec![0; 1 << 20],
+            ..Default::default()
+        };
+        let mut msg = Vec::new();
+        SampleFrameRepr { name: "padded" }.emit_prefix(&mut msg);
+        sample.encode_raw(&mut msg);
+        let from: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+        for p in middleware_core::fragment::split(&msg, 65_507, k as i32).unwrap() {
+            bus.inject(data_port, from, &[&p.header[..], p.body].concat());
+        }
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while sub.stats().delivered < 100 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(sub.stats().delivered, 100, "{:?}", a.stats().data);
+    let (n, bytes) = sub.queued();
+    assert_eq!(n, 100, "all fit: {bytes} bytes charged, {:?}", sub.stats());
+    assert!(bytes <= 100 * (10 + 64 + 16), "{bytes} bytes charged for 100 payloads of 10 bytes");
+    assert_eq!(sub.stats().queue_overflow, 0);
+}
+
+/// `on_receive` on a subscriber with queued messages: they go to the new callback first, then
+/// the messages that arrive while it is still handing them over, all in order, and a callback
+/// that replaces itself during the hand-over keeps the order too.
+#[test]
+fn on_receive_keeps_order_while_messages_arrive_during_the_hand_over() {
+    let bus = LoopbackBus::new();
+    let a = node(&bus, config());
+    let sub = Arc::new(a.subscriber::<Text>("handover").unwrap());
+    let publ = a.publisher::<Text>("handover").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    for i in 0..3 {
+        publ.send(&format!("q{i}")).unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while sub.queued().0 < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let (g, gate) = (Arc::clone(&got), Mutex::new(Some((entered_tx, release_rx))));
+    let s2 = Arc::clone(&sub);
+    let setter = std::thread::spawn(move || {
+        s2.on_receive(move |r| {
+            // The first message blocks the hand-over until the test has sent more.
+            if let Some((entered, release)) = gate.lock().unwrap().take() {
+                entered.send(()).unwrap();
+                let _ = release.recv_timeout(Duration::from_secs(10));
+            }
+            g.lock().unwrap().push(format!("first:{}", r.value));
+        });
+    });
+    entered.recv_timeout(WAIT).expect("the hand-over started");
+    for i in 0..3 {
+        publ.send(&format!("c{i}")).unwrap();
+    }
+    // Let c0..c2 reach the subscriber (queued behind q1, q2) before releasing.
+    let deadline = std::time::Instant::now() + WAIT;
+    while sub.stats().delivered < 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    release.send(()).unwrap();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done_tx.send(setter.join().is_ok()).unwrap());
+    assert!(done.recv_timeout(WAIT).expect("on_receive returned"));
+    // Now a callback that replaces itself on its first message.
+    let g2 = Arc::clone(&got);
+    let s3 = Arc::clone(&sub);
+    sub.on_receive(move |r| {
+        g2.lock().unwrap().push(format!("second:{}", r.value));
+        let g3 = Arc::clone(&g2);
+        s3.on_receive(move |r| g3.lock().unwrap().push(format!("third:{}", r.value)));
+    });
+    for i in 0..3 {
+        publ.send(&format!("d{i}")).unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while got.lock().unwrap().len() < 9 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        *got.lock().unwrap(),
+        ["first:q0", "first:q1", "first:q2", "first:c0", "first:c1", "first:c2", "second:d0", "third:d1", "third:d2"]
+    );
+}

@@ -425,6 +425,9 @@ impl Transport for NpcapTransport {
     }
 
     fn close(&self) {
+        // Under the `receiving` lock: a concurrent `start_receiving` either routes before this
+        // removes the route, or sees the slot closed and does not route.
+        let receiving = self.receiving.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let removed = {
             let mut ports = write(&self.shared.routes.ports);
             match ports.get(&self.port) {
@@ -435,6 +438,11 @@ impl Transport for NpcapTransport {
         if removed.is_some() {
             self.shared.routes.generation.fetch_add(1, Ordering::Release);
         }
+        // Detached before the lock is released (a later `start_receiving` sees it closed); the
+        // sink is dropped and in-progress calls waited for after it is released.
+        let sink = self.slot.detach();
+        drop(receiving);
+        drop(sink);
         // No call into the sink after this returns (except the capture thread's own, when
         // that thread is the one closing).
         self.slot.close();

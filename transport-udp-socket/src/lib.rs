@@ -248,6 +248,9 @@ impl UdpSocketTransport {
         if self.rx.get().is_some() {
             return Ok(());
         }
+        if self.slot.is_closed() {
+            return Err(TransportError::Closed);
+        }
         let ep = &self.endpoint;
         let rx = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(io("create receive socket"))?;
         rx.set_reuse_address(true).map_err(io("SO_REUSEADDR"))?;
@@ -414,6 +417,10 @@ fn receive_loop(socket: &UdpSocket, slot: &SinkSlot, counters: &Counters, stop: 
                 counters.truncated.fetch_add(truncated, Ordering::Relaxed);
                 slot.with(|sink| {
                     for i in 0..n {
+                        // Closed from inside the sink (a callback dropping its node): not one more.
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
                         if let (d, Some(from), false) = batch.get(i) {
                             sink.datagram(d, from, now);
                         }

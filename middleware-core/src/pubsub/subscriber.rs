@@ -23,21 +23,21 @@ use std::time::{Duration, Instant};
 
 pub(crate) type RawCallback = Arc<dyn Fn(Received<Vec<u8>>) + Send + Sync>;
 
-/// How long dropping a subscriber waits for its callback running on another thread before it
-/// gives up waiting (logged): only reachable when two callbacks on two receive threads each
-/// drop the other's subscriber.
+/// How long dropping a subscriber waits for its callback running on another thread: a
+/// callback running longer than this, or two callbacks on two receive threads each dropping
+/// the other's subscriber, make it give up waiting (logged at error level) rather than hang.
 const DROP_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct SubState {
     items: VecDeque<Received<Vec<u8>>>,
-    /// Bytes charged for `items`: payloads plus [`QUEUE_ITEM_OVERHEAD`] each.
+    /// Bytes charged for `items`: payload buffers (capacity) plus [`QUEUE_ITEM_OVERHEAD`] each.
     bytes: usize,
     /// `recv_timeout` calls waiting: the receive thread signals only then.
     waiting: usize,
     callback: Option<RawCallback>,
-    /// `on_receive` calls still handing queued messages to a new callback: meanwhile new
-    /// messages queue behind them, so order is kept.
+    /// Threads handing queued messages to the callback (`on_receive`, or the receive thread
+    /// finishing what `on_receive` left): meanwhile new messages queue behind them, in order.
     draining: usize,
     /// Threads inside this subscriber's callback right now.
     active: Vec<ThreadId>,
@@ -131,32 +131,41 @@ impl SubShared {
         self.delivered_bytes.add(r.value.len() as u64);
         self.last_clock.store(r.clock, Ordering::Relaxed);
         self.last_size.store(r.value.len() as i64, Ordering::Relaxed);
-        match st.callback.clone() {
-            Some(cb) if st.draining == 0 => {
-                let me = std::thread::current().id();
-                st.active.push(me);
-                drop(st);
-                self.invoke(&cb, r);
-                self.leave(me);
+        if st.callback.is_none() || st.draining > 0 || !st.items.is_empty() {
+            // No callback, or `on_receive` is handing it queued messages (or left some):
+            // behind them, in order.
+            self.enqueue(&mut st, r);
+            let wake = st.waiting > 0;
+            let leftovers = st.callback.is_some() && st.draining == 0;
+            drop(st);
+            if wake {
+                self.ready.notify_one();
             }
-            _ => {
-                self.enqueue(&mut st, r);
-                let wake = st.waiting > 0;
-                drop(st);
-                if wake {
-                    self.ready.notify_one();
-                }
+            if leftovers {
+                self.drain(None);
             }
+            return;
         }
+        let cb = st.callback.clone().expect("checked above");
+        let me = std::thread::current().id();
+        st.active.push(me);
+        drop(st);
+        self.invoke(&cb, r);
+        self.leave(me);
     }
 
-    fn enqueue(&self, st: &mut SubState, r: Received<Vec<u8>>) {
-        let cost = r.value.len() + QUEUE_ITEM_OVERHEAD;
+    fn enqueue(&self, st: &mut SubState, mut r: Received<Vec<u8>>) {
+        // A payload sliced out of a much larger message keeps the message's buffer: give the
+        // rest back, so the bytes charged below are the bytes held.
+        if r.value.capacity() > r.value.len() + r.value.len() / 8 + 4096 {
+            r.value.shrink_to_fit();
+        }
+        let cost = r.value.capacity() + QUEUE_ITEM_OVERHEAD;
         // Make room: by count, then by bytes (a message larger than the whole bound still
         // queues alone: it is already in memory, and dropping it would lose it for nothing).
         while !st.items.is_empty() && (st.items.len() >= self.capacity || st.bytes + cost > self.capacity_bytes) {
             if let Some(old) = st.items.pop_front() {
-                st.bytes -= old.value.len() + QUEUE_ITEM_OVERHEAD;
+                st.bytes -= old.value.capacity() + QUEUE_ITEM_OVERHEAD;
                 self.queue_overflow.inc();
             }
         }
@@ -197,28 +206,49 @@ impl SubShared {
 
     /// Sets the callback; messages queued before go through it first, in order.
     pub(crate) fn set_callback(&self, cb: RawCallback) {
-        let me = std::thread::current().id();
-        let mut st = self.state();
-        if st.closed {
-            return;
-        }
-        st.callback = Some(Arc::clone(&cb));
-        st.draining += 1;
-        loop {
-            let items = std::mem::take(&mut st.items);
-            st.bytes = 0;
-            if items.is_empty() {
-                st.draining -= 1;
+        let old = {
+            let mut st = self.state();
+            if st.closed {
                 return;
             }
-            st.active.push(me);
-            drop(st);
-            for r in items {
-                self.invoke(&cb, r);
+            st.callback.replace(cb)
+        };
+        // The replaced callback (and whatever it owns) is dropped with no lock held.
+        drop(old);
+        // Hand over what is queued; stop after about a queue's worth more, so this returns
+        // even when messages keep arriving faster than the callback takes them (the receive
+        // thread then drains the rest before its next message).
+        self.drain(Some(self.capacity));
+    }
+
+    /// Hands queued messages, one at a time and each to the callback current when it is taken,
+    /// to the callback; with `limit`, at most that many beyond what was queued at the start.
+    /// The thread counts as inside the callback throughout (so `close` waits for it).
+    fn drain(&self, limit: Option<usize>) {
+        let me = std::thread::current().id();
+        let mut st = self.state();
+        let mut left = limit.map(|l| st.items.len().saturating_add(l));
+        st.draining += 1;
+        st.active.push(me);
+        loop {
+            if st.closed || left == Some(0) {
+                break;
             }
-            self.leave(me);
+            let Some(cb) = st.callback.clone() else { break };
+            let Some(r) = st.items.pop_front() else { break };
+            st.bytes -= r.value.capacity() + QUEUE_ITEM_OVERHEAD;
+            left = left.map(|n| n - 1);
+            drop(st);
+            self.invoke(&cb, r);
+            drop(cb);
             st = self.state();
         }
+        st.draining -= 1;
+        if let Some(i) = st.active.iter().position(|t| *t == me) {
+            st.active.swap_remove(i);
+        }
+        drop(st);
+        self.idle.notify_all();
     }
 
     /// Takes the next queued message, waiting up to `timeout`.
@@ -227,7 +257,7 @@ impl SubShared {
         let mut st = self.state();
         loop {
             if let Some(r) = st.items.pop_front() {
-                st.bytes -= r.value.len() + QUEUE_ITEM_OVERHEAD;
+                st.bytes -= r.value.capacity() + QUEUE_ITEM_OVERHEAD;
                 return Some(r);
             }
             let now = Instant::now();

@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{JoinHandle, ThreadId};
 
+/// The longest [`SinkSlot::close`] waits for calls in progress on other threads.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Default)]
 struct SlotState {
     sink: Option<Arc<dyn DatagramSink>>,
@@ -86,18 +89,35 @@ impl SinkSlot {
     }
 
     /// Detaches the sink (its reference is dropped) and waits until no other thread is inside
-    /// a call to it. Idempotent.
+    /// a call to it, for [`CLOSE_WAIT`] at most: a sink call that takes longer (a callback
+    /// blocked for good, or two callbacks on two threads each closing the other's transport)
+    /// makes it give up waiting, logged at error level, rather than hang. Idempotent.
     pub fn close(&self) {
         let me = std::thread::current().id();
         let mut st = self.lock();
         let sink = st.sink.take();
         st.closing += 1;
+        let deadline = std::time::Instant::now() + CLOSE_WAIT;
         while st.active.iter().any(|t| *t != me) {
-            st = self.idle.wait(st).unwrap_or_else(PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                tracing::error!(
+                    wait_s = CLOSE_WAIT.as_secs(),
+                    "closing a transport: a receive thread is still inside the node (a callback that does not return?); not waiting longer"
+                );
+                break;
+            }
+            st = self.idle.wait_timeout(st, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
         }
         st.closing -= 1;
         drop(st);
         drop(sink);
+    }
+
+    /// Detaches the sink without waiting for calls in progress, and returns it (for the caller
+    /// to drop outside its own locks); [`SinkSlot::close`] then waits.
+    pub fn detach(&self) -> Option<Arc<dyn DatagramSink>> {
+        self.lock().sink.take()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -222,7 +242,12 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(20));
         release_tx.send(()).unwrap();
-        assert!(closer.join().unwrap(), "close returned while a call was still in progress");
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done_tx.send(closer.join().unwrap()).unwrap());
+        assert!(
+            done.recv_timeout(Duration::from_secs(5)).expect("close hung"),
+            "close returned while a call was still in progress"
+        );
         t.join().unwrap();
     }
 

@@ -155,14 +155,20 @@ impl RecvBatch {
     /// Waits for at least one datagram; returns how many arrived.
     pub(crate) fn recv(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
         let n = self.hdrs.len();
-        let base = self.bufs.as_mut_ptr();
+        // Raw pointers taken once from each buffer (no `&mut` to an element that a later
+        // access would invalidate); none of these vectors is resized after `new`.
+        let (bufs, iovs, addrs) = (self.bufs.as_mut_ptr(), self.iovs.as_mut_ptr(), self.addrs.as_mut_ptr());
         for i in 0..n {
-            // SAFETY: i * slot_len + slot_len <= bufs.len().
-            self.iovs[i] = libc::iovec { iov_base: unsafe { base.add(i * self.slot_len) }.cast(), iov_len: self.slot_len };
+            // SAFETY: i < n = iovs.len() = addrs.len(), and i * slot_len + slot_len <= bufs.len().
+            let (iov, addr) = unsafe {
+                let iov = iovs.add(i);
+                *iov = libc::iovec { iov_base: bufs.add(i * self.slot_len).cast(), iov_len: self.slot_len };
+                (iov, addrs.add(i))
+            };
             let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_name = addr.cast();
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iov = iov;
             h.msg_hdr.msg_iovlen = 1;
             h.msg_hdr.msg_control = std::ptr::null_mut();
             h.msg_hdr.msg_controllen = 0;

@@ -25,10 +25,13 @@ pub struct Faults {
 /// One datagram and its sender.
 pub type Datagram = (Vec<u8>, SocketAddr);
 
+/// One open transport's channel on the bus and its drop counter.
+type Port = (SyncSender<Datagram>, Arc<AtomicU64>);
+
 #[derive(Debug, Default)]
 struct BusState {
     /// Per port: each open transport's channel and its drop counter.
-    ports: HashMap<u16, Vec<(SyncSender<Datagram>, Arc<AtomicU64>)>>,
+    ports: HashMap<u16, Vec<Port>>,
 }
 
 /// A shared medium for [`LoopbackTransport`]s.

@@ -161,4 +161,4 @@ where
 }
 
 mod slot;
-pub use slot::{ReceiveThread, SinkSlot};
+pub use slot::{current_thread_id, panic_message, ReceiveThread, SinkSlot, CLOSE_WAIT};

@@ -278,8 +278,7 @@ fn run(
         // for good: caught, counted, logged, and the loop goes on.
         let read = |cap: &mut Handle, demux: &mut Demux| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(cap, demux))).unwrap_or_else(|p| {
-                let what = p.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| p.downcast_ref::<String>().cloned());
-                Err(format!("panic in the capture path: {}", what.unwrap_or_default()))
+                Err(format!("panic in the capture path: {}", middleware_core::transport::panic_message(&*p)))
             })
         };
         let r = if crate::sys::wait_readable(&cap, Duration::from_millis(100)) {

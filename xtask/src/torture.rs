@@ -35,7 +35,6 @@ const CAPS: &[(&str, &str)] = &[
     ("MW_SUBSCRIBER_QUEUE_CAPACITY", "16"),
     ("MW_REGISTRATION_TIMEOUT_MS", "3000"),
     ("MW_NPCAP_BUFFER_SIZE", "32MiB"),
-    ("MW_NPCAP_QUEUE_BYTES", "16MiB"),
     ("MW_NPCAP_IP_MAX_BUFFERED_BYTES", "16MiB"),
     ("MW_NPCAP_IP_TIMEOUT_MS", "1000"),
 ];
@@ -47,11 +46,11 @@ const CAPS: &[(&str, &str)] = &[
 const BASE_MIB: u64 = 64;
 
 /// Peak RSS the subscriber may reach with `CAPS` on `transport`, in MiB: message reassembly
-/// (32) and the receive queue (16 x 1 MiB messages); for packet capture also the ring (32), the
-/// datagram queues of both channels (2 x 16) and IPv4 reassembly (16).
+/// (32) and the receive queue (16 x 1 MiB messages); for packet capture also the ring (32) and
+/// IPv4 reassembly (16) (no datagram queue: the capture thread delivers to the node).
 fn rss_limit_mib(transport: &str) -> u64 {
     let core = 32 + 16;
-    BASE_MIB + if transport == "npcap" { core + 32 + 2 * 16 + 16 } else { core }
+    BASE_MIB + if transport == "npcap" { core + 32 + 16 } else { core }
 }
 
 struct Env {

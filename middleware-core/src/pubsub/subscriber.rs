@@ -43,6 +43,9 @@ struct SubState {
     active: Vec<ThreadId>,
     /// Dropped: nothing is queued or called any more.
     closed: bool,
+    /// `close` calls waiting for `active` to empty (only then is `idle` signalled: a
+    /// notification is a system call, and `leave` runs per delivered message).
+    closers: usize,
 }
 
 pub(crate) struct SubShared {
@@ -147,7 +150,7 @@ impl SubShared {
             return;
         }
         let cb = st.callback.clone().expect("checked above");
-        let me = std::thread::current().id();
+        let me = crate::transport::current_thread_id();
         st.active.push(me);
         drop(st);
         self.invoke(&cb, r);
@@ -176,11 +179,7 @@ impl SubShared {
     fn invoke(&self, cb: &RawCallback, r: Received<Vec<u8>>) {
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(r))) {
             self.callback_panics.inc();
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(non-string panic payload)".into());
+            let what = crate::transport::panic_message(&*p);
             if self.panic_logged.swap(true, Ordering::Relaxed) {
                 tracing::debug!(topic = %self.topic, panic = %what, "subscriber callback panicked again (counted)");
             } else {
@@ -200,8 +199,11 @@ impl SubShared {
         if let Some(i) = st.active.iter().position(|t| *t == me) {
             st.active.swap_remove(i);
         }
+        let wake = st.closers > 0;
         drop(st);
-        self.idle.notify_all();
+        if wake {
+            self.idle.notify_all();
+        }
     }
 
     /// Sets the callback; messages queued before go through it first, in order.
@@ -225,7 +227,7 @@ impl SubShared {
     /// to the callback; with `limit`, at most that many beyond what was queued at the start.
     /// The thread counts as inside the callback throughout (so `close` waits for it).
     fn drain(&self, limit: Option<usize>) {
-        let me = std::thread::current().id();
+        let me = crate::transport::current_thread_id();
         let mut st = self.state();
         let mut left = limit.map(|l| st.items.len().saturating_add(l));
         st.draining += 1;
@@ -247,8 +249,11 @@ impl SubShared {
         if let Some(i) = st.active.iter().position(|t| *t == me) {
             st.active.swap_remove(i);
         }
+        let wake = st.closers > 0;
         drop(st);
-        self.idle.notify_all();
+        if wake {
+            self.idle.notify_all();
+        }
     }
 
     /// Takes the next queued message, waiting up to `timeout`.
@@ -273,7 +278,7 @@ impl SubShared {
     /// Clears the callback (breaking any reference cycle through it) and waits until no other
     /// thread is inside it; with `discard`, also stops delivery for good and empties the queue.
     pub(crate) fn close(&self, discard: bool) {
-        let me = std::thread::current().id();
+        let me = crate::transport::current_thread_id();
         let mut st = self.state();
         if discard {
             st.closed = true;
@@ -282,6 +287,7 @@ impl SubShared {
         }
         let cb = st.callback.take();
         let deadline = Instant::now() + DROP_WAIT;
+        st.closers += 1;
         while st.active.iter().any(|t| *t != me) {
             let now = Instant::now();
             if now >= deadline {
@@ -290,6 +296,7 @@ impl SubShared {
             }
             st = self.idle.wait_timeout(st, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
         }
+        st.closers -= 1;
         drop(st);
         self.ready.notify_all();
         drop(cb);

@@ -7,6 +7,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{JoinHandle, ThreadId};
 
+thread_local! {
+    static THREAD_ID: ThreadId = std::thread::current().id();
+}
+
+/// The calling thread's id, from a thread-local (no `Thread` handle clone per call: this runs
+/// per datagram and per delivered message).
+pub fn current_thread_id() -> ThreadId {
+    THREAD_ID.with(|id| *id)
+}
+
+/// The text of a caught panic's payload (`panic!("...")` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".into())
+}
+
 /// The longest [`SinkSlot::close`] waits for calls in progress on other threads.
 pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -55,7 +74,7 @@ impl SinkSlot {
 
     /// Calls `f` with the sink unless the slot is closed; false when closed.
     pub fn with(&self, f: impl FnOnce(&dyn DatagramSink)) -> bool {
-        let me = std::thread::current().id();
+        let me = current_thread_id();
         let sink = {
             let mut st = self.lock();
             let Some(sink) = st.sink.clone() else { return false };
@@ -74,11 +93,7 @@ impl SinkSlot {
         drop(st);
         if let Err(p) = result {
             let n = self.panics.fetch_add(1, Ordering::Relaxed) + 1;
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = panic_message(&*p);
             if n == 1 {
                 tracing::error!(panic = %what, "panic in the receive path caught; receiving goes on (counted)");
             } else {
@@ -93,7 +108,7 @@ impl SinkSlot {
     /// blocked for good, or two callbacks on two threads each closing the other's transport)
     /// makes it give up waiting, logged at error level, rather than hang. Idempotent.
     pub fn close(&self) {
-        let me = std::thread::current().id();
+        let me = current_thread_id();
         let mut st = self.lock();
         let sink = st.sink.take();
         st.closing += 1;

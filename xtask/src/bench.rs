@@ -135,11 +135,10 @@ fn supports(prog: &str, option: &str) -> bool {
 /// `ip netns exec ... unshare ... sh -c exec prog`: every step execs, so the pid is the program.
 fn finish(mut child: Child, timeout: Duration) -> (Value, Option<f64>) {
     let end = Instant::now() + timeout;
-    let pid = child.id() as libc::pid_t;
     let mut cpu = None;
     let mut reaped = false;
     while Instant::now() < end {
-        if let Some(c) = reap(pid) {
+        if let Some(c) = reap(&mut child) {
             cpu = c;
             reaped = true;
             break;
@@ -157,9 +156,12 @@ fn finish(mut child: Child, timeout: Duration) -> (Value, Option<f64>) {
     (out.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok()).unwrap_or(Value::Null), cpu)
 }
 
-/// `Some(cpu seconds)` once `pid` has exited (reaped here), `None` while it runs.
+/// `Some(cpu seconds)` once the child has exited (reaped here), `None` while it runs. The only
+/// platform-specific code of the harness (it runs on Linux; elsewhere there is no figure).
+#[cfg(unix)]
 #[allow(unsafe_code)]
-fn reap(pid: libc::pid_t) -> Option<Option<f64>> {
+fn reap(child: &mut Child) -> Option<Option<f64>> {
+    let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data the kernel fills; status is a valid int.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -173,6 +175,11 @@ fn reap(pid: libc::pid_t) -> Option<Option<f64>> {
         }
         _ => Some(None), // already reaped or not ours: no figure
     }
+}
+
+#[cfg(not(unix))]
+fn reap(child: &mut Child) -> Option<Option<f64>> {
+    matches!(child.try_wait(), Ok(Some(_)) | Err(_)).then_some(None)
 }
 
 fn run_pair(

@@ -402,9 +402,7 @@ impl Config {
                 self.max_datagram_size = parse_range(value, crate::wire::HEADER_LEN + 1, crate::wire::MAX_DATAGRAM_LEN)
                     .ok_or_else(|| bad("an integer 25..=65507"))?
             }
-            "udp.send_timeout_ms" => {
-                self.send_timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?
-            }
+            "udp.send_timeout_ms" => self.send_timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?,
             "reassembly.timeout_ms" => {
                 self.reassembly.timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?
             }

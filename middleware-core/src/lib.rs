@@ -31,7 +31,7 @@ pub mod testing;
 
 pub use config::{Config, Mode, TransportKind};
 pub use pubsub::{
-    Codec, Node, NodeError, NodeOptions, NodeStats, Proto, ProtoType, Publisher, Raw, Received, Subscriber, Tap, TappedSample,
-    Text, TransportChoice,
+    Codec, Node, NodeError, NodeOptions, NodeStats, Proto, ProtoType, Publisher, Raw, Received, Subscriber, Tap,
+    TappedSample, Text, TransportChoice,
 };
 pub use transport::{DatagramSink, Transport, TransportError, TransportFactory};

@@ -20,6 +20,9 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 
+/// The core's modules, for what the names above do not cover (wire format, registration,
+/// the `Transport` trait for writing a transport of one's own).
+pub use middleware_core as core;
 pub use middleware_core::config::{Config, ConfigError, Mode, TransportKind};
 pub use middleware_core::pb::DataTypeInformation;
 pub use middleware_core::registration::{Identity, RemoteEntity, RemoteProcess};
@@ -29,15 +32,12 @@ pub use middleware_core::{
     Codec, Node, NodeError, NodeOptions, NodeStats, Proto, ProtoType, Publisher, Raw, Received, Subscriber, Tap,
     TappedSample, Text, TransportChoice,
 };
-/// The core's modules, for what the names above do not cover (wire format, registration,
-/// the `Transport` trait for writing a transport of one's own).
-pub use middleware_core as core;
 
-#[cfg(feature = "npcap")]
-pub use transport_udp_npcap::{CapturedFrame, FrameTap};
 /// The packet-capture transport (diagnostics: `availability`, `decide`, `NpcapFactory::check`).
 #[cfg(feature = "npcap")]
 pub use transport_udp_npcap as npcap;
+#[cfg(feature = "npcap")]
+pub use transport_udp_npcap::{CapturedFrame, FrameTap};
 /// The socket transport (diagnostics: `interfaces`, `resolve_interface`).
 pub use transport_udp_socket as socket;
 

@@ -6,13 +6,13 @@ use middleware::core::fragment::{Outcome, Reassembler};
 use middleware::core::pb::Sample;
 use middleware::core::wire::SampleFrame;
 use middleware::core::Config;
+use middleware::socket::InterfaceInfo;
 use prost::Message;
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
-use middleware::socket::InterfaceInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -100,7 +100,8 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<i32> {
     let mut last_lookup: Option<Instant> = None;
     let mut n = 0u64;
     let done = |n: u64| args.count.is_some_and(|c| n >= c);
-    while !done(n) && !middleware::cli::stopping() && !args.seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s) {
+    while !done(n) && !middleware::cli::stopping() && !args.seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s)
+    {
         let Some(r) = sub.recv_timeout(Duration::from_millis(100)) else { continue };
         // The publisher's registration may trail its first messages: look again, now and then.
         if dec.is_none() && last_lookup.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {

@@ -289,7 +289,11 @@ mod tests {
                 package: Some("pb.People".into()),
                 message_type: vec![DescriptorProto {
                     name: Some("Person".into()),
-                    field: vec![field("id", 1, Type::Int32), field("name", 2, Type::String), field("email", 3, Type::String)],
+                    field: vec![
+                        field("id", 1, Type::Int32),
+                        field("name", 2, Type::String),
+                        field("email", 3, Type::String),
+                    ],
                     ..Default::default()
                 }],
                 ..Default::default()

@@ -175,7 +175,11 @@ fn now_us() -> i64 {
 impl Recorder {
     /// # Errors
     /// The file cannot be created.
-    pub fn create(path: &std::path::Path, topics: &[String], config: &middleware::core::Config) -> anyhow::Result<Self> {
+    pub fn create(
+        path: &std::path::Path,
+        topics: &[String],
+        config: &middleware::core::Config,
+    ) -> anyhow::Result<Self> {
         let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let w = Writer::new(BufWriter::with_capacity(1 << 20, f), concat!("mwctl ", env!("CARGO_PKG_VERSION")))?;
         Ok(Self {

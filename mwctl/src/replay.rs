@@ -8,12 +8,12 @@ use middleware::core::fragment::{Outcome, Reassembler};
 use middleware::core::pb::{CmdType, DataTypeInformation, Sample};
 use middleware::core::wire::SampleFrame;
 use middleware::core::{Publisher, Raw};
+use middleware::npcap::demux::Demux;
+use middleware::npcap::frame::LinkType;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use middleware::npcap::demux::Demux;
-use middleware::npcap::frame::LinkType;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

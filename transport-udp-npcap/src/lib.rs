@@ -28,12 +28,12 @@ pub mod ip_reassembly;
 pub mod libpcap;
 mod sys;
 
+use crate::capture::write;
 use crate::capture::{Capture, Routes};
 pub use crate::capture::{CapturedFrame, FrameTap};
 use crate::config::NpcapConfig;
 use crate::libpcap::Handle;
 pub use crate::libpcap::{Device, Library, LoadError};
-use crate::capture::write;
 use middleware_core::config::{Config, Mode};
 use middleware_core::transport::{
     DatagramSink, Endpoint, SinkSlot, Transport, TransportError, TransportFactory, TransportStats,

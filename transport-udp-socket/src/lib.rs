@@ -155,7 +155,10 @@ impl UdpSender {
                 }
                 drop(last);
                 let context = if no_space {
-                    format!("send: the OS had no buffer space for {} ms (udp.send_timeout_ms)", self.send_timeout.as_millis())
+                    format!(
+                        "send: the OS had no buffer space for {} ms (udp.send_timeout_ms)",
+                        self.send_timeout.as_millis()
+                    )
                 } else {
                     "send".to_string()
                 };

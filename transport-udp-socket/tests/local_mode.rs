@@ -105,7 +105,7 @@ fn kernel_receive_buffer_drops_are_counted() {
     let c = config();
     let mut ep = Endpoint::from_config(&c, Channel::Data);
     ep.receive_buffer = 4096; // the kernel rounds up to its minimum: a few datagrams fit
-    // The receive thread blocks in the sink on the first datagram, so the socket buffer fills.
+                              // The receive thread blocks in the sink on the first datagram, so the socket buffer fills.
     struct Gate {
         first: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
         got: std::sync::atomic::AtomicU64,

@@ -79,6 +79,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn test_all(rest: &[String]) -> anyhow::Result<()> {
+    // Formatting first: the cheapest failure.
+    run(cargo().args(["fmt", "--all", "--check"]))?;
     let nextest = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["nextest", "--version"])
         .output()
@@ -142,10 +144,7 @@ fn demo(rest: &[String]) -> anyhow::Result<()> {
     let digests_match = p["sha256"].is_string() && p["sha256"] == s["sha256"];
     let rate = s["first_to_last_s"].as_f64().filter(|t| *t > 0.0).map(|t| (received.saturating_sub(1)) as f64 / t);
     println!("demo: transport {}, topic \"demo\"", s["transport"].as_str().unwrap_or("?"));
-    println!(
-        "  sent      {} messages of {size} B",
-        p["sent"].as_u64().map_or("?".to_string(), |n| n.to_string())
-    );
+    println!("  sent      {} messages of {size} B", p["sent"].as_u64().map_or("?".to_string(), |n| n.to_string()));
     println!(
         "  received  {received} of {count}{}",
         rate.map(|r| format!(", {r:.0} msg/s (publisher paced at 100/s)")).unwrap_or_default()

@@ -112,7 +112,9 @@ pub fn run_cmd(_rest: &[String]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    eprintln!("readme: the README's first \"Using it\" block builds against `middleware` alone and receives its own message");
+    eprintln!(
+        "readme: the README's first \"Using it\" block builds against `middleware` alone and receives its own message"
+    );
     Ok(())
 }
 

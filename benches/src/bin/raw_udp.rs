@@ -83,7 +83,8 @@ fn main() {
                 }
                 fn tick(&self, _now: Instant) {}
             }
-            let count_sink = Arc::new(Count { datagrams: AtomicU64::new(0), times: Mutex::new((None, Instant::now())) });
+            let count_sink =
+                Arc::new(Count { datagrams: AtomicU64::new(0), times: Mutex::new((None, Instant::now())) });
             let _rx = transport_udp_socket::UdpSocketTransport::open(&ep, count_sink.clone()).expect("receiver");
             let end = Instant::now() + Duration::from_secs_f64(timeout);
             let want = count * chunks.len() as u64;

@@ -118,7 +118,8 @@ mod tests {
 
     #[test]
     fn prost_decodes_exactly_what_prost_would_have_encoded() {
-        for (payload, clock) in [(&b""[..], 1), (&b"hello"[..], 2), (&[7u8; 300][..], i64::MAX), (&[0u8; 70_000][..], -1)]
+        for (payload, clock) in
+            [(&b""[..], 1), (&b"hello"[..], 2), (&[7u8; 300][..], i64::MAX), (&[0u8; 70_000][..], -1)]
         {
             let (ours, theirs) = encode(payload, clock);
             let a = SampleFrame::new_checked(&ours).unwrap();

@@ -7,9 +7,9 @@
 //! the subscriber map is copied out of its lock, each filter is locked for one check, and the
 //! callback runs with nothing locked (see `subscriber.rs`).
 
+use super::filter::Verdict;
 use super::node::{lock, Received, Shared};
 use super::subscriber::SubShared;
-use super::filter::Verdict;
 use super::tap::TappedSample;
 use crate::fragment::{Outcome, Reassembler, ReassemblyStats};
 use crate::pb::{CmdType, Sample};
@@ -58,9 +58,6 @@ impl DatagramSink for ChannelRx {
                 Channel::Data => on_data(sh, m, source, now),
             }
         }
-        if self.channel == Channel::Registration {
-            self.tick(now);
-        }
     }
 
     fn tick(&self, now: Instant) {
@@ -100,16 +97,20 @@ pub(crate) struct DataSample {
     pub payload: bytes::Bytes,
 }
 
-/// The topic name of a data message (its frame), or why it is malformed.
-pub(crate) fn data_topic(msg: &[u8]) -> Result<&str, DataDrop> {
-    SampleFrame::new_checked(msg).map(|f| f.name()).map_err(|_| DataDrop::BadFrame)
+/// The topic name of a data message (its frame) and where its protobuf body starts, or why it
+/// is malformed. Checked once per message; [`decode_data`] takes the offset.
+pub(crate) fn data_frame(msg: &[u8]) -> Result<(&str, usize), DataDrop> {
+    let frame = SampleFrame::new_checked(msg).map_err(|_| DataDrop::BadFrame)?;
+    Ok((frame.name(), msg.len() - frame.body().len()))
 }
 
-/// Decodes the `Sample` of a data message of `topic`. A reassembled (owned) message is decoded
-/// in place: the payload becomes a slice of its buffer, no second allocation.
-pub(crate) fn decode_data(msg: Cow<'_, [u8]>, topic: &str) -> Result<DataSample, DataDrop> {
-    let frame = SampleFrame::new_checked(&msg).map_err(|_| DataDrop::BadFrame)?;
-    let body_start = msg.len() - frame.body().len();
+/// Decodes the `Sample` of a data message of `topic` whose body starts at `body_start` (from
+/// [`data_frame`]). A reassembled (owned) message is decoded in place: the payload becomes a
+/// slice of its buffer, no second allocation.
+pub(crate) fn decode_data(msg: Cow<'_, [u8]>, body_start: usize, topic: &str) -> Result<DataSample, DataDrop> {
+    if body_start > msg.len() {
+        return Err(DataDrop::BadFrame);
+    }
     let body = match msg {
         Cow::Owned(v) => bytes::Bytes::from(v).slice(body_start..),
         Cow::Borrowed(b) => bytes::Bytes::copy_from_slice(&b[body_start..]),
@@ -163,8 +164,8 @@ pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, now: Instant,
 
 fn on_data(sh: &Shared, msg: Cow<'_, [u8]>, source: SocketAddr, now: Instant) {
     let c = &sh.data_counters;
-    let subs = {
-        let topic = match data_topic(&msg) {
+    let (subs, body_start, unmatched_name) = {
+        let (topic, body_start) = match data_frame(&msg) {
             Ok(t) => t,
             Err(_) => {
                 c.bad_frame.inc();
@@ -174,8 +175,9 @@ fn on_data(sh: &Shared, msg: Cow<'_, [u8]>, source: SocketAddr, now: Instant) {
         };
         let map = sh.subscribers.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         match map.get(topic) {
-            Some(v) if !v.is_empty() => v.clone(),
-            _ if sh.tap.is_some() => Vec::new(),
+            Some(v) if !v.is_empty() => (v.clone(), body_start, None),
+            // Only a tap wants it: the name is kept (the message itself is consumed below).
+            _ if sh.tap.is_some() => (Vec::new(), body_start, Some(topic.to_string())),
             _ => {
                 c.unmatched_topic.inc();
                 return;
@@ -183,11 +185,13 @@ fn on_data(sh: &Shared, msg: Cow<'_, [u8]>, source: SocketAddr, now: Instant) {
         }
     };
     let message_len = msg.len();
-    let topic: String = match subs.first() {
-        Some(s) => s.topic.clone(),
-        None => data_topic(&msg).unwrap_or_default().to_string(),
+    // Borrowed from the subscriber when there is one: no allocation per message.
+    let topic: &str = match (subs.first(), &unmatched_name) {
+        (Some(s), _) => &s.topic,
+        (None, Some(n)) => n,
+        (None, None) => return,
     };
-    let sample = match decode_data(msg, &topic) {
+    let sample = match decode_data(msg, body_start, topic) {
         Ok(s) => s,
         Err(DataDrop::BadFrame) => return c.bad_frame.inc(),
         Err(DataDrop::BadProtobuf) => {
@@ -200,7 +204,7 @@ fn on_data(sh: &Shared, msg: Cow<'_, [u8]>, source: SocketAddr, now: Instant) {
     };
     if let Some(tap) = &sh.tap {
         tap.data_sample(&TappedSample {
-            topic: &topic,
+            topic,
             publisher_id: sample.publisher_id,
             host_name: &sample.host_name,
             clock: sample.clock,
@@ -224,8 +228,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn message(topic: &str, publisher: u64, clock: i64, payload: &[u8]) -> Vec<u8> {
-        let header = Topic { topic_name: topic.into(), topic_id: publisher.to_string(), ..Default::default() }
-            .encode_to_vec();
+        let header =
+            Topic { topic_name: topic.into(), topic_id: publisher.to_string(), ..Default::default() }.encode_to_vec();
         let h = DataHeader { topic_name: topic, topic_header: &header, clock, time_us: 5, hash: 0 };
         let mut out = Vec::new();
         encode_data_message(&mut out, &h, payload.len(), |o| o.extend_from_slice(payload));
@@ -239,18 +243,20 @@ mod tests {
     #[test]
     fn decoding_rejects_what_ecal_rejects_and_keeps_the_payload() {
         let m = message("t", 42, 7, b"abc");
-        assert_eq!(data_topic(&m), Ok("t"));
-        let s = decode_data(Cow::Owned(m.clone()), "t").unwrap();
+        let (name, at) = data_frame(&m).unwrap();
+        assert_eq!((name, at), ("t", 4), "2 length bytes, `t`, NUL");
+        let s = decode_data(Cow::Owned(m.clone()), at, "t").unwrap();
         assert_eq!((s.publisher_id, s.clock, s.time_us, &s.payload[..]), (42, 7, 5, &b"abc"[..]));
-        assert_eq!(decode_data(Cow::Borrowed(&m), "other"), Err(DataDrop::WrongCmd));
-        assert_eq!(data_topic(&m[..1]), Err(DataDrop::BadFrame));
+        assert_eq!(decode_data(Cow::Borrowed(&m), at, "other"), Err(DataDrop::WrongCmd));
+        assert_eq!(data_frame(&m[..1]), Err(DataDrop::BadFrame));
+        assert_eq!(decode_data(Cow::Borrowed(&m[..3]), at, "t"), Err(DataDrop::BadFrame));
         let mut bad_id = message("t", 1, 1, b"");
         let pos = bad_id.windows(1).rposition(|w| w == b"1").unwrap();
         bad_id[pos] = b'x';
-        assert_eq!(decode_data(Cow::Borrowed(&bad_id), "t"), Err(DataDrop::BadTopicId));
+        assert_eq!(decode_data(Cow::Borrowed(&bad_id), at, "t"), Err(DataDrop::BadTopicId));
         let mut truncated = m.clone();
         truncated.truncate(m.len() - 4);
-        assert_eq!(decode_data(Cow::Borrowed(&truncated), "t"), Err(DataDrop::BadProtobuf));
+        assert_eq!(decode_data(Cow::Borrowed(&truncated), at, "t"), Err(DataDrop::BadProtobuf));
     }
 
     #[test]
@@ -306,7 +312,13 @@ mod tests {
             g.fetch_add(1, Ordering::SeqCst);
         }));
         for k in 1..=10 {
-            let s = DataSample { publisher_id: 1, host_name: String::new(), clock: k, time_us: 0, payload: vec![1u8].into() };
+            let s = DataSample {
+                publisher_id: 1,
+                host_name: String::new(),
+                clock: k,
+                time_us: 0,
+                payload: vec![1u8].into(),
+            };
             fan_out(&[Arc::clone(&a), Arc::clone(&b)], s, now, true);
         }
         assert_eq!(got.load(Ordering::SeqCst), 10);

@@ -16,7 +16,10 @@ use std::sync::PoisonError;
 use std::time::Instant;
 
 impl Shared {
-    pub(crate) fn acceptance_of(config: &crate::config::Config, identity: &crate::registration::Identity) -> Acceptance {
+    pub(crate) fn acceptance_of(
+        config: &crate::config::Config,
+        identity: &crate::registration::Identity,
+    ) -> Acceptance {
         Acceptance {
             host_name: identity.host_name.clone(),
             process_id: identity.process_id,

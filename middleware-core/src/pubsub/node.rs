@@ -239,7 +239,10 @@ impl Node {
         let reg_rx = Arc::new(ChannelRx::new(Arc::clone(&shared), Channel::Registration));
         let data_rx = Arc::new(ChannelRx::new(Arc::clone(&shared), Channel::Data));
         let config = &shared.config;
-        let reg = factory.open(&Endpoint::from_config(config, Channel::Registration), Arc::clone(&reg_rx) as Arc<dyn DatagramSink>)?;
+        let reg = factory.open(
+            &Endpoint::from_config(config, Channel::Registration),
+            Arc::clone(&reg_rx) as Arc<dyn DatagramSink>,
+        )?;
         // Data is received only once there is something to receive it for: a subscriber, a
         // joined topic or a tap (a publisher-only process takes no copy of its own traffic).
         let mut data_ep = Endpoint::from_config(config, Channel::Data);
@@ -415,7 +418,8 @@ impl Drop for Node {
         i.data.close();
         i.reg.close();
         // Break reference cycles through callbacks (a callback holding a publisher of this node).
-        let subs: Vec<_> = i.subscribers.read().unwrap_or_else(PoisonError::into_inner).values().flatten().cloned().collect();
+        let subs: Vec<_> =
+            i.subscribers.read().unwrap_or_else(PoisonError::into_inner).values().flatten().cloned().collect();
         for s in subs {
             s.close(false);
         }

@@ -154,7 +154,7 @@ impl SubShared {
         st.active.push(me);
         drop(st);
         self.invoke(&cb, r);
-        self.leave(me);
+        self.leave(self.state(), me);
     }
 
     fn enqueue(&self, st: &mut SubState, mut r: Received<Vec<u8>>) {
@@ -194,8 +194,8 @@ impl SubShared {
         }
     }
 
-    fn leave(&self, me: ThreadId) {
-        let mut st = self.state();
+    /// The thread `me` is no longer inside the callback; wakes a waiting `close`.
+    fn leave(&self, mut st: std::sync::MutexGuard<'_, SubState>, me: ThreadId) {
         if let Some(i) = st.active.iter().position(|t| *t == me) {
             st.active.swap_remove(i);
         }
@@ -246,14 +246,7 @@ impl SubShared {
             st = self.state();
         }
         st.draining -= 1;
-        if let Some(i) = st.active.iter().position(|t| *t == me) {
-            st.active.swap_remove(i);
-        }
-        let wake = st.closers > 0;
-        drop(st);
-        if wake {
-            self.idle.notify_all();
-        }
+        self.leave(st, me);
     }
 
     /// Takes the next queued message, waiting up to `timeout`.

@@ -247,15 +247,21 @@ mod tests {
             });
         });
         entered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let closing = Arc::new(AtomicBool::new(false));
         let closer = {
-            let slot = Arc::clone(&slot);
-            let finished = Arc::clone(&finished);
+            let (slot, finished, closing) = (Arc::clone(&slot), Arc::clone(&finished), Arc::clone(&closing));
             std::thread::spawn(move || {
+                closing.store(true, Ordering::SeqCst);
                 slot.close();
                 finished.load(Ordering::SeqCst)
             })
         };
-        std::thread::sleep(Duration::from_millis(20));
+        while !closing.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        // The call is still held: close must not have returned.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!closer.is_finished(), "close returned while another thread was inside the sink");
         release_tx.send(()).unwrap();
         let (done_tx, done) = std::sync::mpsc::channel();
         std::thread::spawn(move || done_tx.send(closer.join().unwrap()).unwrap());

@@ -178,7 +178,13 @@ impl RecvBatch {
         // SAFETY: hdrs holds n initialised headers whose pointers target live buffers of the
         // sizes given; the kernel writes at most those sizes.
         let r = unsafe {
-            libc::recvmmsg(socket.as_raw_fd(), self.hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
         };
         if r < 0 {
             return Err(std::io::Error::last_os_error());
@@ -196,10 +202,7 @@ impl RecvBatch {
         let from = (i32::from(a.ss_family) == libc::AF_INET).then(|| {
             // SAFETY: family AF_INET means the storage holds a sockaddr_in.
             let sin = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            std::net::SocketAddr::from((
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            ))
+            std::net::SocketAddr::from((Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), u16::from_be(sin.sin_port)))
         });
         (data, from, truncated)
     }

@@ -12,5 +12,6 @@ mod imp;
 mod imp;
 
 pub(crate) use imp::{
-    RecvBatch, ENOBUFS, force_recv_buffer, interface_ipv4, interfaces, ip_reassembly_failures, receive_only_joined_groups, socket_drops,
+    force_recv_buffer, interface_ipv4, interfaces, ip_reassembly_failures, receive_only_joined_groups, socket_drops,
+    RecvBatch, ENOBUFS,
 };

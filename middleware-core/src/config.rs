@@ -181,6 +181,9 @@ pub struct Config {
     /// Keys under `npcap.` (without the prefix), parsed and validated by the pcap transport,
     /// which owns them.
     pub npcap: std::collections::BTreeMap<String, String>,
+    /// The configuration file applied last, if any (reported in the process registration as
+    /// eCAL's `config_file_path`).
+    pub file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -211,6 +214,7 @@ impl Default for Config {
             unit_name: None,
             host_name: None,
             npcap: std::collections::BTreeMap::new(),
+            file: None,
         }
     }
 }
@@ -297,7 +301,9 @@ impl Config {
     pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::File { path: path.into(), reason: e.to_string() })?;
-        self.apply_toml(&text, Origin::File(path.into()))
+        self.apply_toml(&text, Origin::File(path.into()))?;
+        self.file = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(())
     }
 
     /// Applies TOML text.

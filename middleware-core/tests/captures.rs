@@ -187,6 +187,52 @@ fn cap5_registration_builds_the_remote_table() {
     assert_eq!(table.expire(t0 + Duration::from_secs(10), Duration::from_secs(10)).len(), 2);
 }
 
+/// Our registration samples, beside eCAL 6.1.1's from cap5: the subscriber lists the same three
+/// layers with the same flags (UDP on, SHM and TCP off, TCP with its port parameter), a
+/// subscriber's connection counts are 0 as eCAL writes them, both send latency statistics, and
+/// the process sample fills the same fields (components, time source, state). Differences that
+/// are deliberate are asserted as such.
+#[test]
+fn cap5_our_registration_fills_what_ecal_fills() {
+    use middleware_core::registration::{process_sample, topic_sample, Identity, ProcessState, TopicReport};
+    let msgs = messages("cap5_registration_only.pcap");
+    let find = |cmd: CmdType| msgs.iter().map(|m| &m.2).find(|s| s.cmd_type == cmd as i32).cloned().unwrap();
+    let (e_sub, e_pub, e_proc) = (find(CmdType::RegSubscriber), find(CmdType::RegPublisher), find(CmdType::RegProcess));
+    let me = Identity {
+        host_name: "hostb".into(),
+        process_id: 11120,
+        process_name: "/bin/sub".into(),
+        unit_name: "sub".into(),
+        process_parameter: "sub --x".into(),
+        config_file_path: "/etc/mw.toml".into(),
+    };
+    let report = TopicReport { entity_id: 1, topic_name: "wire_idle".into(), ..Default::default() };
+    let o_sub = topic_sample(&me, Direction::Subscriber, &report, false);
+    let (et, ot) = (e_sub.topic.as_ref().unwrap(), o_sub.topic.as_ref().unwrap());
+    assert_eq!(ot.transport_layer, et.transport_layer, "subscriber layers as eCAL lists them");
+    assert_eq!((ot.connections_local, ot.connections_external), (0, 0));
+    assert_eq!(ot.data_latency_us, et.data_latency_us, "no message yet: eCAL's empty statistics");
+    let o_pub = topic_sample(&me, Direction::Publisher, &report, false);
+    let (et, ot) = (e_pub.topic.as_ref().unwrap(), o_pub.topic.as_ref().unwrap());
+    assert_eq!(ot.transport_layer, et.transport_layer, "publisher: the UDP writer, not yet active");
+    assert_eq!(ot.data_latency_us, et.data_latency_us);
+    let o_proc = process_sample(&me, &ProcessState::default(), false);
+    let (ep, op) = (e_proc.process.as_ref().unwrap(), o_proc.process.as_ref().unwrap());
+    assert_eq!(op.state, ep.state, "default state: unknown, level 1, no text");
+    assert_eq!(op.time_sync_module_name, ep.time_sync_module_name);
+    assert_eq!(op.shm_transport_domain, op.host_name);
+    assert_eq!(op.config_file_path, "/etc/mw.toml");
+    // Deliberate: eCAL's wheel has no time plugin (state 0, "none"); our clock is the local
+    // system clock, reported as eCAL reports it with that plugin loaded (1, realtime).
+    assert_eq!((ep.time_sync_state, op.time_sync_state), (0, 1));
+    // Deliberate: we claim the components we have: pub|sub|time, not eCAL's service and log.
+    assert_eq!((ep.component_init_state, ep.component_init_info.as_str()), (55, "pub|sub|log|time"));
+    assert_eq!((op.component_init_state, op.component_init_info.as_str()), (0x23, "pub|sub|time"));
+    assert_eq!(op.component_init_state & ep.component_init_state, op.component_init_state);
+    // Deliberate: the runtime version says which implementation speaks v6.1.1.
+    assert!(op.ecal_runtime_version.starts_with(&ep.ecal_runtime_version), "{}", op.ecal_runtime_version);
+}
+
 #[test]
 fn cap6_publisher_without_layers_then_data() {
     let msgs = messages("cap6_pub_first_late_sub.pcap");

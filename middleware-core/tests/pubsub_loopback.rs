@@ -541,3 +541,73 @@ fn on_receive_keeps_order_while_messages_arrive_during_the_hand_over() {
         ["first:q0", "first:q1", "first:q2", "first:c0", "first:c1", "first:c2", "second:d0", "third:d1", "third:d2"]
     );
 }
+
+/// What a monitor sees of our entities, as eCAL's monitoring sees eCAL's (SPEC §5.2): the send
+/// and receive rates in mHz, the subscriber's last message size and accepted-message clock, its
+/// drops as eCAL counts them (clock gaps), and the process state set by the application.
+#[test]
+fn registration_reports_rates_sizes_clocks_drops_and_state() {
+    use middleware_core::registration::{Direction, Severity};
+    // 10% of data datagrams dropped (registration too, which only delays it).
+    let bus = LoopbackBus::with_faults(Faults { drop_permille: 100, duplicate_permille: 0, seed: 11 });
+    let mut cfg = config();
+    cfg.set("registration.refresh_ms", "200").unwrap();
+    cfg.set("registration.timeout_ms", "2000").unwrap();
+    cfg.set("mode", "network").unwrap();
+    let mut watch = cfg.clone();
+    // Two hosts in one test process: the monitor keeps the observed process apart from itself.
+    cfg.set("host_name", "observed").unwrap();
+    let a = node(&bus, cfg);
+    watch.set("registration.loopback", "true").unwrap();
+    let monitor = node(&bus, watch);
+    let sub = a.subscriber::<Raw>("rates").unwrap();
+    let publ = a.publisher::<Raw>("rates").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    a.set_state(Severity::Warning, 2, "calibrating");
+    let find = |dir| {
+        monitor
+            .remote_entities()
+            .into_iter()
+            .find(|e| e.direction == dir && e.topic_name == "rates")
+            .unwrap_or_else(|| panic!("{dir:?} not seen"))
+    };
+    // 50 Hz for 1.6 s; the rates are read while sending (after 3 silent periods, 60 ms here,
+    // eCAL's rule resets them to 0).
+    let start = std::time::Instant::now();
+    let n = 80;
+    let mut rates = None;
+    for k in 0..n {
+        publ.send(&mod251(333, k)).unwrap();
+        if k == 70 {
+            rates =
+                Some((find(Direction::Publisher).data_frequency_mhz, find(Direction::Subscriber).data_frequency_mhz));
+        }
+        let next = start + Duration::from_millis(20 * (k as u64 + 1));
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+    }
+    let (p_mhz, s_mhz) = rates.unwrap();
+    // Sleep-paced sending is at most 50 Hz and, on a loaded machine, somewhat less.
+    for (who, mhz) in [("publisher", p_mhz), ("subscriber", s_mhz)] {
+        assert!((25_000..=52_000).contains(&mhz), "{who} data_frequency {mhz} mHz, expected about 50 000");
+    }
+    // Two more rounds report the final counts.
+    std::thread::sleep(Duration::from_millis(450));
+    let st = sub.stats();
+    let (p, s) = (find(Direction::Publisher), find(Direction::Subscriber));
+    assert_eq!(p.topic_size, 333);
+    assert_eq!(s.topic_size, 333, "a subscriber reports the size of the last message it received");
+    assert_eq!(p.data_clock, n as i64);
+    assert_eq!(s.data_clock, st.delivered as i64, "a subscriber's clock counts accepted messages");
+    assert!(st.sequence_gaps > 0, "the bus dropped some: {st:?}");
+    assert_eq!(s.message_drops as u64, st.sequence_gaps + st.queue_overflow);
+    assert_eq!((s.connections_local, s.connections_external), (0, 0));
+    assert_eq!((p.connections_local, p.connections_external), (1, 0));
+    let proc = monitor
+        .remote_processes()
+        .into_iter()
+        .find(|p| p.host_name == "observed" && p.process_id == a.identity().process_id)
+        .expect("process seen");
+    assert_eq!((proc.state_severity, proc.state_level, proc.state_info.as_str()), (2, 2, "calibrating"));
+    // The sender stopped more than three periods ago: both rates read 0, as eCAL's would.
+    assert_eq!((p.data_frequency_mhz, s.data_frequency_mhz), (0, 0));
+}

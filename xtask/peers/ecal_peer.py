@@ -5,6 +5,7 @@ Same command line and JSON summary as the Rust `publisher` / `subscriber` exampl
 harness compares both sides the same way:
   ecal_peer.py pub --topic T [--topic T2] --size N --count C --rate HZ [--wait-subscriber S]
   ecal_peer.py sub --topic T [--topic T2] --count C --timeout S [--verify mod251|none]
+  ecal_peer.py monitor --settle S   (eCAL's own monitoring view, as JSON, after S seconds)
 The eCAL configuration comes from $ECAL_DATA/ecal.yaml (the harness writes it).
 Digest: SHA-256 over the messages, each prefixed by its length as u64 little-endian.
 """
@@ -22,8 +23,9 @@ import ecal.nanobind_core as ecal
 
 def parse():
     ap = argparse.ArgumentParser()
-    ap.add_argument("role", choices=["pub", "sub"])
-    ap.add_argument("--topic", action="append", required=True)
+    ap.add_argument("role", choices=["pub", "sub", "monitor"])
+    ap.add_argument("--topic", action="append", default=[])
+    ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--size", type=int, default=10)
     ap.add_argument("--count", type=int, default=10)
     ap.add_argument("--rate", type=float, default=10.0)
@@ -159,7 +161,44 @@ def run_sub(a):
     return 0 if ok else 1
 
 
+def plain(v):
+    """A monitoring value as JSON: enums by name, nanobind structs by their public attributes."""
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return v
+    if isinstance(v, bytes):
+        return {"len": len(v), "sha256": hashlib.sha256(v).hexdigest()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if hasattr(v, "name") and hasattr(v, "value") and type(v).__name__ not in ("Topic", "Process"):
+        return str(v.name)
+    out = {}
+    for k in dir(v):
+        if k.startswith("_"):
+            continue
+        x = getattr(v, k)
+        if callable(x):
+            continue
+        out[k] = plain(x)
+    return out
+
+
+def run_monitor(a):
+    """Reads eCAL's monitoring view (what eCAL Monitor and ecal_mon_cli show) and prints it:
+    one JSON object with processes, publishers and subscribers."""
+    ecal.initialize("ecal_peer_monitor", ecal.init.ALL)
+    time.sleep(a.settle)
+    m = ecal.monitoring.get_monitoring(ecal.monitoring.Entity.ALL)
+    out = {"processes": [plain(p) for p in m.processes],
+           "publishers": [plain(p) for p in m.publishers],
+           "subscribers": [plain(s) for s in m.subscribers]}
+    print(json.dumps(out), flush=True)
+    shutdown()
+    return 0
+
+
 if __name__ == "__main__":
     args = parse()
     Digest.hashing = not args.no_digest
-    sys.exit(run_pub(args) if args.role == "pub" else run_sub(args))
+    if not args.topic and args.role != "monitor":
+        sys.exit("--topic is required")
+    sys.exit({"pub": run_pub, "sub": run_sub, "monitor": run_monitor}[args.role](args))

@@ -130,6 +130,7 @@ pub(crate) fn decode_data(msg: Cow<'_, [u8]>, body_start: usize, topic: &str) ->
 pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, now: Instant, drop_out_of_order: bool) {
     let mut payload = Some(sample.payload);
     let last = subs.len().saturating_sub(1);
+    let recv_us = super::node::now_us();
     for (i, s) in subs.iter().enumerate() {
         let verdict = lock(&s.filters).check(now, sample.publisher_id, sample.clock, drop_out_of_order);
         match verdict {
@@ -153,12 +154,10 @@ pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, now: Instant,
         } else {
             payload.as_ref().map(|p| p.to_vec()).unwrap_or_default()
         };
-        s.offer(Received {
-            value,
-            publisher_id: sample.publisher_id,
-            clock: sample.clock,
-            send_time_us: sample.time_us,
-        });
+        s.offer(
+            Received { value, publisher_id: sample.publisher_id, clock: sample.clock, send_time_us: sample.time_us },
+            recv_us,
+        );
     }
 }
 

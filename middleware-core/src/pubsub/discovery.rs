@@ -39,7 +39,12 @@ impl Shared {
             connections_external: p.connections_external.load(Ordering::Relaxed).min(i32::MAX as usize) as i32,
             message_drops: 0,
             data_clock: p.clock.load(Ordering::Relaxed),
-            data_frequency_mhz: 0,
+            data_frequency_mhz: {
+                let now = self.epoch.elapsed().as_micros() as i64;
+                let ticks = p.clock.load(Ordering::Relaxed).max(0) as u64;
+                lock(&p.rate).round(ticks, p.last_tick_us.load(Ordering::Relaxed), now)
+            },
+            latency: None,
         }
     }
 
@@ -50,9 +55,22 @@ impl Shared {
             topic_name: s.topic.clone(),
             datatype: s.datatype.clone(),
             active: st.delivered > 0,
+            topic_size: s.last_size.load(Ordering::Relaxed).clamp(0, i32::MAX.into()) as i32,
+            // As eCAL counts them: messages a publisher sent after the first one received here
+            // that were not received (clock gaps), plus, where eCAL has nothing to compare,
+            // messages dropped from this subscriber's full queue.
             message_drops: st.sequence_gaps.saturating_add(st.queue_overflow).min(i32::MAX as u64) as i32,
-            data_clock: s.last_clock.load(Ordering::Relaxed),
-            ..Default::default()
+            // eCAL's subscriber clock counts the messages it accepted.
+            data_clock: st.delivered.min(i64::MAX as u64) as i64,
+            data_frequency_mhz: lock(&s.rate).round(
+                st.delivered,
+                s.last_send_us.load(Ordering::Relaxed),
+                super::node::now_us(),
+            ),
+            latency: Some(s.latency()),
+            // eCAL subscribers do not count their connections (0, 0).
+            connections_local: 0,
+            connections_external: 0,
         }
     }
 
@@ -153,7 +171,8 @@ impl Inner {
     }
 
     fn registration_round(&self, unregister: bool) {
-        self.send_registration(&process_sample(&self.identity, false));
+        let state = lock(&self.process_state).clone();
+        self.send_registration(&process_sample(&self.identity, &state, false));
         let pubs: Vec<_> = lock(&self.publishers).values().cloned().collect();
         for p in pubs {
             let r = self.pub_report(&p);
@@ -166,7 +185,7 @@ impl Inner {
             self.send_registration(&topic_sample(&self.identity, Direction::Subscriber, &r, unregister));
         }
         if unregister {
-            self.send_registration(&process_sample(&self.identity, true));
+            self.send_registration(&process_sample(&self.identity, &state, true));
         }
     }
 

@@ -11,7 +11,9 @@ use super::tap::Tap;
 use crate::config::{Config, Mode};
 use crate::fragment::split;
 use crate::pb::{self, DataTypeInformation};
-use crate::registration::{Acceptance, EntityIds, Identity, RemoteEntity, RemoteProcess, RemoteTable};
+use crate::registration::{
+    Acceptance, EntityIds, Identity, ProcessState, RemoteEntity, RemoteProcess, RemoteTable, Severity,
+};
 use crate::stats::{ChannelCounters, ChannelStats, Counter};
 use crate::transport::{Channel, DatagramSink, Endpoint, Transport, TransportError, TransportFactory};
 use crate::wire::SampleFrameRepr;
@@ -104,6 +106,10 @@ pub(crate) struct Shared {
     pub shutdown: AtomicBool,
     pub wake: (Mutex<bool>, Condvar),
     pub tap: Option<Arc<dyn Tap>>,
+    /// What the process registration says about this process's health ([`Node::set_state`]).
+    pub process_state: Mutex<ProcessState>,
+    /// The clock of publishers' send-rate ticks (`data_frequency`): µs since this instant.
+    pub epoch: std::time::Instant,
 }
 
 impl Shared {
@@ -173,6 +179,7 @@ fn default_identity(config: &Config) -> Identity {
         process_name: exe,
         unit_name: unit,
         process_parameter: std::env::args().collect::<Vec<_>>().join(" "),
+        config_file_path: config.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
     }
 }
 
@@ -233,6 +240,8 @@ impl Node {
             registrations_sent: Counter::default(),
             shutdown: AtomicBool::new(false),
             wake: (Mutex::new(false), Condvar::new()),
+            process_state: Mutex::new(ProcessState::default()),
+            epoch: std::time::Instant::now(),
             tap: tap.clone(),
             config,
         });
@@ -378,6 +387,25 @@ impl Node {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Sets the state this process reports in its registration (eCAL's `Process::SetState`),
+    /// shown by eCAL Monitor and `mwctl monitor`: a severity, a level (clamped to eCAL's 1-5)
+    /// and a short text (at most 1024 bytes are sent). Sent with the next registration round,
+    /// which starts at once.
+    pub fn set_state(&self, severity: Severity, level: i32, info: &str) {
+        let mut end = info.len().min(1024);
+        while !info.is_char_boundary(end) {
+            end -= 1;
+        }
+        *lock(&self.inner.process_state) =
+            ProcessState { severity, level: level.clamp(1, 5), info: info[..end].to_string() };
+        self.inner.register_now();
+    }
+
+    /// The state this process reports ([`Node::set_state`]).
+    pub fn state(&self) -> ProcessState {
+        lock(&self.inner.process_state).clone()
     }
 
     /// Publishers and subscribers heard through registration (this process's own included

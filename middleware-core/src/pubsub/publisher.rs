@@ -6,6 +6,7 @@
 use super::codec::Codec;
 use super::node::{lock, now_us, Inner, NodeError};
 use crate::pb::{encode_data_message, DataHeader, DataTypeInformation};
+use crate::registration::metrics::RateWindow;
 use crate::registration::{topic_sample, Direction};
 use crate::stats::{Counter, PublisherStats};
 use std::marker::PhantomData;
@@ -29,6 +30,11 @@ pub(crate) struct PubShared {
     pub connections_local: AtomicUsize,
     pub connections_external: AtomicUsize,
     pub last_size: AtomicI64,
+    /// Time of the last `send` call, µs on the node's monotonic clock (`Shared::epoch`): the
+    /// tick time of the send rate, as eCAL measures it (every call ticks, connected or not).
+    pub last_tick_us: AtomicI64,
+    /// Send rate across registration rounds (only the registration thread uses it).
+    pub rate: Mutex<RateWindow>,
     pub sent: Counter,
     pub sent_bytes: Counter,
     pub not_connected: Counter,
@@ -47,6 +53,8 @@ impl PubShared {
             connections_local: AtomicUsize::new(0),
             connections_external: AtomicUsize::new(0),
             last_size: AtomicI64::new(0),
+            last_tick_us: AtomicI64::new(0),
+            rate: Mutex::new(RateWindow::default()),
             sent: Counter::default(),
             sent_bytes: Counter::default(),
             not_connected: Counter::default(),
@@ -129,6 +137,7 @@ impl<C: Codec> Publisher<C> {
         }
         let s = &self.shared;
         let clock = s.clock.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        s.last_tick_us.fetch_max(self.node.epoch.elapsed().as_micros() as i64, Ordering::Relaxed);
         if !self.is_connected() {
             s.not_connected.inc();
             return Ok(false);

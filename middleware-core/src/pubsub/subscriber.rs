@@ -12,6 +12,7 @@ use super::filter::FilterTable;
 use super::node::{lock, Inner, Received};
 use crate::config::QUEUE_ITEM_OVERHEAD;
 use crate::pb::DataTypeInformation;
+use crate::registration::metrics::{LatencyStats, RateWindow};
 use crate::registration::{topic_sample, Direction, RemoteEntity};
 use crate::stats::{Counter, SubscriberStats};
 use std::collections::VecDeque;
@@ -46,6 +47,8 @@ struct SubState {
     /// `close` calls waiting for `active` to empty (only then is `idle` signalled: a
     /// notification is a system call, and `leave` runs per delivered message).
     closers: usize,
+    /// Receive latency of accepted messages (registration's `data_latency_us`).
+    latency: LatencyStats,
 }
 
 pub(crate) struct SubShared {
@@ -71,6 +74,11 @@ pub(crate) struct SubShared {
     panic_logged: AtomicBool,
     pub last_clock: AtomicI64,
     pub last_size: AtomicI64,
+    /// Send time (µs since the Unix epoch) of the last accepted message: the tick time of the
+    /// receive rate, as eCAL measures it.
+    pub last_send_us: AtomicI64,
+    /// Receive rate across registration rounds (only the registration thread uses it).
+    pub rate: Mutex<RateWindow>,
 }
 
 impl SubShared {
@@ -102,11 +110,18 @@ impl SubShared {
             panic_logged: AtomicBool::new(false),
             last_clock: AtomicI64::new(0),
             last_size: AtomicI64::new(0),
+            last_send_us: AtomicI64::new(0),
+            rate: Mutex::new(RateWindow::default()),
         }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SubState> {
         lock(&self.state)
+    }
+
+    /// Receive latency so far (registration's `data_latency_us`).
+    pub(crate) fn latency(&self) -> crate::pb::Statistics {
+        self.state().latency.to_pb()
     }
 
     pub(crate) fn stats(&self) -> SubscriberStats {
@@ -123,17 +138,20 @@ impl SubShared {
         }
     }
 
-    /// Hands one accepted message to the application: its callback (called here, with no lock
-    /// held) or its queue (bounded in messages and bytes; the oldest is dropped, counted).
-    pub(crate) fn offer(&self, r: Received<Vec<u8>>) {
+    /// Hands one accepted message, received at `recv_us` (µs since the Unix epoch), to the
+    /// application: its callback (called here, with no lock held) or its queue (bounded in
+    /// messages and bytes; the oldest is dropped, counted).
+    pub(crate) fn offer(&self, r: Received<Vec<u8>>, recv_us: i64) {
         let mut st = self.state();
         if st.closed {
             return;
         }
+        st.latency.add(recv_us.saturating_sub(r.send_time_us) as f64);
         self.delivered.inc();
         self.delivered_bytes.add(r.value.len() as u64);
         self.last_clock.store(r.clock, Ordering::Relaxed);
         self.last_size.store(r.value.len() as i64, Ordering::Relaxed);
+        self.last_send_us.store(r.send_time_us, Ordering::Relaxed);
         if st.callback.is_none() || st.draining > 0 || !st.items.is_empty() {
             // No callback, or `on_receive` is handing it queued messages (or left some):
             // behind them, in order.

@@ -5,6 +5,8 @@ use crate::pb::{self, CmdType, DataTypeInformation, LayerType, Sample, Transport
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+pub mod metrics;
+
 /// Sample name used on the registration channel.
 pub const REG_SAMPLE_NAME: &str = "reg_sample";
 /// What this implementation reports as `ecal_runtime_version`.
@@ -18,6 +20,8 @@ pub struct Identity {
     pub process_name: String,
     pub unit_name: String,
     pub process_parameter: String,
+    /// The configuration file this process loaded (empty: none), as eCAL's `config_file_path`.
+    pub config_file_path: String,
 }
 
 /// Produces eCAL-style 64-bit entity ids: `(pid & 0xFFFFFF) << 40 | random24 << 16 | counter16`
@@ -61,14 +65,57 @@ pub struct TopicReport {
     pub message_drops: i32,
     pub data_clock: i64,
     pub data_frequency_mhz: i32,
+    /// Receive latency (subscribers); publishers send eCAL's empty statistics.
+    pub latency: Option<pb::Statistics>,
 }
 
-fn udp_layer(active: bool) -> TransportLayer {
-    TransportLayer { r#type: LayerType::UdpMc as i32, version: 2, enabled: true, active, par_layer: None }
+fn layer(kind: LayerType, enabled: bool, active: bool) -> TransportLayer {
+    TransportLayer { r#type: kind as i32, version: 2, enabled, active, par_layer: None }
+}
+
+/// eCAL's initialised-component bits (`eCAL::Init`) that this implementation has: publisher,
+/// subscriber and time (the local system clock). It has no services (0x04), no monitoring
+/// component (0x08) and no eCAL log provider (0x10), so it does not claim them.
+pub const COMPONENTS: i32 = 0x01 | 0x02 | 0x20;
+/// `component_init_info` for [`COMPONENTS`], formatted as eCAL formats it.
+pub const COMPONENTS_INFO: &str = "pub|sub|time";
+/// The time source: the local system clock, which is what eCAL's `ecaltime-localtime` module
+/// provides; reported with that module's name and as synchronised in real time, as an eCAL
+/// installation with that module does.
+pub const TIME_SYNC_MODULE: &str = "ecaltime-localtime";
+/// `eTimeSyncState::tsync_realtime`.
+pub const TIME_SYNC_REALTIME: i32 = 1;
+
+/// `eProcessSeverity`: how a process says it is doing (shown by eCAL Monitor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(i32)]
+pub enum Severity {
+    #[default]
+    Unknown = 0,
+    Healthy = 1,
+    Warning = 2,
+    Critical = 3,
+    Failed = 4,
+}
+
+/// A process's state as it appears in its registration: severity, severity level (1-5, eCAL's
+/// `eProcessSeverityLevel`) and a free text. Default as eCAL's: unknown, level 1, no text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProcessState {
+    pub severity: Severity,
+    pub level: i32,
+    pub info: String,
+}
+
+impl Default for ProcessState {
+    fn default() -> Self {
+        Self { severity: Severity::Unknown, level: 1, info: String::new() }
+    }
 }
 
 /// The cmd 4 (or 14 when `unregister`) sample of this process.
-pub fn process_sample(id: &Identity, unregister: bool) -> Sample {
+pub fn process_sample(id: &Identity, state: &ProcessState, unregister: bool) -> Sample {
     let cmd = if unregister { CmdType::UnregProcess } else { CmdType::RegProcess };
     let full = !unregister;
     Sample {
@@ -80,11 +127,17 @@ pub fn process_sample(id: &Identity, unregister: bool) -> Sample {
             shm_transport_domain: id.host_name.clone(),
             unit_name: id.unit_name.clone(),
             process_parameter: if full { id.process_parameter.clone() } else { String::new() },
-            // eCAL bit mask: publisher | subscriber; info as eCAL formats it.
-            component_init_state: if full { 0x01 | 0x02 } else { 0 },
-            component_init_info: if full { "pub|sub".into() } else { String::new() },
+            component_init_state: if full { COMPONENTS } else { 0 },
+            component_init_info: if full { COMPONENTS_INFO.into() } else { String::new() },
             ecal_runtime_version: if full { RUNTIME_VERSION.into() } else { String::new() },
-            state: Some(pb::ProcessState { severity: 0, severity_level: 1, info: String::new() }),
+            config_file_path: if full { id.config_file_path.clone() } else { String::new() },
+            time_sync_module_name: if full { TIME_SYNC_MODULE.into() } else { String::new() },
+            time_sync_state: if full { TIME_SYNC_REALTIME } else { 0 },
+            state: Some(pb::ProcessState {
+                severity: state.severity as i32,
+                severity_level: state.level,
+                info: state.info.clone(),
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -111,15 +164,30 @@ pub fn topic_sample(id: &Identity, dir: Direction, r: &TopicReport, unregister: 
     };
     if !unregister {
         topic.datatype_information = Some(r.datatype.clone());
-        topic.transport_layer = vec![udp_layer(r.active)];
+        topic.transport_layer = match dir {
+            // What exists: the UDP writer (eCAL lists a writer's layer once it exists).
+            Direction::Publisher => vec![layer(LayerType::UdpMc, true, r.active)],
+            // eCAL 6.1 subscribers list every layer they were built with, `enabled` as
+            // configured: UDP on, SHM and TCP (which this implementation does not have) off.
+            Direction::Subscriber => vec![
+                layer(LayerType::UdpMc, true, r.active),
+                layer(LayerType::Shm, false, false),
+                TransportLayer {
+                    par_layer: Some(pb::ConnectionPar {
+                        layer_par_tcp: Some(pb::LayerParTcp { port: 0 }),
+                        ..Default::default()
+                    }),
+                    ..layer(LayerType::Tcp, false, false)
+                },
+            ],
+        };
         topic.topic_size = r.topic_size;
         topic.connections_local = r.connections_local;
         topic.connections_external = r.connections_external;
         topic.message_drops = r.message_drops;
         topic.data_clock = r.data_clock;
         topic.data_frequency = r.data_frequency_mhz;
-        topic.data_latency_us =
-            Some(pb::Statistics { min: f64::INFINITY, max: f64::NEG_INFINITY, ..Default::default() });
+        topic.data_latency_us = Some(r.latency.clone().unwrap_or_else(|| metrics::LatencyStats::default().to_pb()));
     }
     Sample { cmd_type: cmd as i32, topic: Some(topic), ..Default::default() }
 }
@@ -165,6 +233,17 @@ pub struct RemoteProcess {
     pub process_name: String,
     pub unit_name: String,
     pub runtime_version: String,
+    /// `eProcessSeverity` (0 unknown, 1 healthy, 2 warning, 3 critical, 4 failed), its level
+    /// (1-5) and text: what the process says about itself.
+    pub state_severity: i32,
+    pub state_level: i32,
+    pub state_info: String,
+    /// Initialised components as eCAL writes them (`pub|sub|log|time`).
+    pub components: String,
+    pub time_sync_module: String,
+    /// 0 none, 1 realtime, 2 replay.
+    pub time_sync_state: i32,
+    pub config_file_path: String,
     #[serde(skip)]
     pub last_seen: Instant,
 }
@@ -271,6 +350,13 @@ impl RemoteTable {
                             process_name: p.process_name.clone(),
                             unit_name: p.unit_name.clone(),
                             runtime_version: p.ecal_runtime_version.clone(),
+                            state_severity: p.state.as_ref().map_or(0, |s| s.severity),
+                            state_level: p.state.as_ref().map_or(0, |s| s.severity_level),
+                            state_info: p.state.as_ref().map(|s| s.info.clone()).unwrap_or_default(),
+                            components: p.component_init_info.clone(),
+                            time_sync_module: p.time_sync_module_name.clone(),
+                            time_sync_state: p.time_sync_state,
+                            config_file_path: p.config_file_path.clone(),
                             last_seen: now,
                         },
                     );
@@ -373,6 +459,7 @@ mod tests {
             process_name: "/bin/x".into(),
             unit_name: "unit".into(),
             process_parameter: "x --y".into(),
+            config_file_path: String::new(),
         }
     }
 

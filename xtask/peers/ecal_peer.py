@@ -5,7 +5,8 @@ Same command line and JSON summary as the Rust `publisher` / `subscriber` exampl
 harness compares both sides the same way:
   ecal_peer.py pub --topic T [--topic T2] --size N --count C --rate HZ [--wait-subscriber S]
   ecal_peer.py sub --topic T [--topic T2] --count C --timeout S [--verify mod251|none]
-  ecal_peer.py monitor --settle S   (eCAL's own monitoring view, as JSON, after S seconds)
+  ecal_peer.py monitor --settle S [--snapshots N --interval S]
+      (eCAL's own monitoring view: one JSON line per snapshot, the first after S seconds)
 The eCAL configuration comes from $ECAL_DATA/ecal.yaml (the harness writes it).
 Digest: SHA-256 over the messages, each prefixed by its length as u64 little-endian.
 """
@@ -26,6 +27,8 @@ def parse():
     ap.add_argument("role", choices=["pub", "sub", "monitor"])
     ap.add_argument("--topic", action="append", default=[])
     ap.add_argument("--settle", type=float, default=5.0)
+    ap.add_argument("--snapshots", type=int, default=1)
+    ap.add_argument("--interval", type=float, default=3.0)
     ap.add_argument("--size", type=int, default=10)
     ap.add_argument("--count", type=int, default=10)
     ap.add_argument("--rate", type=float, default=10.0)
@@ -35,6 +38,7 @@ def parse():
     ap.add_argument("--verify", default="mod251")
     ap.add_argument("--idle", type=float, default=0.0)
     ap.add_argument("--no-digest", action="store_true")
+    ap.add_argument("--datatype", default="", help="NAME:ENCODING the subscriber declares (default: none)")
     return ap.parse_args()
 
 
@@ -108,7 +112,12 @@ def run_sub(a):
     state = {t: {"d": Digest(), "ok": True, "types": set(), "clocks": [], "first": None, "last": None} for t in a.topic}
     subs = []
     for t in a.topic:
-        s = ecal.Subscriber(t, ecal.DataTypeInformation(), cfg)
+        if a.datatype:
+            name, _, encoding = a.datatype.partition(":")
+            dti = ecal.DataTypeInformation(name, encoding, b"")
+        else:
+            dti = ecal.DataTypeInformation()
+        s = ecal.Subscriber(t, dti, cfg)
 
         def cb(topic_id, dti, data, t=t):
             buf = bytes(data.buffer) if (Digest.hashing or a.verify != "none") else data.buffer
@@ -187,11 +196,15 @@ def run_monitor(a):
     one JSON object with processes, publishers and subscribers."""
     ecal.initialize("ecal_peer_monitor", ecal.init.ALL)
     time.sleep(a.settle)
-    m = ecal.monitoring.get_monitoring(ecal.monitoring.Entity.ALL)
-    out = {"processes": [plain(p) for p in m.processes],
-           "publishers": [plain(p) for p in m.publishers],
-           "subscribers": [plain(s) for s in m.subscribers]}
-    print(json.dumps(out), flush=True)
+    for k in range(a.snapshots):
+        if k:
+            time.sleep(a.interval)
+        m = ecal.monitoring.get_monitoring(ecal.monitoring.Entity.ALL)
+        out = {"role": "monitor", "snapshot": k, "time": time.time(),
+               "processes": [plain(p) for p in m.processes],
+               "publishers": [plain(p) for p in m.publishers],
+               "subscribers": [plain(s) for s in m.subscribers]}
+        print(json.dumps(out), flush=True)
     shutdown()
     return 0
 

@@ -2,6 +2,7 @@
 //!
 //! * `interop [--filter S] [--keep-going]`: the sender x receiver matrix over two network
 //!   namespaces (and same-host), this project and real eCAL 6.1.1, comparing counts and digests;
+//! * `parity`: eCAL's monitoring view of our processes against eCAL's own, field by field;
 //! * `tools`: the operator tool `mwctl` against real eCAL and this project's processes;
 //! * `test`: everything a user or CI runs: the workspace tests, the Windows build check, a short
 //!   fuzz pass, then `interop`, `tools` and `torture` (with a 60 s sustained-load row);
@@ -16,6 +17,7 @@ mod fuzz;
 mod hostile;
 mod interop;
 mod netns;
+mod parity;
 mod readme;
 mod tools;
 mod torture;
@@ -70,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         "readme" => readme::run_cmd(rest),
         "bench" => bench::run(rest),
         "tools" => tools::run(rest),
+        "parity" => parity::run(rest),
         "windows" => windows::run_cmd(rest),
         "fuzz" => fuzz::run(rest),
         "torture" => torture::run(rest),
@@ -99,6 +102,8 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
     // A short fuzz pass (the long one is `cargo xtask fuzz --seconds 60`).
     fuzz::run(&["--seconds".into(), "15".into()])?;
     interop::run(rest)?;
+    // Registration fields as eCAL's own monitoring sees them, ours against eCAL's.
+    parity::run(&[])?;
     tools::run(&[])?;
     // Hostile traffic and faults, with a 60 s sustained-load row (the README's figures come from
     // the full `cargo xtask torture`, 600 s).

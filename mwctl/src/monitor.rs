@@ -211,6 +211,23 @@ impl Rates {
     }
 }
 
+/// A process's registered state as eCAL Monitor names it: severity, level, text.
+fn process_state(p: &RemoteProcess) -> String {
+    let sev = match p.state_severity {
+        0 => "unknown",
+        1 => "healthy",
+        2 => "warning",
+        3 => "critical",
+        4 => "failed",
+        _ => "?",
+    };
+    if p.state_info.is_empty() {
+        format!("{sev} L{}", p.state_level)
+    } else {
+        format!("{sev} L{} {}", p.state_level, p.state_info)
+    }
+}
+
 fn datatype_of(e: &RemoteEntity) -> String {
     match (e.datatype_encoding.as_str(), e.datatype_name.as_str()) {
         ("", "") => "-".into(),
@@ -261,14 +278,20 @@ pub fn render(v: &View) -> String {
         v.entities.len(),
         v.topics.len()
     );
-    let _ = writeln!(o, "\nPROCESSES\n{:<16} {:>8}  {:<24} RUNTIME", "HOST", "PID", "UNIT");
+    let _ = writeln!(
+        o,
+        "\nPROCESSES\n{:<16} {:>8}  {:<24} {:<24} {:<16} RUNTIME",
+        "HOST", "PID", "UNIT", "STATE", "COMPONENTS"
+    );
     for p in &v.processes {
         let _ = writeln!(
             o,
-            "{:<16} {:>8}  {:<24} {}",
+            "{:<16} {:>8}  {:<24} {:<24} {:<16} {}",
             truncate(&p.host_name, 16),
             p.process_id,
             truncate(&p.unit_name, 24),
+            truncate(&process_state(p), 24),
+            truncate(&p.components, 16),
             p.runtime_version
         );
     }
@@ -294,13 +317,13 @@ pub fn render(v: &View) -> String {
     }
     let _ = writeln!(
         o,
-        "\nENTITIES\n{:<4} {:<24} {:<16} {:>8}  {:<20} {:<10} {:>5} {:>5} {:>10}",
-        "DIR", "TOPIC", "HOST", "PID", "UNIT", "LAYERS", "CONN", "EXT", "CLOCK"
+        "\nENTITIES\n{:<4} {:<24} {:<16} {:>8}  {:<20} {:<10} {:>5} {:>5} {:>10} {:>9} {:>9} {:>6}",
+        "DIR", "TOPIC", "HOST", "PID", "UNIT", "LAYERS", "CONN", "EXT", "CLOCK", "HZ", "SIZE", "DROPS"
     );
     for e in &v.entities {
         let _ = writeln!(
             o,
-            "{:<4} {:<24} {:<16} {:>8}  {:<20} {:<10} {:>5} {:>5} {:>10}",
+            "{:<4} {:<24} {:<16} {:>8}  {:<20} {:<10} {:>5} {:>5} {:>10} {:>9.2} {:>9} {:>6}",
             if e.direction == Direction::Publisher { "pub" } else { "sub" },
             truncate(&e.topic_name, 24),
             truncate(&e.host_name, 16),
@@ -309,9 +332,17 @@ pub fn render(v: &View) -> String {
             if e.layers.is_empty() { "-".to_string() } else { e.layers.join(",") },
             e.connections_local,
             e.connections_external,
-            e.data_clock
+            e.data_clock,
+            f64::from(e.data_frequency_mhz) / 1000.0,
+            e.topic_size,
+            e.message_drops
         );
     }
+    let _ = writeln!(
+        o,
+        "(HZ, SIZE, DROPS and CLOCK as each entity registers them: send or receive rate, last message \
+         size, messages lost, messages sent or received)"
+    );
     if v.topics.iter().any(|t| t.rate_source == "registration") {
         let _ = writeln!(o, "\n* rate from the publishers' registered counters (data not received here)");
     }

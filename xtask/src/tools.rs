@@ -128,6 +128,33 @@ fn monitor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
         e["unit_name"] == "ecal_peer_pub" && e["datatype_name"] == "bytes" && e["datatype_encoding"] == "raw",
         "eCAL publisher row {e}"
     );
+    // The figures each publisher and subscriber registers, for eCAL's and ours alike: send and
+    // receive rate (10 msg/s, in mHz), the last message size, drops.
+    for (t, size, who) in [("tools_mon_ecal", 100, "eCAL"), ("tools_mon_ours", 200, "our")] {
+        for dir in ["publisher", "subscriber"] {
+            let e = ents
+                .iter()
+                .find(|e| e["direction"] == dir && e["topic_name"] == t)
+                .with_context(|| format!("{t}: no {dir} listed"))?;
+            let mhz = e["data_frequency_mhz"].as_i64().unwrap_or(0);
+            ensure!((9_500..=10_500).contains(&mhz), "{who} {dir} on {t}: registered rate {mhz} mHz, expected 10 000");
+            ensure!(
+                e["topic_size"] == size,
+                "{who} {dir} on {t}: registered size {}, expected {size}",
+                e["topic_size"]
+            );
+            ensure!(e["message_drops"] == 0, "{who} {dir} on {t}: registered drops {}", e["message_drops"]);
+        }
+    }
+    for unit in ["ecal_peer_pub", "publisher"] {
+        let p = procs.iter().find(|p| p["unit_name"] == unit).context("process")?;
+        ensure!(
+            p["components"].as_str().is_some_and(|c| c.starts_with("pub|sub")) && p["state_level"] == 1,
+            "process {unit}: components {} state level {}",
+            p["components"],
+            p["state_level"]
+        );
+    }
     let mut detail = Vec::new();
     for t in ["tools_mon_ecal", "tools_mon_ours"] {
         let row = v["topics"]

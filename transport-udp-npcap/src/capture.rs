@@ -140,6 +140,10 @@ impl Capture {
         // `npcap.spin_us` applies to immediate mode, where reads do not block.
         let spin = (cfg.immediate && crate::sys::NONBLOCKING_READS && cfg.spin_us > 0)
             .then(|| Duration::from_micros(u64::from(cfg.spin_us)));
+        // The longest a frame may wait in a partly filled buffer before a read (where the
+        // platform's wait needs to be told: Windows); immediate mode hands over every frame.
+        let latency =
+            if cfg.immediate { Duration::from_millis(100) } else { Duration::from_millis(cfg.timeout_ms.into()) };
         for (dev, loopback) in devices {
             let mut cap = Handle::open_live(lib, dev, live_options(cfg)).map_err(|e| unavailable(dev, &e))?;
             let dlt = cap.datalink();
@@ -168,7 +172,7 @@ impl Capture {
             let name = dev.clone();
             let tap = tap.clone();
             let t = ReceiveThread::spawn(format!("mw-pcap-{dev}"), move |stop| {
-                run(cap, (link, dlt), ipc, spin, &routes, stop, &stats, &name, tap.as_ref());
+                run(cap, (link, dlt), ipc, (spin, latency), &routes, stop, &stats, &name, tap.as_ref());
             })
             .map_err(|e| TransportError::io("spawn capture thread", e))?;
             me.threads.push(t);
@@ -223,7 +227,7 @@ fn run(
     mut cap: Handle,
     (link, dlt): (LinkType, i32),
     ip: crate::ip_reassembly::IpReassemblyConfig,
-    spin: Option<Duration>,
+    (spin, latency): (Option<Duration>, Duration),
     routes: &Routes,
     stop: &AtomicBool,
     stats: &Mutex<DeviceStats>,
@@ -287,7 +291,7 @@ fn run(
                 Ok(0)
             })
         };
-        let r = if crate::sys::wait_readable(&cap, Duration::from_millis(100)) {
+        let r = if crate::sys::wait_readable(&cap, latency) {
             let mut r = read(&mut cap, &mut demux);
             // Immediate mode: while an IPv4 datagram is incomplete its next fragment is
             // microseconds away; reading on instead of sleeping in poll saves a wake-up per

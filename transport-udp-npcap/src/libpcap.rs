@@ -189,7 +189,7 @@ impl Library {
         fn opt<T: Copy>(lib: &libloading::Library, name: &str) -> Option<T> {
             sym(lib, name).ok()
         }
-        let api = Api {
+        let mut api = Api {
             lib_version: sym(&lib, "pcap_lib_version")?,
             findalldevs: sym(&lib, "pcap_findalldevs")?,
             freealldevs: sym(&lib, "pcap_freealldevs")?,
@@ -212,10 +212,13 @@ impl Library {
             stats: sym(&lib, "pcap_stats")?,
             datalink: sym(&lib, "pcap_datalink")?,
             close: sym(&lib, "pcap_close")?,
-            waitable: sys::WAITABLE_FN.and_then(|name| opt(&lib, name)),
+            waitable: None,
         };
         // SAFETY: pcap_lib_version returns a static NUL-terminated string.
         let version = unsafe { cstr((api.lib_version)()) }.unwrap_or_default();
+        // Only where the library says it is one that implements the wait (an exported name may
+        // be a stub that aborts the process when called, as in Wine's wpcap).
+        api.waitable = sys::WAITABLE_FN.filter(|_| sys::waitable_offered(&version)).and_then(|name| opt(&lib, name));
         Ok(Self { api, path: path.to_string(), version, _lib: lib })
     }
 
@@ -502,7 +505,6 @@ impl Handle {
     }
 
     /// What the platform waits on for readability, when the library offers it.
-    #[cfg_attr(windows, allow(dead_code))] // Windows reads block for the read timeout instead
     pub(crate) fn waitable(&self) -> Option<sys::Waitable> {
         // SAFETY: activated handle.
         self.lib.api.waitable.map(|f| unsafe { f(self.p.as_ptr()) })
@@ -535,7 +537,12 @@ impl Handle {
         }
         let mut ctx = Ctx { f: &mut f, panic: None };
         // SAFETY: handle valid; the callback gets `ctx` back, which outlives the call.
-        let n = unsafe { (self.lib.api.dispatch)(self.p.as_ptr(), -1, trampoline::<F>, (&raw mut ctx).cast::<u8>()) };
+        // A positive count: libpcap and Npcap read at most one buffer's worth either way, but
+        // some implementations (Wine's wpcap) loop `while processed < count` and read nothing
+        // for -1.
+        let n = unsafe {
+            (self.lib.api.dispatch)(self.p.as_ptr(), c_int::MAX, trampoline::<F>, (&raw mut ctx).cast::<u8>())
+        };
         if let Some(p) = ctx.panic {
             std::panic::resume_unwind(p);
         }

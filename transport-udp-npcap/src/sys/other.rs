@@ -18,6 +18,11 @@ pub(crate) fn timeval_micros(t: &Timeval) -> i64 {
 pub(crate) type Waitable = std::ffi::c_int;
 pub(crate) const WAITABLE_FN: Option<&str> = Some("pcap_get_selectable_fd");
 
+/// libpcap has had `pcap_get_selectable_fd` for decades; where it is missing, reads poll.
+pub(crate) fn waitable_offered(_lib_version: &str) -> bool {
+    true
+}
+
 pub(crate) const INSTALL_HINT: &str = "install libpcap (Debian/Ubuntu: `apt-get install libpcap0.8`, Fedora: \
      `dnf install libpcap`), or set npcap.library to the library's path";
 
@@ -75,8 +80,11 @@ pub(crate) fn prepare_reads(h: &mut Handle) -> Result<(), String> {
     h.set_nonblocking()
 }
 
-/// Waits until the capture has something to read, at most `timeout`.
-pub(crate) fn wait_readable(h: &Handle, timeout: Duration) -> bool {
+/// Waits until the capture has something to read. The ring's own block timeout bounds how long
+/// a frame waits in a partly filled block (`npcap.timeout_ms`), so `_latency` needs no wake-up
+/// here: the wait ends after 100 ms at most, for the loop's housekeeping.
+pub(crate) fn wait_readable(h: &Handle, _latency: Duration) -> bool {
+    let timeout = Duration::from_millis(100);
     let Some(fd) = h.waitable().filter(|fd| *fd >= 0) else {
         // No selectable descriptor (rare platforms): poll the non-blocking handle gently.
         std::thread::sleep(Duration::from_millis(1));

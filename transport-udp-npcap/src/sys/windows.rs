@@ -3,11 +3,15 @@
 //! How Npcap differs from libpcap on Linux, and what this crate does about it:
 //! * Location: `wpcap.dll` is in `System32\Npcap` (not on the search path); loaded by full path
 //!   with its directory first on the search path so `Packet.dll` beside it resolves.
-//! * Reads: Npcap's read timeout fires even when no frame arrives, so each capture thread reads
-//!   blocking; a read returns after `npcap.timeout_ms` at most (or at once with
-//!   `npcap.immediate`, which also sets Npcap's "min to copy" to 0). Without immediate mode a
-//!   read also returns once 16 000 bytes are buffered (Npcap's default min-to-copy): the
-//!   "delayed write" trade-off, bounded by the timeout.
+//! * Reads: non-blocking, so that a capture thread never depends on the library's read timeout
+//!   (which Npcap fires even on an idle link, but other implementations of the wpcap API, such
+//!   as Wine's over libpcap, do not: a blocking read there never returns while nothing matches
+//!   the filter, and filter updates, statistics and shutdown starve). Between reads the thread
+//!   waits on the capture's event (`pcap_getevent`, signalled once "min to copy" bytes are
+//!   buffered, 16 000 by default, 0 with `npcap.immediate`) for at most `npcap.timeout_ms`, then
+//!   reads whatever is buffered: the "delayed write" trade-off, bounded by that timeout as
+//!   Npcap's own read timeout bounded it. Where the library has no event (the function is
+//!   missing, or returns none, as Wine's does), the thread polls with a bounded sleep (1 ms).
 //! * Buffer: `npcap.buffer_size` sizes the driver's kernel buffer (Npcap's default is 1 MiB).
 //! * Direction: where Npcap refuses `pcap_setdirection` a warning is logged; frames this host
 //!   sends to a group it joined reach the loopback adapter only after the cold start below.
@@ -33,9 +37,23 @@ pub(crate) fn timeval_micros(t: &Timeval) -> i64 {
     i64::from(t.tv_sec) * 1_000_000 + i64::from(t.tv_usec)
 }
 
-/// Unused: reads block for the read timeout instead of waiting on `pcap_getevent`.
+/// The capture's event (`HANDLE`), from `pcap_getevent`.
 pub(crate) type Waitable = *mut c_void;
-pub(crate) const WAITABLE_FN: Option<&str> = None;
+pub(crate) const WAITABLE_FN: Option<&str> = Some("pcap_getevent");
+
+/// Whether the library implements `pcap_getevent`: Npcap and WinPcap do. Other implementations
+/// of the wpcap API may export the name as a stub that aborts the process (Wine's does), so
+/// they are read by polling instead.
+pub(crate) fn waitable_offered(lib_version: &str) -> bool {
+    windows_rules::has_capture_event(lib_version)
+}
+
+const WAIT_FAILED: u32 = 0xFFFF_FFFF;
+
+#[link(name = "kernel32")]
+extern "system" {
+    fn WaitForSingleObject(handle: *mut c_void, milliseconds: u32) -> u32;
+}
 
 pub(crate) const INSTALL_HINT: &str = "install Npcap from https://npcap.com (WinPcap API-compatible mode \
      is not needed; check \"Support loopback traffic\" for local mode), or set npcap.library to wpcap.dll's path";
@@ -67,17 +85,40 @@ pub(crate) fn open_library(path: &str) -> Result<libloading::Library, libloading
     unsafe { Library::load_with_flags(path, flags) }.map(Into::into)
 }
 
-/// Blocking reads: Npcap returns from each after the read timeout.
-pub(crate) fn prepare_reads(_h: &mut Handle) -> Result<(), String> {
+/// Non-blocking reads (see the module notes); how the thread waits between them is logged once.
+pub(crate) fn prepare_reads(h: &mut Handle) -> Result<(), String> {
+    h.set_nonblocking()?;
+    match h.waitable().filter(|e| !e.is_null()) {
+        Some(_) => tracing::debug!("capture reads: non-blocking, waiting on the capture's event between reads"),
+        None => tracing::info!(
+            "capture reads: the capture library offers no event to wait on (pcap_getevent); \
+             polling non-blocking reads with a 1 ms sleep"
+        ),
+    }
     Ok(())
 }
 
-/// The read itself waits (at most the read timeout), so there is nothing to wait for here.
-/// Reads block (see the module notes): no spinning on them.
-pub(crate) const NONBLOCKING_READS: bool = false;
+/// Reads return at once when nothing is buffered.
+pub(crate) const NONBLOCKING_READS: bool = true;
 
-pub(crate) fn wait_readable(_h: &Handle, _timeout: Duration) -> bool {
-    true
+/// Waits for the capture's event at most `latency` (the longest a frame may wait in a partly
+/// filled buffer), or sleeps 1 ms where there is no event; then the caller reads what is there.
+pub(crate) fn wait_readable(h: &Handle, latency: Duration) -> bool {
+    let ms = latency.as_millis().clamp(1, 100) as u32;
+    match h.waitable().filter(|e| !e.is_null()) {
+        Some(event) => {
+            // SAFETY: the event belongs to the handle, open while `h` is borrowed.
+            if unsafe { WaitForSingleObject(event, ms) } == WAIT_FAILED {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Signalled or timed out alike: frames below "min to copy" are read after the wait.
+            true
+        }
+        None => {
+            std::thread::sleep(Duration::from_millis(1).min(latency));
+            true
+        }
+    }
 }
 
 /// Npcap's loopback adapter only sees local multicast once a socket has sent to the group with

@@ -81,6 +81,12 @@ pub(crate) fn npcap_version(lib_version: &str) -> Option<&str> {
     Some(rest.split([',', ' ']).next().unwrap_or(rest))
 }
 
+/// Whether a wpcap library with this `pcap_lib_version` string implements `pcap_getevent`:
+/// Npcap ("Npcap version 1.79, based on libpcap ...") and WinPcap ("WinPcap version 4.1.3 ...").
+pub(crate) fn has_capture_event(lib_version: &str) -> bool {
+    npcap_version(lib_version).is_some() || lib_version.starts_with("WinPcap version ")
+}
+
 pub(crate) const NO_LOOPBACK_DEVICE: &str = "Npcap has no loopback adapter (\\Device\\NPF_Loopback): it was \
      installed without \"Support loopback traffic\"; reinstall Npcap with that option to capture local-mode \
      traffic, or use the socket transport";
@@ -94,6 +100,15 @@ mod tests {
     }
 
     const ETH: &str = r"\Device\NPF_{4E273621-5161-46C8-895A-48DF2E6B0E27}";
+
+    #[test]
+    fn only_npcap_and_winpcap_are_trusted_with_the_capture_event() {
+        assert!(has_capture_event("Npcap version 1.79, based on libpcap version 1.10.4"));
+        assert!(has_capture_event("WinPcap version 4.1.3 (packet.dll version 4.1.0.2980), based on libpcap version 1.0 branch 1_0_rel0b (20091008)"));
+        // Wine's wpcap reports the host's libpcap and exports pcap_getevent as an aborting stub.
+        assert!(!has_capture_event("libpcap version 1.10.3 (with TPACKET_V3)"));
+        assert!(!has_capture_event(""));
+    }
 
     #[test]
     fn npcap_dir_first_then_system32_and_never_a_relative_directory() {

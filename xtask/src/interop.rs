@@ -17,10 +17,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Impl {
+pub(crate) enum Impl {
     Ours,
     OursNpcap,
     Ecal,
+    /// Our Windows programs (`x86_64-win7-windows-gnu`) under Wine, socket transport.
+    WinSocket,
+    /// Our Windows programs under Wine, capture transport (Wine's wpcap.dll over libpcap).
+    WinNpcap,
 }
 
 impl Impl {
@@ -29,12 +33,14 @@ impl Impl {
             Impl::Ours => "ours(socket)",
             Impl::OursNpcap => "ours(npcap)",
             Impl::Ecal => "eCAL 6.1.1",
+            Impl::WinSocket => "ours.exe(socket, Wine)",
+            Impl::WinNpcap => "ours.exe(npcap, Wine)",
         }
     }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Placement {
+pub(crate) enum Placement {
     CrossHost,
     SameHost,
     SameHostLocal,
@@ -58,7 +64,7 @@ impl Placement {
 }
 
 #[derive(Clone, Debug)]
-struct Case {
+pub(crate) struct Case {
     sender: Impl,
     receiver: Impl,
     placement: Placement,
@@ -69,7 +75,7 @@ struct Case {
 }
 
 impl Case {
-    fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!(
             "{} -> {} {} {}B x{}{}",
             self.sender.name(),
@@ -82,6 +88,45 @@ impl Case {
     }
 }
 
+/// (size, count, rate, topics): 10 B, 65 420 B (just over one eCAL datagram), 1 MiB, two topics.
+const LOADS: [(usize, usize, f64, &[&str]); 4] = [
+    (10, 10, 20.0, &["interop_small"]),
+    (65_420, 10, 10.0, &["interop_frag"]),
+    (1 << 20, 5, 5.0, &["interop_1mb"]),
+    (1000, 10, 20.0, &["interop_a", "interop_b"]),
+];
+
+/// The Windows rows (`cargo xtask windows`): our Windows programs under Wine with real eCAL and
+/// our Linux programs, cross-host in network mode (Windows on host b or a) and same-host in
+/// local mode, every load.
+pub(crate) fn wine_cases() -> Vec<Case> {
+    let pairs = [
+        (Impl::Ecal, Impl::WinSocket),
+        (Impl::Ours, Impl::WinSocket),
+        (Impl::WinSocket, Impl::Ecal),
+        (Impl::WinSocket, Impl::Ours),
+        (Impl::Ecal, Impl::WinNpcap),
+        (Impl::Ours, Impl::WinNpcap),
+    ];
+    let mut v = Vec::new();
+    for placement in [Placement::CrossHost, Placement::SameHostLocal] {
+        for (s, r) in pairs {
+            for (size, count, rate, topics) in LOADS {
+                v.push(Case {
+                    sender: s,
+                    receiver: r,
+                    placement,
+                    size,
+                    count,
+                    rate,
+                    topics: topics.iter().map(|t| t.to_string()).collect(),
+                });
+            }
+        }
+    }
+    v
+}
+
 fn cases() -> Vec<Case> {
     let pairs = [
         (Impl::Ours, Impl::Ours),
@@ -92,17 +137,10 @@ fn cases() -> Vec<Case> {
         (Impl::OursNpcap, Impl::OursNpcap),
         (Impl::Ecal, Impl::OursNpcap),
     ];
-    // (size, count, rate, topics)
-    let loads: [(usize, usize, f64, &[&str]); 4] = [
-        (10, 10, 20.0, &["interop_small"]),
-        (65_420, 10, 10.0, &["interop_frag"]),
-        (1 << 20, 5, 5.0, &["interop_1mb"]),
-        (1000, 10, 20.0, &["interop_a", "interop_b"]),
-    ];
     let mut v = Vec::new();
     for placement in [Placement::CrossHost, Placement::SameHost] {
         for (s, r) in pairs {
-            for (size, count, rate, topics) in loads {
+            for (size, count, rate, topics) in LOADS {
                 v.push(Case {
                     sender: s,
                     receiver: r,
@@ -133,10 +171,25 @@ fn cases() -> Vec<Case> {
     v
 }
 
-struct Env {
-    bin_dir: PathBuf,
-    python: PathBuf,
-    logs: PathBuf,
+pub(crate) struct Env {
+    pub bin_dir: PathBuf,
+    pub python: PathBuf,
+    pub logs: PathBuf,
+    pub wine: Option<Wine>,
+}
+
+/// Running our Windows programs: Wine's loader, the `.exe` directory, and one Wine prefix per
+/// lab host (Wine's server owns the sockets, so each network namespace needs its own).
+pub(crate) struct Wine {
+    pub wine64: PathBuf,
+    pub bin_dir: PathBuf,
+    pub prefixes: PathBuf,
+}
+
+impl Wine {
+    pub fn prefix(&self, host: &Host) -> PathBuf {
+        self.prefixes.join(&host.hostname)
+    }
 }
 
 fn peer_command(env: &Env, host: &Host, who: Impl, publisher: bool, case: &Case) -> anyhow::Result<Command> {
@@ -163,6 +216,17 @@ fn peer_command(env: &Env, host: &Host, who: Impl, publisher: bool, case: &Case)
             a.extend(args);
             let mut c = host.command(&env.python.display().to_string(), &a);
             c.env("ECAL_DATA", ecal::config_dir(case.placement.mode())?);
+            c
+        }
+        Impl::WinSocket | Impl::WinNpcap => {
+            let wine = env.wine.as_ref().context("Windows rows need Wine")?;
+            let transport = if who == Impl::WinSocket { "socket" } else { "npcap" };
+            let exe = wine.bin_dir.join(if publisher { "publisher.exe" } else { "subscriber.exe" });
+            let mut a = vec![exe.display().to_string()];
+            a.extend(args);
+            a.extend(["--mode".into(), case.placement.mode().into(), "--transport".into(), transport.into()]);
+            let mut c = host.command(&wine.wine64.display().to_string(), &a);
+            c.env("WINEPREFIX", wine.prefix(host)).env("WINEDEBUG", "-all");
             c
         }
     };
@@ -291,13 +355,20 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bin_dir: project_root().join("target").join("release"),
         python: ecal::venv()?,
         logs: project_root().join("target").join("xtask").join("logs"),
+        wine: None,
     };
-    std::fs::create_dir_all(&env.logs)?;
-    let lab = Lab::new("mwi")?;
     let selected: Vec<Case> =
         cases().into_iter().filter(|c| filter.as_ref().is_none_or(|f| c.label().contains(f.as_str()))).collect();
+    let lab = Lab::new("mwi")?;
+    run_matrix(&env, &lab, &selected, "interop")
+}
+
+/// Runs `selected` in `lab`, prints the table, writes it to `target/xtask/<name>.md`; fails if
+/// any row failed.
+pub(crate) fn run_matrix(env: &Env, lab: &Lab, selected: &[Case], name: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&env.logs)?;
     if selected.is_empty() {
-        bail!("no interop case matches the filter");
+        bail!("no {name} case matches the filter");
     }
     let mut table = String::from(
         "| # | sender | receiver | placement | payload | topics | sent | received | digests | result |\n|---|---|---|---|---|---|---|---|---|---|\n",
@@ -306,7 +377,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     for (i, c) in selected.iter().enumerate() {
         let t0 = Instant::now();
-        let o = run_case(&env, &lab, i, c).unwrap_or_else(|e| Outcome {
+        let o = run_case(env, lab, i, c).unwrap_or_else(|e| Outcome {
             ok: false,
             sent: 0,
             received: 0,
@@ -345,14 +416,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             }
         );
     }
-    drop(lab);
     println!("{table}");
     let passed = selected.len() - failures;
-    eprintln!("interop matrix took {:.0} s", started.elapsed().as_secs_f64());
-    println!("interop: {passed} passed, {failures} failed");
-    std::fs::write(project_root().join("target").join("xtask").join("interop.md"), &table)?;
+    eprintln!("{name} matrix took {:.0} s", started.elapsed().as_secs_f64());
+    println!("{name}: {passed} passed, {failures} failed");
+    std::fs::write(project_root().join("target").join("xtask").join(format!("{name}.md")), &table)?;
     if failures > 0 {
-        bail!("{failures} interop case(s) failed; logs in {}", env.logs.display());
+        bail!("{failures} {name} case(s) failed; logs in {}", env.logs.display());
     }
     Ok(())
 }

@@ -19,6 +19,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "x86_64-pc-windows-gnu";
+/// The target of the programs run under Wine: Debian 12's Wine 8 lacks `ProcessPrng`
+/// (bcryptprimitives.dll), which the std of `x86_64-pc-windows-gnu` imports; the tier-3 target
+/// for Windows 7 and later uses the older `RtlGenRandom` and runs. Same code, same std.
+const WINE_TARGET: &str = "x86_64-win7-windows-gnu";
+/// Wine's 64-bit loader on Debian (package `wine64`).
+const WINE64: &str = "/usr/lib/wine/wine64";
+const WINE_BINARIES: &[&str] = &["publisher", "subscriber"];
 const LINKER: &str = "x86_64-w64-mingw32-gcc";
 const OBJDUMP: &str = "x86_64-w64-mingw32-objdump";
 /// Debian packages that provide everything this step needs.
@@ -100,15 +107,15 @@ impl Toolchain {
     /// The linker. rustup's target ships the CRT start/end objects `rsbegin.o`/`rsend.o`; a
     /// std built from source does not, so they are compiled from the sources and a wrapper
     /// hands their paths to MinGW's gcc.
-    fn linker(&self, target_dir: &Path) -> anyhow::Result<PathBuf> {
+    fn linker(&self, target_dir: &Path, target: &str) -> anyhow::Result<PathBuf> {
         let Self::Debian { rustc, .. } = self else { return Ok(PathBuf::from(LINKER)) };
-        let dir = target_dir.join("rtstartup");
+        let dir = target_dir.join(format!("rtstartup-{target}"));
         std::fs::create_dir_all(&dir)?;
         for obj in ["rsbegin", "rsend"] {
             let src = format!("/usr/lib/rustlib/src/rust/library/rtstartup/{obj}.rs");
             run(Command::new(rustc)
                 .env("RUSTC_BOOTSTRAP", "1")
-                .args(["--edition", "2021", "--crate-type", "lib", "--emit", "obj", "--target", TARGET])
+                .args(["--edition", "2021", "--crate-type", "lib", "--emit", "obj", "--target", target])
                 .args(["-C", "panic=abort", "-C", "opt-level=2", &src, "-o"])
                 .arg(dir.join(format!("{obj}.o"))))?;
         }
@@ -204,7 +211,7 @@ pub fn run_cmd(args: &[String]) -> anyhow::Result<()> {
     build
         .args(["build"])
         .args(toolchain.target_args())
-        .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER", toolchain.linker(&target_dir)?);
+        .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER", toolchain.linker(&target_dir, TARGET)?);
     for (package, bin) in BINARIES {
         build.args(["-p", package, "--bin", bin]);
     }
@@ -257,7 +264,120 @@ pub fn run_cmd(args: &[String]) -> anyhow::Result<()> {
         BINARIES.len(),
         CAPTURE_DLLS.join("/")
     );
+    // 4. The programs run: under Wine, against real eCAL and our Linux programs.
+    match wine_rows(&toolchain, &target_dir, &args.iter().filter(|a| *a != "--require").cloned().collect::<Vec<_>>()) {
+        Ok(()) => Ok(()),
+        Err(e) if !required && e.downcast_ref::<WineMissing>().is_some() => {
+            eprintln!("NOTE: Windows programs NOT run under Wine: {e}");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Wine or the toolchain for the Wine build is missing (a NOTE without `--require`).
+#[derive(Debug)]
+struct WineMissing(String);
+
+impl std::fmt::Display for WineMissing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WineMissing {}
+
+/// Builds the programs for [`WINE_TARGET`] and runs the Windows rows of the interop matrix
+/// (`interop::wine_cases`) with them under Wine in the two-namespace lab. `args`: `--filter TEXT`.
+fn wine_rows(toolchain: &Toolchain, target_dir: &Path, args: &[String]) -> anyhow::Result<()> {
+    let mut filter: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--filter" => filter = it.next().cloned(),
+            other => bail!("windows: unknown argument {other}"),
+        }
+    }
+    if !matches!(toolchain, Toolchain::Debian { .. }) {
+        return Err(WineMissing(format!(
+            "building for {WINE_TARGET} (tier 3) needs std from source: install {APT_PACKAGES}"
+        ))
+        .into());
+    }
+    if !Path::new(WINE64).exists() {
+        return Err(WineMissing(format!("{WINE64} not found: apt-get install wine64")).into());
+    }
+    // Release: Wine's start-up and the 1 MiB rows are slow enough in a debug build.
+    let mut build = toolchain.cargo(target_dir);
+    build
+        .args(["build", "--release", "--locked", "--target", WINE_TARGET, "-Zbuild-std=std,panic_abort"])
+        .env("CARGO_TARGET_X86_64_WIN7_WINDOWS_GNU_LINKER", toolchain.linker(target_dir, WINE_TARGET)?);
+    for bin in WINE_BINARIES {
+        build.args(["-p", "examples", "--bin", bin]);
+    }
+    run(&mut build)?;
+    let wine = crate::interop::Wine {
+        wine64: PathBuf::from(WINE64),
+        bin_dir: target_dir.join(WINE_TARGET).join("release"),
+        prefixes: target_dir.join("wine-prefixes"),
+    };
+    let env = crate::interop::Env {
+        bin_dir: project_root().join("target").join("release"),
+        python: crate::ecal::venv()?,
+        logs: project_root().join("target").join("xtask").join("logs-windows"),
+        wine: Some(wine),
+    };
+    run(crate::cargo().args(["build", "--release", "-p", "examples", "--bins"]))?;
+    let cases: Vec<_> = crate::interop::wine_cases()
+        .into_iter()
+        .filter(|c| filter.as_ref().is_none_or(|f| c.label().contains(f.as_str())))
+        .collect();
+    let lab = crate::netns::Lab::new("mww")?;
+    let wine = env.wine.as_ref().expect("set above");
+    for host in [&lab.a, &lab.b] {
+        prepare_prefix(wine, host)?;
+    }
+    let result = crate::interop::run_matrix(&env, &lab, &cases, "windows-wine");
+    // Wine's server (one per prefix) owns the programs' sockets in the lab's namespaces: stop it
+    // before the namespaces go.
+    for host in [&lab.a, &lab.b] {
+        stop_wineserver(wine, host);
+    }
+    result
+}
+
+/// Creates (once) the host's Wine prefix, inside the host's namespace, and leaves no Wine
+/// server running (a server left from an earlier lab would own sockets in a deleted namespace).
+fn prepare_prefix(wine: &crate::interop::Wine, host: &crate::netns::Host) -> anyhow::Result<()> {
+    let prefix = wine.prefix(host);
+    stop_wineserver(wine, host);
+    if !prefix.join("system.reg").exists() {
+        std::fs::create_dir_all(&wine.prefixes)?;
+        eprintln!("windows: creating the Wine prefix {}", prefix.display());
+        let st = host
+            .command(&wine.wine64.display().to_string(), &["wineboot".into(), "--init".into()])
+            .env("WINEPREFIX", &prefix)
+            .env("WINEDEBUG", "-all")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .context("running wineboot")?;
+        if !st.success() {
+            bail!("wineboot --init for {} failed: {st}", prefix.display());
+        }
+        stop_wineserver(wine, host);
+    }
     Ok(())
+}
+
+fn stop_wineserver(wine: &crate::interop::Wine, host: &crate::netns::Host) {
+    let server = wine.wine64.with_file_name("wineserver");
+    let _ = Command::new(server)
+        .arg("-k")
+        .env("WINEPREFIX", wine.prefix(host))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// Builds a C program that calls `pcap_lib_version` through an import library for `wpcap.dll`

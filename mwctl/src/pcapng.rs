@@ -149,7 +149,7 @@ impl Endian {
 ///
 /// # Errors
 /// Unreadable or corrupt file; the message gives the offset.
-#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; the MSRV is 1.85
+#[allow(clippy::manual_is_multiple_of)] // kept as the arithmetic the pcapng spec states
 pub fn read_all(mut input: impl Read) -> anyhow::Result<Vec<Packet>> {
     let mut data = Vec::new();
     input.read_to_end(&mut data).context("reading the capture file")?;

@@ -8,7 +8,8 @@
 //!   fuzz pass, then `interop`, `tools` and `torture` (with a 60 s sustained-load row);
 //! * `fuzz [--seconds N]`: every cargo-fuzz target (see `fuzz.rs`);
 //! * `torture`: hostile traffic and faults against a subscriber (see `torture.rs`);
-//! * `windows [--require]`: check, link and inspect the Windows build (see `windows.rs`);
+//! * `windows [--require] [--filter TEXT]`: check, link and inspect the Windows build, and run
+//!   its programs under Wine against real eCAL and ours (see `windows.rs`);
 //! * `ecal-venv`: create (or reuse) the Python virtual environment with eclipse-ecal 6.1.1.
 
 mod bench;
@@ -96,7 +97,8 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
     } else {
         run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
     }
-    windows::run_cmd(&[])?;
+    // The Windows build: checked, import-checked, and its programs run under Wine.
+    windows::run_cmd(&["--require".into()])?;
     // The README's first example, as an outside application builds and runs it.
     readme::run_cmd(&[])?;
     // A short fuzz pass (the long one is `cargo xtask fuzz --seconds 60`).

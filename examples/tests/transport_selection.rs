@@ -163,3 +163,93 @@ fn unknown_transport_names_the_accepted_values() {
     assert!(!out.status.success());
     assert!(err.contains("MW_TRANSPORT") && err.contains("socket, npcap, auto"), "{err}");
 }
+
+/// A network namespace of this test's own: `lo` up, and a veth pair whose end `deaf0` no
+/// traffic of the test crosses. Removed on drop.
+struct DeafLab {
+    ns: String,
+}
+
+impl DeafLab {
+    fn new(tag: &str) -> Self {
+        let ns = format!("mw{tag}{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("ip (iproute2) runs");
+            assert!(
+                st.success(),
+                "ip {args:?} failed: this test creates a network namespace and needs root (CI runs as root)"
+            );
+        };
+        ip(&["netns", "add", &ns]);
+        let lab = Self { ns };
+        let ns = lab.ns.as_str();
+        let peer = format!("vd{}", std::process::id());
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        ip(&["link", "add", &peer, "netns", ns, "type", "veth", "peer", "name", "deaf0", "netns", ns]);
+        ip(&["-n", ns, "link", "set", "deaf0", "up"]);
+        ip(&["-n", ns, "link", "set", &peer, "up"]);
+        lab
+    }
+
+    fn command(&self, bin: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, bin]);
+        c
+    }
+}
+
+impl Drop for DeafLab {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A capture that opens but hears nothing (here: on a device the traffic does not cross) is
+/// noticed. `auto` falls back to sockets with one warning that says why, and delivers every
+/// message; `npcap` keeps capturing but says so at error level and in its stats.
+#[test]
+fn a_deaf_capture_is_noticed_auto_falls_back_and_npcap_says_so() {
+    let lab = DeafLab::new("deaf");
+    let sub = lab
+        .command(env!("CARGO_BIN_EXE_subscriber"))
+        .args(["--topic", "deaf", "--count", "20", "--timeout", "20", "--transport", "auto", "--mode", "local"])
+        .env("MW_NPCAP_INTERFACES", "deaf0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run subscriber");
+    // The subscriber's node opens once `auto` has decided (about 2.5 s on a deaf capture).
+    let publ = lab
+        .command(env!("CARGO_BIN_EXE_publisher"))
+        .args(["--topic", "deaf", "--count", "20", "--size", "1000", "--rate", "50", "--transport", "socket"])
+        .args(["--mode", "local", "--wait-subscriber", "15"])
+        .output()
+        .expect("run publisher");
+    let sub = sub.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&sub.stderr);
+    assert!(publ.status.success() && sub.status.success(), "{err}");
+    let (p, s) = (summary(&publ), summary(&sub));
+    assert_eq!((s["received"].as_u64(), &s["sha256"]), (Some(20), &p["sha256"]), "{s}");
+    let t = s["transport"].as_str().unwrap();
+    assert!(t.starts_with("socket (auto fallback: the packet capture (npcap on deaf0) heard nothing"), "{t}");
+    assert_eq!(err.matches("falling back to sockets").count(), 1, "{err}");
+    assert!(!err.contains("ERROR"), "a fallback is one warning, not an error: {err}");
+
+    let out = lab
+        .command(env!("CARGO_BIN_EXE_subscriber"))
+        .args(["--topic", "deaf", "--count", "1", "--timeout", "4.5", "--transport", "npcap", "--mode", "local"])
+        .env("MW_NPCAP_INTERFACES", "deaf0")
+        .output()
+        .expect("run subscriber");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nothing can arrive: {err}");
+    assert_eq!(err.matches("has not heard this node's own registration").count(), 1, "{err}");
+    assert!(err.contains("ERROR") && err.contains("npcap.interfaces"), "{err}");
+    let s = summary(&out);
+    let d = &s["stats"]["registration"]["transport"]["details"];
+    assert_eq!(
+        (&d["capture_deaf"], &d["capture_deaf_events"], &d["self_heard"]),
+        (&1.into(), &1.into(), &0.into()),
+        "{d}"
+    );
+}

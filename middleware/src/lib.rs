@@ -124,6 +124,10 @@ fn open_auto(config: Config, taps: &Taps) -> Result<Node, OpenError> {
     } else {
         Err(d.reason.clone())
     };
+    // A capture that opens may still hear nothing (wrong adapter, a library that returns no
+    // frames): it must hear the node's own registration, sent at once on the group and port it
+    // listens to, before `auto` settles on it.
+    let opened = opened.and_then(|node| capture_hears_itself(&node, hearing_window(&config)).map(|()| node));
     match opened {
         Ok(node) => {
             tracing::info!("transport auto: packet capture with {}", d.reason);
@@ -132,6 +136,44 @@ fn open_auto(config: Config, taps: &Taps) -> Result<Node, OpenError> {
         Err(why) => {
             tracing::warn!("transport auto: packet capture unavailable ({why}); falling back to sockets");
             open_socket(config, taps, format!("auto fallback: {why}"))
+        }
+    }
+}
+
+/// How long `auto` waits for a new capture node to hear itself: two registration rounds and a
+/// half, at least 1 s and less than the transport's own deaf verdict
+/// (`transport_udp_npcap::hearing::DEAF_AFTER`, which logs an error), so that a fallback is one
+/// warning. A capture that works hears the first round within milliseconds.
+#[cfg(feature = "npcap")]
+fn hearing_window(config: &Config) -> std::time::Duration {
+    use std::time::Duration;
+    let most = transport_udp_npcap::hearing::DEAF_AFTER.saturating_sub(Duration::from_millis(400));
+    (config.registration_refresh * 2 + Duration::from_millis(500)).clamp(Duration::from_secs(1), most)
+}
+
+/// Waits until the node's capture has heard one of the node's own registration datagrams
+/// (`self_heard` in the registration channel's transport stats), at most `within`. Channels
+/// the capture is not meant to hear itself on (multicast loopback off) pass at once.
+///
+/// # Errors
+/// Nothing heard within `within`: why, for the log and [`Node::transport`].
+pub fn capture_hears_itself(node: &Node, within: std::time::Duration) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    loop {
+        let t = node.stats().registration.transport;
+        match t.details.get("self_heard") {
+            None => return Ok(()),
+            Some(n) if *n > 0 => return Ok(()),
+            Some(_) if start.elapsed() >= within => {
+                return Err(format!(
+                    "the packet capture ({}) heard nothing in {:.1} s, not even this node's own registration: \
+                     it is on a device the traffic does not cross, or the capture library delivers no frames; \
+                     set network.interface / npcap.interfaces (see `mwctl doctor`)",
+                    t.note,
+                    within.as_secs_f64()
+                ));
+            }
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
         }
     }
 }

@@ -132,9 +132,31 @@ fn auto_choice(config: &Config, reason: &str, capture: bool, out: &mut Vec<Check
 }
 
 /// Opens a node exactly as an application does (`middleware::open_node`) and reports the
-/// transport it got, and why; dropped at once (it unregisters before the peer checks listen).
+/// transport it got, and why; on the capture transport, also whether the capture hears the
+/// node's own registration (a capture that does not receives nothing from anyone). Dropped at
+/// once (it unregisters before the peer checks listen).
 fn node_check(config: &Config, out: &mut Vec<Check>) {
     match middleware::open_node(config.clone()) {
+        Ok(node) if node.transport().name == "npcap" => {
+            match middleware::capture_hears_itself(&node, std::time::Duration::from_secs(3)) {
+                Ok(()) => out.push(check(
+                    "node",
+                    Status::Ok,
+                    format!("opens on transport {}; the capture hears its own registration", node.transport()),
+                    None,
+                )),
+                Err(why) => out.push(check(
+                    "node",
+                    Status::Fail,
+                    format!("opens on transport {}, but {why}", node.transport()),
+                    Some(
+                        "capture on the device the traffic crosses (network.interface or npcap.interfaces; \
+                         the capture check lists the devices), or use transport = socket"
+                            .into(),
+                    ),
+                )),
+            }
+        }
         Ok(node) => out.push(check("node", Status::Ok, format!("opens on transport {}", node.transport()), None)),
         Err(e) => out.push(check(
             "node",

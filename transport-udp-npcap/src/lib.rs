@@ -24,6 +24,7 @@ pub mod filter;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hearing;
 pub mod ip_reassembly;
 pub mod libpcap;
 mod sys;
@@ -32,11 +33,12 @@ use crate::capture::write;
 use crate::capture::{Capture, Routes};
 pub use crate::capture::{CapturedFrame, FrameTap};
 use crate::config::NpcapConfig;
+use crate::hearing::SelfHearing;
 use crate::libpcap::Handle;
 pub use crate::libpcap::{Device, Library, LoadError};
 use middleware_core::config::{Config, Mode};
 use middleware_core::transport::{
-    DatagramSink, Endpoint, SinkSlot, Transport, TransportError, TransportFactory, TransportStats,
+    Channel, DatagramSink, Endpoint, SinkSlot, Transport, TransportError, TransportFactory, TransportStats,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -125,6 +127,8 @@ struct Shared {
     capture: Capture,
     devices: Vec<String>,
     membership: Option<Membership>,
+    /// This host's IPv4 addresses (of every capture device): sources of its own datagrams.
+    local_ips: Vec<Ipv4Addr>,
 }
 
 impl NpcapFactory {
@@ -222,8 +226,9 @@ impl NpcapFactory {
             Mode::Local => None,
         };
         let lib = self.library()?;
-        let loopbacks: Vec<String> =
-            lib.devices().unwrap_or_default().into_iter().filter(|d| d.loopback).map(|d| d.name).collect();
+        let listed = lib.devices().unwrap_or_default();
+        let local_ips: Vec<Ipv4Addr> = listed.iter().flat_map(|d| d.ipv4.iter().copied()).collect();
+        let loopbacks: Vec<String> = listed.into_iter().filter(|d| d.loopback).map(|d| d.name).collect();
         let with_kind: Vec<(String, bool)> =
             devices.iter().map(|d| (d.clone(), loopbacks.contains(d) || d == "lo")).collect();
         let capture = Capture::start(
@@ -234,7 +239,7 @@ impl NpcapFactory {
             self.multicast_loopback,
             self.tap.clone(),
         )?;
-        let s = Arc::new(Shared { routes, capture, devices, membership });
+        let s = Arc::new(Shared { routes, capture, devices, membership, local_ips });
         *guard = Some(Arc::clone(&s));
         Ok(s)
     }
@@ -243,8 +248,23 @@ impl NpcapFactory {
 impl TransportFactory for NpcapFactory {
     fn open(&self, ep: &Endpoint, sink: Arc<dyn DatagramSink>) -> Result<Box<dyn Transport>, TransportError> {
         let shared = self.shared()?;
-        let counted = Arc::new(Counting { inner: sink, datagrams: AtomicU64::new(0), bytes: AtomicU64::new(0) });
+        // The registration channel sends every refresh period and always receives: its capture
+        // must hear its own sends (unless multicast loopback is off: then it ignores them).
+        let checked = ep.channel == Channel::Registration && ep.multicast_loopback && !ep.receive_on_demand;
+        let hearing = Arc::new(SelfHearing::new(
+            checked,
+            shared.local_ips.clone(),
+            format!("{} (port {})", shared.devices.join(","), ep.port),
+            std::time::Instant::now(),
+        ));
+        let counted = Arc::new(Counting {
+            inner: sink,
+            datagrams: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            hearing: Arc::clone(&hearing),
+        });
         let t = NpcapTransport {
+            hearing,
             shared: Arc::clone(&shared),
             slot: Arc::new(SinkSlot::new(Arc::clone(&counted) as Arc<dyn DatagramSink>)),
             counted,
@@ -293,17 +313,22 @@ impl Membership {
     }
 }
 
-/// Counts what a channel's sink is handed (before it sees it: stats never lag delivery).
+/// Counts what a channel's sink is handed (before it sees it: stats never lag delivery), and
+/// notes the node's own datagrams for the deaf-capture check.
 struct Counting {
     inner: Arc<dyn DatagramSink>,
     datagrams: AtomicU64,
     bytes: AtomicU64,
+    hearing: Arc<SelfHearing>,
 }
 
 impl DatagramSink for Counting {
     fn datagram(&self, datagram: &[u8], source: std::net::SocketAddr, now: std::time::Instant) {
         self.datagrams.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        if self.hearing.checked() {
+            self.hearing.on_datagram(source);
+        }
         self.inner.datagram(datagram, source, now);
     }
     fn tick(&self, now: std::time::Instant) {
@@ -314,6 +339,7 @@ impl DatagramSink for Counting {
 /// One channel: receives from the shared capture (its sink is called on the capture threads),
 /// sends through a socket.
 pub struct NpcapTransport {
+    hearing: Arc<SelfHearing>,
     shared: Arc<Shared>,
     slot: Arc<SinkSlot>,
     counted: Arc<Counting>,
@@ -380,7 +406,20 @@ impl Transport for NpcapTransport {
     }
 
     fn send(&self, header: &[u8], body: &[u8]) -> Result<(), TransportError> {
-        self.sender.send(header, body)
+        self.sender.send(header, body)?;
+        let h = &self.hearing;
+        if h.checked() {
+            let port = if h.port_known() { None } else { self.sender.local_port() };
+            if let hearing::Verdict::Deaf { unheard_for, sends, log: true, .. } =
+                h.on_sent(port, std::time::Instant::now())
+            {
+                tracing::error!(
+                    "{} (repeated with a growing interval while it lasts)",
+                    h.complaint(unheard_for, sends)
+                );
+            }
+        }
+        Ok(())
     }
 
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError> {
@@ -416,6 +455,11 @@ impl Transport for NpcapTransport {
             add("capture_panics", d.panics);
         }
         add("sink_panics", self.slot.panics());
+        if self.hearing.checked() {
+            add("self_heard", self.hearing.heard());
+            add("capture_deaf", u64::from(self.hearing.is_deaf()));
+            add("capture_deaf_events", self.hearing.deaf_events());
+        }
         s.received_datagrams = self.counted.datagrams.load(Ordering::Relaxed);
         s.received_bytes = self.counted.bytes.load(Ordering::Relaxed);
         s.os_dropped = details["pcap_dropped"] + details["pcap_if_dropped"];

@@ -131,6 +131,11 @@ impl UdpSender {
         })
     }
 
+    /// The local port datagrams are sent from (a system call: callers cache it).
+    pub fn local_port(&self) -> Option<u16> {
+        self.tx.local_addr().ok()?.as_socket().map(|a| a.port()).filter(|p| *p != 0)
+    }
+
     /// Sends `header` + `body` as one datagram with one vectored call (no copy).
     ///
     /// # Errors

@@ -284,7 +284,7 @@ fn run(
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(cap, demux))).unwrap_or_else(|p| {
                 let n = panics.get() + 1;
                 panics.set(n);
-                if n == 1 || n % 1000 == 0 {
+                if n == 1 || n.is_multiple_of(1000) {
                     tracing::error!(%device, panic = %middleware_core::transport::panic_message(&*p), count = n,
                         "panic in the capture path caught; capturing goes on");
                 }

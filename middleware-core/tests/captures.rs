@@ -289,3 +289,66 @@ fn cap1_replayed_into_a_node() {
     assert!(hosts.contains(&"hostb".to_string()) && !hosts.contains(&"hosta".to_string()), "{hosts:?}");
     assert_eq!(sub.stats().delivered, 10);
 }
+
+/// cap1 replayed into our subscriber: its registration after the 10 messages against eCAL's
+/// subscriber's in the same recording, after the same 10: the same layers (UDP now active),
+/// receive clock, last message size, drops, connection counts, and latency statistics over the
+/// same number of messages (their values differ: the replay is years after the send times).
+#[test]
+fn cap1_our_subscriber_registers_what_ecals_registered() {
+    use middleware_core::pb::{Sample, Topic};
+    use middleware_core::testing::LoopbackBus;
+    use middleware_core::{Config, Node, NodeOptions, Tap, Text};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Last(Mutex<Option<Topic>>);
+    impl Tap for Last {
+        fn registration(&self, s: &Sample, _: SocketAddr) {
+            let own = s.topic.as_ref().filter(|t| t.process_id == std::process::id() as i32);
+            if let (Some(t), true) = (own, s.cmd_type == CmdType::RegSubscriber as i32) {
+                *self.0.lock().unwrap() = Some(t.clone());
+            }
+        }
+    }
+    let msgs = messages("cap1_small_strings.pcap");
+    let ecal = msgs
+        .iter()
+        .rev()
+        .filter(|(_, _, s)| s.cmd_type == CmdType::RegSubscriber as i32)
+        .filter_map(|(_, _, s)| s.topic.clone())
+        .find(|t| t.topic_name == "wire_small" && t.data_clock == 10)
+        .expect("eCAL's subscriber registered after its 10 messages");
+
+    let bus = LoopbackBus::new();
+    let tap = Arc::new(Last::default());
+    let mut cfg = Config::default();
+    cfg.set("mode", "network").unwrap();
+    cfg.set("registration.refresh_ms", "50").unwrap();
+    let opts = NodeOptions { tap: Some(tap.clone() as Arc<dyn Tap>), ..Default::default() };
+    let node = Node::open(cfg, &bus.clone(), opts).unwrap();
+    let sub = node.subscriber::<Text>("wire_small").unwrap();
+    for u in read_udp("cap1_small_strings.pcap") {
+        bus.inject(u.dst.port(), u.src, &u.payload);
+    }
+    for _ in 0..10 {
+        sub.recv_timeout(Duration::from_secs(2)).expect("10 messages");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ours = loop {
+        let t = tap.0.lock().unwrap().clone();
+        if let Some(t) = t.filter(|t| t.data_clock == 10) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "our subscriber never registered 10 received messages");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(ours.transport_layer, ecal.transport_layer, "layers (UDP active after data)");
+    assert_eq!(
+        (ours.data_clock, ours.topic_size, ours.message_drops, ours.connections_local, ours.connections_external),
+        (ecal.data_clock, ecal.topic_size, ecal.message_drops, ecal.connections_local, ecal.connections_external)
+    );
+    let (o, e) = (ours.data_latency_us.unwrap(), ecal.data_latency_us.unwrap());
+    assert_eq!((o.count, e.count), (10, 10));
+    assert!(o.min <= o.mean && o.mean <= o.max && o.variance >= 0.0, "{o:?}");
+}

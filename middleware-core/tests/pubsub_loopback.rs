@@ -590,10 +590,20 @@ fn registration_reports_rates_sizes_clocks_drops_and_state() {
     for (who, mhz) in [("publisher", p_mhz), ("subscriber", s_mhz)] {
         assert!((25_000..=52_000).contains(&mhz), "{who} data_frequency {mhz} mHz, expected about 50 000");
     }
-    // Two more rounds report the final counts.
-    std::thread::sleep(Duration::from_millis(450));
+    // The final figures arrive with later rounds (registration datagrams are dropped too, and
+    // a rate reads 0 only from the second round after the last tick): wait for them, bounded.
     let st = sub.stats();
-    let (p, s) = (find(Direction::Publisher), find(Direction::Subscriber));
+    let deadline = std::time::Instant::now() + WAIT;
+    let (p, s) = loop {
+        let (p, s) = (find(Direction::Publisher), find(Direction::Subscriber));
+        let settled = p.data_clock == n as i64
+            && s.data_clock == st.delivered as i64
+            && (p.data_frequency_mhz, s.data_frequency_mhz) == (0, 0);
+        if settled || std::time::Instant::now() > deadline {
+            break (p, s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(p.topic_size, 333);
     assert_eq!(s.topic_size, 333, "a subscriber reports the size of the last message it received");
     assert_eq!(p.data_clock, n as i64);

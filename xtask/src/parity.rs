@@ -70,6 +70,9 @@ fn show(v: &Value) -> String {
 fn compare(entity: &str, field: &str, rule: Rule, e: [&Value; 2], o: [&Value; 2], row: &mut Vec<Row>) {
     let (e1, o1) = (e[1], o[1]);
     let (ok, verdict) = match rule {
+        // A field missing from the monitoring view (null) fails whatever the rule: two nulls
+        // are not an equality.
+        _ if e1.is_null() || o1.is_null() => (false, "missing from eCAL's view".to_string()),
         Rule::Identity => (true, "identity (not compared)".to_string()),
         Rule::Equal => (e1 == o1, if e1 == o1 { "equal".into() } else { "DIFFERENT".into() }),
         Rule::Rate => {

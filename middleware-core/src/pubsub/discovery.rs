@@ -42,7 +42,8 @@ impl Shared {
             data_frequency_mhz: {
                 let now = self.epoch.elapsed().as_micros() as i64;
                 let ticks = p.clock.load(Ordering::Relaxed).max(0) as u64;
-                lock(&p.rate).round(ticks, p.last_tick_us.load(Ordering::Relaxed), now)
+                let last = p.last_tick_us.load(Ordering::Relaxed);
+                lock(&p.rate).round(ticks, last, now)
             },
             latency: None,
         }
@@ -50,6 +51,9 @@ impl Shared {
 
     pub(crate) fn sub_report(&self, s: &SubShared) -> TopicReport {
         let st = s.stats();
+        let (latency, ticks, last_send_us) = s.receive_figures();
+        // Each lock on its own: no order between the subscriber's state and its rate window.
+        let data_frequency_mhz = lock(&s.rate).round(ticks, last_send_us, super::node::now_us());
         TopicReport {
             entity_id: s.entity_id,
             topic_name: s.topic.clone(),
@@ -61,13 +65,9 @@ impl Shared {
             // messages dropped from this subscriber's full queue.
             message_drops: st.sequence_gaps.saturating_add(st.queue_overflow).min(i32::MAX as u64) as i32,
             // eCAL's subscriber clock counts the messages it accepted.
-            data_clock: st.delivered.min(i64::MAX as u64) as i64,
-            data_frequency_mhz: lock(&s.rate).round(
-                st.delivered,
-                s.last_send_us.load(Ordering::Relaxed),
-                super::node::now_us(),
-            ),
-            latency: Some(s.latency()),
+            data_clock: ticks.min(i64::MAX as u64) as i64,
+            data_frequency_mhz,
+            latency: Some(latency),
             // eCAL subscribers do not count their connections (0, 0).
             connections_local: 0,
             connections_external: 0,

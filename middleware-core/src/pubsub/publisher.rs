@@ -137,7 +137,9 @@ impl<C: Codec> Publisher<C> {
         }
         let s = &self.shared;
         let clock = s.clock.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        s.last_tick_us.fetch_max(self.node.epoch.elapsed().as_micros() as i64, Ordering::Relaxed);
+        // A plain store: concurrent senders may leave a slightly older time, which the rate
+        // window tolerates (a round without progress keeps the last figure).
+        s.last_tick_us.store(self.node.epoch.elapsed().as_micros() as i64, Ordering::Relaxed);
         if !self.is_connected() {
             s.not_connected.inc();
             return Ok(false);

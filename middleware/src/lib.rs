@@ -140,14 +140,14 @@ fn open_auto(config: Config, taps: &Taps) -> Result<Node, OpenError> {
     }
 }
 
-/// How long `auto` waits for a new capture node to hear itself: two registration rounds and a
-/// half, at least 1 s and less than the transport's own deaf verdict
-/// (`transport_udp_npcap::hearing::DEAF_AFTER`, which logs an error), so that a fallback is one
-/// warning. A capture that works hears the first round within milliseconds.
+/// How long to wait for a new capture node to hear itself (`auto`, `mwctl doctor`): two
+/// registration rounds and a half, at least 1 s, and a second less than the transport's own
+/// deaf verdict (`transport_udp_npcap::hearing::deaf_after`, which logs an error), so that a
+/// fallback is one warning. A capture that works hears the first round within milliseconds.
 #[cfg(feature = "npcap")]
-fn hearing_window(config: &Config) -> std::time::Duration {
+pub fn hearing_window(config: &Config) -> std::time::Duration {
     use std::time::Duration;
-    let most = transport_udp_npcap::hearing::DEAF_AFTER.saturating_sub(Duration::from_millis(400));
+    let most = transport_udp_npcap::hearing::deaf_after(config.registration_refresh) - Duration::from_secs(1);
     (config.registration_refresh * 2 + Duration::from_millis(500)).clamp(Duration::from_secs(1), most)
 }
 

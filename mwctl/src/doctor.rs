@@ -138,7 +138,7 @@ fn auto_choice(config: &Config, reason: &str, capture: bool, out: &mut Vec<Check
 fn node_check(config: &Config, out: &mut Vec<Check>) {
     match middleware::open_node(config.clone()) {
         Ok(node) if node.transport().name == "npcap" => {
-            match middleware::capture_hears_itself(&node, std::time::Duration::from_secs(3)) {
+            match middleware::capture_hears_itself(&node, middleware::hearing_window(config)) {
                 Ok(()) => out.push(check(
                     "node",
                     Status::Ok,

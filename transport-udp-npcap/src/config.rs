@@ -9,7 +9,7 @@
 //! | `npcap.snaplen` | `262144` | bytes captured per frame (loopback frames reach 65 550 bytes, so 65 535 is too small) |
 //! | `npcap.immediate` | `false` | deliver every frame at once (lowest latency, most CPU) instead of in blocks |
 //! | `npcap.timeout_ms` | `2` | with `immediate = false`: the longest a frame waits in a partly filled block (the latency bound; WinPcap's "delayed write") |
-//! | `npcap.spin_us` | `200` | with `immediate = true`: after a frame that leaves an IPv4 datagram incomplete, keep reading the ring this long before sleeping, so the next fragments cost no wake-up each (0 = never; ignored where reads block: Windows) |
+//! | `npcap.spin_us` | `200` | with `immediate = true`: after a frame that leaves an IPv4 datagram incomplete, keep reading the ring this long before sleeping, so the next fragments cost no wake-up each (0 = never) |
 //! | `npcap.queue_bytes` | | no longer used (accepted, with a warning): datagrams go from the capture thread to the node's sink, no queue between |
 //! | `npcap.ip_timeout_ms` | `5000` | IPv4 reassembly expiry |
 //! | `npcap.ip_max_datagrams` | `1024` | concurrent partial IPv4 datagrams |

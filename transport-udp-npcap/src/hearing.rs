@@ -8,23 +8,34 @@
 //! - the capture thread calls [`SelfHearing::on_datagram`] for every datagram of the channel;
 //!   one from this host (a loopback or local address) and the channel's own sending port is
 //!   the node's own;
-//! - the sending thread calls [`SelfHearing::on_sent`] after every send; once sends have gone
-//!   unheard for [`DEAF_AFTER`] (at least two of them), the capture is *deaf*: logged at error
+//! - the sending thread calls [`SelfHearing::on_sent`] right before every send (so an echo that
+//!   overtakes the sending thread still clears it); once sends have gone unheard for
+//!   [`deaf_after`] (three registration periods, at least 3 s; at least two sends), the capture
+//!   is *deaf*: logged at error
 //!   level with what to check, repeated with a doubling interval (up to 5 min), visible in the
 //!   channel's stats (`capture_deaf`, `capture_deaf_events`, `self_heard`); hearing again is
 //!   logged once at info level.
 //!
 //! Only channels whose sends the capture is meant to hear are checked: the registration channel
 //! (it sends every refresh period and always receives), with multicast loopback on (with it off
-//! the capture deliberately ignores this host's frames).
+//! the capture deliberately ignores this host's frames) and, in network mode, a TTL above 0
+//! (with 0 nothing reaches the device). Hearing itself proves that the device and the library
+//! deliver frames, not that other hosts' traffic reaches the device (switches, routes): the
+//! `peers` check of `mwctl doctor` covers that.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How long sends may go unheard before the capture counts as deaf: three registration periods.
-pub const DEAF_AFTER: Duration = Duration::from_secs(3);
+/// How long sends may go unheard before the capture counts as deaf: three registration periods,
+/// at least 3 s.
+pub fn deaf_after(registration_refresh: Duration) -> Duration {
+    (registration_refresh * 3).max(Duration::from_secs(3))
+}
+
+/// At most this often a source address not yet known as local is checked (a bind to it).
+const LOCAL_CHECK_EVERY_MS: u64 = 100;
 const LOG_FIRST_INTERVAL: Duration = Duration::from_secs(10);
 const LOG_MAX_INTERVAL: Duration = Duration::from_secs(300);
 const NONE: u64 = u64::MAX;
@@ -33,11 +44,15 @@ const NONE: u64 = u64::MAX;
 #[derive(Debug)]
 pub struct SelfHearing {
     checked: bool,
+    deaf_after: Duration,
     epoch: Instant,
     /// The sending socket's local port once known (0: not yet).
     port: AtomicU32,
-    /// This host's IPv4 addresses (besides loopback): sources that can be our own.
-    local: Vec<std::net::Ipv4Addr>,
+    /// Addresses of this host seen as sources of our own datagrams (besides loopback), learned
+    /// by binding a socket to them (only a local address binds): follows address changes.
+    local: Mutex<Vec<std::net::Ipv4Addr>>,
+    /// When (ms since `epoch`) an unknown address was last checked; `NONE`: never.
+    last_local_check: AtomicU64,
     heard: AtomicU64,
     /// When (ms since `epoch`) the first send not yet followed by hearing one went out.
     unheard_since: AtomicU64,
@@ -65,13 +80,16 @@ pub enum Verdict {
 
 impl SelfHearing {
     /// `checked`: whether this channel's sends should be heard (see the module notes);
-    /// `local`: this host's IPv4 addresses; `what`: where the capture listens (for messages).
-    pub fn new(checked: bool, local: Vec<std::net::Ipv4Addr>, what: String, now: Instant) -> Self {
+    /// `deaf_after`: [`deaf_after`] of the registration period; `port`: the sending socket's
+    /// local port if known; `what`: where the capture listens (for messages).
+    pub fn new(checked: bool, deaf_after: Duration, port: Option<u16>, what: String, now: Instant) -> Self {
         Self {
             checked,
+            deaf_after,
             epoch: now,
-            port: AtomicU32::new(0),
-            local,
+            port: AtomicU32::new(port.map_or(0, u32::from)),
+            local: Mutex::new(Vec::new()),
+            last_local_check: AtomicU64::new(NONE),
             heard: AtomicU64::new(0),
             unheard_since: AtomicU64::new(NONE),
             unheard_sends: AtomicU64::new(0),
@@ -103,7 +121,7 @@ impl SelfHearing {
             return;
         }
         let own = match source.ip() {
-            IpAddr::V4(ip) => ip.is_loopback() || self.local.contains(&ip),
+            IpAddr::V4(ip) => ip.is_loopback() || self.is_local(ip),
             IpAddr::V6(_) => false,
         };
         if !own {
@@ -118,7 +136,28 @@ impl SelfHearing {
         }
     }
 
-    /// The sending thread, after a datagram went out from local port `port` (when known).
+    /// Whether `ip` is one of this host's addresses: known, or (at most every 100 ms, so a
+    /// sender spoofing our port costs little) a socket can bind to it.
+    fn is_local(&self, ip: std::net::Ipv4Addr) -> bool {
+        let mut known = self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.contains(&ip) {
+            return true;
+        }
+        let now = self.ms(Instant::now());
+        let last = self.last_local_check.load(Ordering::Relaxed);
+        if last != NONE && now.saturating_sub(last) < LOCAL_CHECK_EVERY_MS {
+            return false;
+        }
+        self.last_local_check.store(now, Ordering::Relaxed);
+        let local = std::net::UdpSocket::bind((ip, 0)).is_ok();
+        if local && known.len() < 64 {
+            known.push(ip);
+        }
+        local
+    }
+
+    /// The sending thread, right before a datagram goes out from local port `port` (when
+    /// known).
     pub fn on_sent(&self, port: Option<u16>, now: Instant) -> Verdict {
         if !self.checked {
             return Verdict::Fine;
@@ -134,7 +173,7 @@ impl SelfHearing {
             return Verdict::Fine;
         }
         let unheard_for = Duration::from_millis(t.saturating_sub(since));
-        if unheard_for < DEAF_AFTER {
+        if unheard_for < self.deaf_after {
             return Verdict::Fine;
         }
         let first = !self.deaf.swap(true, Ordering::Relaxed);
@@ -166,7 +205,7 @@ impl SelfHearing {
     pub fn complaint(&self, unheard_for: Duration, sends: u64) -> String {
         format!(
             "the packet capture on {} has not heard this node's own registration for {:.0} s ({sends} datagrams sent): \
-             it receives nothing, from anyone. Check that the capture device is the one the traffic crosses \
+             it most likely receives nothing from anyone. Check that the capture device is the one the traffic crosses \
              (network.interface / npcap.interfaces; `mwctl doctor` lists the devices), that the capture library \
              delivers frames (on Windows: Npcap with \"Support loopback traffic\" for local mode), or use \
              transport = socket",
@@ -179,7 +218,6 @@ impl SelfHearing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
     fn at(base: Instant, ms: u64) -> Instant {
         base + Duration::from_millis(ms)
@@ -188,10 +226,10 @@ mod tests {
     #[test]
     fn a_capture_that_hears_its_sends_is_fine_and_counts_them() {
         let t0 = Instant::now();
-        let h = SelfHearing::new(true, vec![Ipv4Addr::new(10, 0, 0, 1)], "lo".into(), t0);
+        let h = SelfHearing::new(true, deaf_after(Duration::from_secs(1)), Some(40_000), "lo".into(), t0);
         for k in 0..10 {
-            assert_eq!(h.on_sent(Some(40_000), at(t0, k * 1000)), Verdict::Fine);
-            h.on_datagram("10.0.0.1:40000".parse().unwrap());
+            assert_eq!(h.on_sent(None, at(t0, k * 1000)), Verdict::Fine);
+            h.on_datagram("127.0.0.1:40000".parse().unwrap());
         }
         assert_eq!((h.heard(), h.is_deaf(), h.deaf_events()), (10, false, 0));
     }
@@ -199,20 +237,40 @@ mod tests {
     #[test]
     fn others_datagrams_do_not_count_as_our_own() {
         let t0 = Instant::now();
-        let h = SelfHearing::new(true, vec![Ipv4Addr::new(10, 0, 0, 1)], "eth0".into(), t0);
+        let h = SelfHearing::new(true, deaf_after(Duration::from_secs(1)), None, "eth0".into(), t0);
         h.on_datagram("127.0.0.1:40000".parse().unwrap()); // port not known yet
         h.on_sent(Some(40_000), t0);
-        h.on_datagram("10.0.0.2:40000".parse().unwrap()); // another host, same port number
-        h.on_datagram("10.0.0.1:40001".parse().unwrap()); // this host, another socket
+        // Another host with the same port number: 192.0.2.1 (TEST-NET-1) is no local address.
+        h.on_datagram("192.0.2.1:40000".parse().unwrap());
+        h.on_datagram("127.0.0.1:40001".parse().unwrap()); // this host, another socket
         assert_eq!(h.heard(), 0);
         h.on_datagram("127.0.0.1:40000".parse().unwrap());
         assert_eq!(h.heard(), 1);
+        // A local address that is not loopback is learned by binding to it.
+        let own = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| {
+                s.connect("192.0.2.1:9")?;
+                s.local_addr()
+            })
+            .ok()
+            .and_then(|a| match a.ip() {
+                IpAddr::V4(ip) if !ip.is_unspecified() && !ip.is_loopback() => Some(ip),
+                _ => None,
+            });
+        if let Some(ip) = own {
+            // Unknown addresses are checked at most every 100 ms (192.0.2.1 just was).
+            h.on_datagram(SocketAddr::new(IpAddr::V4(ip), 40_000));
+            assert_eq!(h.heard(), 1, "within 100 ms of the last check: not checked, not counted");
+            std::thread::sleep(Duration::from_millis(LOCAL_CHECK_EVERY_MS + 10));
+            h.on_datagram(SocketAddr::new(IpAddr::V4(ip), 40_000));
+            assert_eq!(h.heard(), 2, "{ip} is this host's");
+        }
     }
 
     #[test]
     fn sends_unheard_for_three_seconds_make_it_deaf_logged_with_backoff_until_heard_again() {
         let t0 = Instant::now();
-        let h = SelfHearing::new(true, vec![], "lo".into(), t0);
+        let h = SelfHearing::new(true, deaf_after(Duration::from_secs(1)), Some(1), "lo".into(), t0);
         let mut logged = Vec::new();
         for s in 0..=600u64 {
             match h.on_sent(Some(1), at(t0, s * 1000)) {
@@ -241,11 +299,24 @@ mod tests {
     }
 
     #[test]
+    fn an_echo_that_overtakes_the_sender_still_counts() {
+        // on_sent runs before the send: an echo handled at once clears that very send.
+        let t0 = Instant::now();
+        let h = SelfHearing::new(true, deaf_after(Duration::from_secs(5)), Some(7), "lo".into(), t0);
+        for k in 0..10 {
+            assert_eq!(h.on_sent(None, at(t0, k * 5000)), Verdict::Fine, "round {k}");
+            h.on_datagram("127.0.0.1:7".parse().unwrap());
+        }
+        assert_eq!(deaf_after(Duration::from_secs(5)), Duration::from_secs(15));
+        assert_eq!(deaf_after(Duration::from_millis(100)), Duration::from_secs(3));
+    }
+
+    #[test]
     fn one_send_alone_or_an_unchecked_channel_is_never_deaf() {
         let t0 = Instant::now();
-        let h = SelfHearing::new(true, vec![], "lo".into(), t0);
+        let h = SelfHearing::new(true, deaf_after(Duration::from_secs(1)), Some(1), "lo".into(), t0);
         assert_eq!(h.on_sent(Some(1), t0), Verdict::Fine);
-        let off = SelfHearing::new(false, vec![], "lo".into(), t0);
+        let off = SelfHearing::new(false, deaf_after(Duration::from_secs(1)), Some(1), "lo".into(), t0);
         for s in 0..10 {
             assert_eq!(off.on_sent(Some(1), at(t0, s * 1000)), Verdict::Fine);
         }

@@ -118,6 +118,8 @@ pub struct NpcapFactory {
     interface: Option<String>,
     group: Ipv4Addr,
     multicast_loopback: bool,
+    /// When the registration channel's capture counts as deaf (`hearing::deaf_after`).
+    deaf_after: std::time::Duration,
     shared: Mutex<Option<Arc<Shared>>>,
     tap: Option<capture::FrameTap>,
 }
@@ -127,8 +129,6 @@ struct Shared {
     capture: Capture,
     devices: Vec<String>,
     membership: Option<Membership>,
-    /// This host's IPv4 addresses (of every capture device): sources of its own datagrams.
-    local_ips: Vec<Ipv4Addr>,
 }
 
 impl NpcapFactory {
@@ -141,6 +141,7 @@ impl NpcapFactory {
             interface: config.interface.clone(),
             group: config.destination(),
             multicast_loopback: config.multicast_loopback,
+            deaf_after: hearing::deaf_after(config.registration_refresh),
             shared: Mutex::new(None),
             tap: None,
         })
@@ -226,9 +227,8 @@ impl NpcapFactory {
             Mode::Local => None,
         };
         let lib = self.library()?;
-        let listed = lib.devices().unwrap_or_default();
-        let local_ips: Vec<Ipv4Addr> = listed.iter().flat_map(|d| d.ipv4.iter().copied()).collect();
-        let loopbacks: Vec<String> = listed.into_iter().filter(|d| d.loopback).map(|d| d.name).collect();
+        let loopbacks: Vec<String> =
+            lib.devices().unwrap_or_default().into_iter().filter(|d| d.loopback).map(|d| d.name).collect();
         let with_kind: Vec<(String, bool)> =
             devices.iter().map(|d| (d.clone(), loopbacks.contains(d) || d == "lo")).collect();
         let capture = Capture::start(
@@ -239,7 +239,7 @@ impl NpcapFactory {
             self.multicast_loopback,
             self.tap.clone(),
         )?;
-        let s = Arc::new(Shared { routes, capture, devices, membership, local_ips });
+        let s = Arc::new(Shared { routes, capture, devices, membership });
         *guard = Some(Arc::clone(&s));
         Ok(s)
     }
@@ -248,12 +248,18 @@ impl NpcapFactory {
 impl TransportFactory for NpcapFactory {
     fn open(&self, ep: &Endpoint, sink: Arc<dyn DatagramSink>) -> Result<Box<dyn Transport>, TransportError> {
         let shared = self.shared()?;
+        let sender = UdpSender::open(ep)?;
         // The registration channel sends every refresh period and always receives: its capture
-        // must hear its own sends (unless multicast loopback is off: then it ignores them).
-        let checked = ep.channel == Channel::Registration && ep.multicast_loopback && !ep.receive_on_demand;
+        // must hear its own sends (unless multicast loopback is off: then it ignores them; or
+        // a network TTL of 0 keeps them off the device).
+        let checked = ep.channel == Channel::Registration
+            && ep.multicast_loopback
+            && !ep.receive_on_demand
+            && (ep.mode == Mode::Local || ep.ttl > 0);
         let hearing = Arc::new(SelfHearing::new(
             checked,
-            shared.local_ips.clone(),
+            self.deaf_after,
+            sender.local_port(),
             format!("{} (port {})", shared.devices.join(","), ep.port),
             std::time::Instant::now(),
         ));
@@ -269,7 +275,7 @@ impl TransportFactory for NpcapFactory {
             slot: Arc::new(SinkSlot::new(Arc::clone(&counted) as Arc<dyn DatagramSink>)),
             counted,
             port: ep.port,
-            sender: UdpSender::open(ep)?,
+            sender,
             mode: ep.mode,
             group: ep.group,
             receiving: Mutex::new(false),

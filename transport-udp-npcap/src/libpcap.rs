@@ -12,6 +12,9 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::net::Ipv4Addr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
+
+/// Frames handed over per `dispatch` call at most.
+pub const DISPATCH_MAX: c_int = 4096;
 use std::sync::Mutex;
 
 const ERRBUF_SIZE: usize = 256;
@@ -510,8 +513,8 @@ impl Handle {
         self.lib.api.waitable.map(|f| unsafe { f(self.p.as_ptr()) })
     }
 
-    /// Hands every frame in the library's current buffer (live) or the whole file (offline) to
-    /// `f`. Returns how many were handed over (0: none buffered, or end of file).
+    /// Hands the frames in the library's current buffer (live) or the next ones of the file
+    /// (offline), at most [`DISPATCH_MAX`], to `f`. Returns how many were handed over (0: none buffered, or end of file).
     ///
     /// # Errors
     /// A read error (the library's message).
@@ -537,11 +540,12 @@ impl Handle {
         }
         let mut ctx = Ctx { f: &mut f, panic: None };
         // SAFETY: handle valid; the callback gets `ctx` back, which outlives the call.
-        // A positive count: libpcap and Npcap read at most one buffer's worth either way, but
-        // some implementations (Wine's wpcap) loop `while processed < count` and read nothing
-        // for -1.
+        // A positive, bounded count: libpcap and Npcap read at most one buffer's worth either
+        // way (the rest at the next call), but some implementations (Wine's wpcap) loop
+        // `while processed < count` until no frame is pending: for -1 they read nothing, for a
+        // huge count they would not return under steady traffic.
         let n = unsafe {
-            (self.lib.api.dispatch)(self.p.as_ptr(), c_int::MAX, trampoline::<F>, (&raw mut ctx).cast::<u8>())
+            (self.lib.api.dispatch)(self.p.as_ptr(), DISPATCH_MAX, trampoline::<F>, (&raw mut ctx).cast::<u8>())
         };
         if let Some(p) = ctx.panic {
             std::panic::resume_unwind(p);

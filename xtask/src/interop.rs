@@ -242,8 +242,23 @@ struct Outcome {
     note: String,
 }
 
-/// Waits for `child` (killing it after `timeout`); its exit code and standard output.
+/// Waits for `child` (killing it after `timeout`); its exit code and standard output. The
+/// output is read while the child runs, and after it ends for 5 s at most: a grandchild that
+/// inherited the pipe (a Wine server, say) cannot hold this up.
 pub(crate) fn wait_output(mut child: Child, timeout: Duration) -> (Option<i32>, String) {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = child.stdout.take().map(|mut s| {
+        let buf = std::sync::Arc::clone(&buf);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(&chunk[..n]);
+            }
+        })
+    });
     let end = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -256,10 +271,13 @@ pub(crate) fn wait_output(mut child: Child, timeout: Duration) -> (Option<i32>, 
             }
         }
     };
-    let mut out = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_string(&mut out);
+    if let Some(r) = reader {
+        let drained = Instant::now() + Duration::from_secs(5);
+        while !r.is_finished() && Instant::now() < drained {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
+    let out = String::from_utf8_lossy(&buf.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned();
     (status, out)
 }
 
@@ -314,6 +332,18 @@ fn run_case(env: &Env, lab: &Lab, idx: usize, case: &Case) -> anyhow::Result<Out
             if s["publisher_count_max"].as_u64().unwrap_or(0) < 1 || !dt_ok {
                 digest_match = false;
                 notes.push(format!("{t}: eCAL did not register our publisher ({})", s["datatypes"]));
+            }
+        }
+        if matches!(case.receiver, Impl::OursNpcap | Impl::WinNpcap) {
+            // A capture that delivered must also have heard its node's own registration, and
+            // never have been judged deaf.
+            let d = &s["stats"]["registration"]["transport"]["details"];
+            if d["self_heard"].as_u64().unwrap_or(0) == 0 || d["capture_deaf_events"] != 0 {
+                digest_match = false;
+                notes.push(format!(
+                    "{t}: capture self-check: self_heard {} deaf events {}",
+                    d["self_heard"], d["capture_deaf_events"]
+                ));
             }
         }
         if s["verified"] != Value::Bool(true) {

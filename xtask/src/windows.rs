@@ -357,16 +357,19 @@ fn prepare_prefix(wine: &crate::interop::Wine, host: &crate::netns::Host) -> any
     if !prefix.join("system.reg").exists() {
         std::fs::create_dir_all(&wine.prefixes)?;
         eprintln!("windows: creating the Wine prefix {}", prefix.display());
-        let st = host
+        // No Mono / Gecko installers (they would ask, or fetch from the network).
+        let child = host
             .command(&wine.wine64.display().to_string(), &["wineboot".into(), "--init".into()])
             .env("WINEPREFIX", &prefix)
             .env("WINEDEBUG", "-all")
-            .stdout(std::process::Stdio::null())
+            .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
-            .status()
+            .spawn()
             .context("running wineboot")?;
-        if !st.success() {
-            bail!("wineboot --init for {} failed: {st}", prefix.display());
+        let (code, _) = crate::interop::wait_output(child, std::time::Duration::from_secs(120));
+        if code != Some(0) {
+            bail!("wineboot --init for {} failed or took over 120 s (exit {code:?})", prefix.display());
         }
         stop_wineserver(wine, host);
     }

@@ -86,8 +86,12 @@ pub(crate) fn open_library(path: &str) -> Result<libloading::Library, libloading
 }
 
 /// Non-blocking reads (see the module notes); how the thread waits between them is logged once.
+/// Where the library refuses non-blocking mode, reads block for its read timeout as before
+/// (the waits below then only add at most `npcap.timeout_ms`).
 pub(crate) fn prepare_reads(h: &mut Handle) -> Result<(), String> {
-    h.set_nonblocking()?;
+    if let Err(e) = h.set_nonblocking() {
+        tracing::warn!(error = %e, "the capture library refuses non-blocking reads; reading blocking, bounded by its read timeout");
+    }
     match h.waitable().filter(|e| !e.is_null()) {
         Some(_) => tracing::debug!("capture reads: non-blocking, waiting on the capture's event between reads"),
         None => tracing::info!(
@@ -109,6 +113,13 @@ pub(crate) fn wait_readable(h: &Handle, latency: Duration) -> bool {
         Some(event) => {
             // SAFETY: the event belongs to the handle, open while `h` is borrowed.
             if unsafe { WaitForSingleObject(event, ms) } == WAIT_FAILED {
+                static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %std::io::Error::last_os_error(),
+                        "waiting on the capture's event failed; polling with a 1 ms sleep instead"
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(1));
             }
             // Signalled or timed out alike: frames below "min to copy" are read after the wait.

@@ -19,6 +19,7 @@ pub struct Faults {
     pub drop_permille: u32,
     /// Per mille of datagrams delivered twice.
     pub duplicate_permille: u32,
+    /// Seed of the generator: the same seed, the same faults for the same sequence of sends.
     pub seed: u64,
 }
 
@@ -44,10 +45,12 @@ pub struct LoopbackBus {
 }
 
 impl LoopbackBus {
+    /// A bus that delivers everything.
     pub fn new() -> Self {
         Self::with_faults(Faults::default())
     }
 
+    /// A bus that drops and duplicates datagrams as `faults` says.
     pub fn with_faults(faults: Faults) -> Self {
         Self {
             state: Arc::default(),

@@ -1,5 +1,38 @@
 //! eCAL 6 compatible publish/subscribe over UDP, in one package: depend on this one alone.
 //!
+//! Processes publish messages on named *topics* and subscribe to them; they find each other by
+//! themselves (every process announces its publishers and subscribers once a second), and they
+//! speak Eclipse eCAL 6.1's UDP protocol byte for byte, so real eCAL processes and tools (eCAL
+//! Monitor, its recorder) are peers like any other.
+//!
+//! # Quick start
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use middleware::{Config, Text};
+//! use std::time::Duration;
+//!
+//! // Defaults: UDP sockets, local mode (broadcast on the loopback interface: nothing leaves
+//! // this host). Ports of their own here, so this example meets no other process.
+//! let mut config = Config::default();
+//! config.set("ports.registration", "15810")?;
+//! config.set("ports.data", "15811")?;
+//! let node = middleware::open_node(config)?;
+//!
+//! let subscriber = node.subscriber::<Text>("chatter")?;
+//! let publisher = node.publisher::<Text>("chatter")?;
+//! // A publisher sends only once a subscriber has registered (as eCAL's does).
+//! assert!(publisher.wait_for_subscriber(Duration::from_secs(5)));
+//! publisher.send("hello")?;
+//! let message = subscriber.recv_timeout(Duration::from_secs(5)).expect("delivered");
+//! assert_eq!(message.value, "hello");
+//! assert_eq!(message.publisher_id, publisher.entity_id());
+//! # Ok(()) }
+//! ```
+//!
+//! Applications normally take their configuration from a file and the environment
+//! (`Config::load`, the `MW_*` variables) and let the `transport` key choose:
+//!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use middleware::{Config, Text};
@@ -9,13 +42,48 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Concepts
+//!
+//! - **[`Node`]**: one participant (eCAL: what `eCAL::Initialize` sets up in a process). It owns
+//!   the transports of the two channels, registration (port 14000) and data (port 14002), and a
+//!   thread that sends its registration. [`open_node`] opens one on the configured transport.
+//! - **[`Publisher`]** / **[`Subscriber`]**: typed by a [`Codec`]: [`Raw`] (bytes), [`Text`]
+//!   (UTF-8), [`Proto`] (a prost message, registered with its protobuf descriptor so tools can
+//!   decode it). Each has a 64-bit entity id (eCAL's `topic_id`). A subscriber hands messages
+//!   to a callback ([`Subscriber::on_receive`], called on the transport's receive thread; a
+//!   panic is caught and counted, receiving goes on) or queues them for
+//!   [`Subscriber::recv_timeout`] (bounded in messages and bytes; the oldest is dropped,
+//!   counted).
+//! - **Transports**: `socket` (UDP sockets), `npcap` (packet capture through libpcap / Npcap,
+//!   loaded at run time, below the IP stack: on Windows, below the firewall's per-datagram
+//!   inspection), `auto` (capture when it works here, else sockets). All send through sockets
+//!   and are wire compatible. [`Node::transport`] says which one a node got and why.
+//! - **Modes** (eCAL's `communication_mode`): `local` (broadcast on loopback: this host only)
+//!   and `network` (multicast, group `239.0.0.1` by default).
+//! - **Configuration**: [`Config`], from defaults, a TOML file, `MW_*` environment variables and
+//!   [`Config::set`]; every key and its default is in the README's configuration table.
+//! - **Nothing is lost silently**: [`Node::stats`] ([`NodeStats`]: per channel, datagrams
+//!   received, malformed input, IPv4 and eCAL reassembly drops, OS drops) and
+//!   [`Subscriber::stats`] ([`SubscriberStats`]: delivered, `sequence_gaps` = messages a
+//!   publisher sent that never arrived, `duplicates`, `out_of_order`, `queue_overflow` =
+//!   dropped from a full queue, `callback_panics`).
+//! - **What eCAL's tools see**: every registration field eCAL 6.1 fills, with its meaning
+//!   (rates, sizes, clocks, drops, process state: [`Node::set_state`]).
+//!
+//! # Transports and their errors
+//!
 //! [`open_node`] opens a [`Node`] on the transport the config's `transport` key selects:
 //! `socket` (UDP sockets), `npcap` (packet capture through libpcap / Npcap, loaded at run time;
-//! cargo feature `npcap`, on by default) or `auto` (capture when it can work here, else
-//! sockets). The choice, and why, is a property of the node: [`Node::transport`].
+//! cargo feature `npcap`, on by default) or `auto` (capture when the library, the devices and
+//! the permission are there and the capture hears the node's own registration, else sockets).
+//! The choice, and why, is a property of the node: [`Node::transport`]. A missing library or
+//! permission is an [`OpenError`] that says what to install or grant.
 //!
 //! Everything else is the core's API, re-exported: [`Config`], [`Node`], [`Publisher`],
-//! [`Subscriber`], the codecs [`Raw`], [`Text`], [`Proto`].
+//! [`Subscriber`], the codecs [`Raw`], [`Text`], [`Proto`]; [`core`] has the rest (wire format,
+//! registration, the `Transport` trait for writing a transport of one's own).
+
+#![warn(missing_docs)]
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -25,7 +93,7 @@ pub mod cli;
 pub use middleware_core as core;
 pub use middleware_core::config::{Config, ConfigError, Mode, TransportKind};
 pub use middleware_core::pb::DataTypeInformation;
-pub use middleware_core::registration::{Identity, RemoteEntity, RemoteProcess};
+pub use middleware_core::registration::{Identity, ProcessState, RemoteEntity, RemoteProcess, Severity};
 pub use middleware_core::stats::{ChannelStats, PublisherStats, SubscriberStats};
 pub use middleware_core::transport::TransportStats;
 pub use middleware_core::{
@@ -48,14 +116,20 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
+    /// A configuration value is bad (the message names the key and what is accepted).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The transport could not be opened: missing capture library or permission, a socket
+    /// that cannot be bound, no route for the group (the message says what to do).
     #[error("opening the {transport} transport: {source}")]
     Transport {
+        /// Which transport: `socket` or `npcap (packet capture)`.
         transport: &'static str,
+        /// Why.
         #[source]
         source: NodeError,
     },
+    /// `transport = npcap` in a program built without the capture transport.
     #[error(
         "transport `npcap` is configured, but this program was built without the capture transport \
          (cargo feature `npcap` of the `middleware` package); use `socket` or `auto`, or rebuild with the feature"

@@ -9,6 +9,7 @@
 //! Entry point: [`UdpSocketTransport::open`], or [`factory`] for [`middleware_core::Node::new`].
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 mod sys;
 
@@ -66,10 +67,15 @@ pub fn retry_no_buffer_space<T>(
 /// One IPv4 address of a network interface, with the interface's flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceInfo {
+    /// Interface name (`eth0`, `lo`).
     pub name: String,
+    /// One of its IPv4 addresses (an interface with several appears once per address).
     pub ipv4: Ipv4Addr,
+    /// Administratively up (`IFF_UP`).
     pub up: bool,
+    /// Can carry multicast (`IFF_MULTICAST`).
     pub multicast: bool,
+    /// The loopback interface (`IFF_LOOPBACK`).
     pub loopback: bool,
 }
 

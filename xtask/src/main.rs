@@ -97,6 +97,12 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
     } else {
         run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
     }
+    // The API documentation: every public item of the library crates documented (their
+    // `#![warn(missing_docs)]`), no broken intra-doc link; warnings are errors here.
+    run(cargo()
+        .args(["doc", "--no-deps", "--all-features"])
+        .args(["-p", "middleware", "-p", "middleware-core", "-p", "transport-udp-socket", "-p", "transport-udp-npcap"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     // The Windows build: checked, import-checked, and its programs run under Wine.
     windows::run_cmd(&["--require".into()])?;
     // The README's first example, as an outside application builds and runs it.

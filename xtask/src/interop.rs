@@ -96,6 +96,20 @@ const LOADS: [(usize, usize, f64, &[&str]); 4] = [
     (1000, 10, 20.0, &["interop_a", "interop_b"]),
 ];
 
+/// Every pair in every placement with every load of [`LOADS`].
+fn matrix(placements: &[Placement], pairs: &[(Impl, Impl)]) -> Vec<Case> {
+    let mut v = Vec::new();
+    for &placement in placements {
+        for &(sender, receiver) in pairs {
+            for (size, count, rate, topics) in LOADS {
+                let topics = topics.iter().map(|t| t.to_string()).collect();
+                v.push(Case { sender, receiver, placement, size, count, rate, topics });
+            }
+        }
+    }
+    v
+}
+
 /// The Windows rows (`cargo xtask windows`): our Windows programs under Wine with real eCAL and
 /// our Linux programs, cross-host in network mode (Windows on host b or a) and same-host in
 /// local mode, every load.
@@ -108,23 +122,7 @@ pub(crate) fn wine_cases() -> Vec<Case> {
         (Impl::Ecal, Impl::WinNpcap),
         (Impl::Ours, Impl::WinNpcap),
     ];
-    let mut v = Vec::new();
-    for placement in [Placement::CrossHost, Placement::SameHostLocal] {
-        for (s, r) in pairs {
-            for (size, count, rate, topics) in LOADS {
-                v.push(Case {
-                    sender: s,
-                    receiver: r,
-                    placement,
-                    size,
-                    count,
-                    rate,
-                    topics: topics.iter().map(|t| t.to_string()).collect(),
-                });
-            }
-        }
-    }
-    v
+    matrix(&[Placement::CrossHost, Placement::SameHostLocal], &pairs)
 }
 
 fn cases() -> Vec<Case> {
@@ -137,22 +135,7 @@ fn cases() -> Vec<Case> {
         (Impl::OursNpcap, Impl::OursNpcap),
         (Impl::Ecal, Impl::OursNpcap),
     ];
-    let mut v = Vec::new();
-    for placement in [Placement::CrossHost, Placement::SameHost] {
-        for (s, r) in pairs {
-            for (size, count, rate, topics) in LOADS {
-                v.push(Case {
-                    sender: s,
-                    receiver: r,
-                    placement,
-                    size,
-                    count,
-                    rate,
-                    topics: topics.iter().map(|t| t.to_string()).collect(),
-                });
-            }
-        }
-    }
+    let mut v = matrix(&[Placement::CrossHost, Placement::SameHost], &pairs);
     for (s, r) in pairs {
         for (size, count, rate, topic) in
             [(10usize, 10usize, 20.0, "interop_local"), (1 << 20, 5, 5.0, "interop_local_1mb")]
@@ -455,4 +438,19 @@ pub(crate) fn run_matrix(env: &Env, lab: &Lab, selected: &[Case], name: &str) ->
         bail!("{failures} {name} case(s) failed; logs in {}", env.logs.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_matrices_hold_the_documented_rows() {
+        // docs/interop.md: 70 rows; docs/windows.md: 48 Wine rows, half of them on capture.
+        assert_eq!(cases().len(), 70);
+        let wine = wine_cases();
+        assert_eq!(wine.len(), 48);
+        assert_eq!(wine.iter().filter(|c| c.receiver == Impl::WinNpcap).count(), 16);
+        assert!(wine.iter().any(|c| c.sender == Impl::WinSocket && c.receiver == Impl::Ecal));
+    }
 }

@@ -6,6 +6,22 @@
 //! the same parser, so a bad value is always reported the same way: the key, where it came from,
 //! the value and what is accepted.
 //!
+//! ```
+//! use middleware_core::config::{Config, ConfigError, Mode, Origin};
+//!
+//! let mut config = Config::default(); // eCAL's defaults: local mode, ports 14000 / 14002
+//! config.apply_toml("mode = \"network\"\n[network]\nttl = 2\n", Origin::Code)?;
+//! config.set("udp.receive_buffer", "16MiB")?;
+//! assert_eq!((config.mode, config.network_ttl, config.receive_buffer), (Mode::Network, 2, 16 << 20));
+//!
+//! // A mistake names the key, where it came from and what is accepted.
+//! let err = config.set("network.ttl", "300").unwrap_err();
+//! assert!(matches!(err, ConfigError::InvalidValue { .. }));
+//! assert!(err.to_string().contains("0..=255"), "{err}");
+//! assert!(matches!(config.set("network.tll", "2"), Err(ConfigError::UnknownKey { .. })));
+//! # Ok::<(), ConfigError>(())
+//! ```
+//!
 //! | key | default | accepted |
 //! |---|---|---|
 //! | `transport` | `socket` | `socket`, `npcap`, `auto` |
@@ -122,8 +138,11 @@ impl fmt::Display for Mode {
 /// Where a value came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
+    /// A TOML configuration file (its path).
     File(PathBuf),
+    /// An environment variable (its name, e.g. `MW_NETWORK_TTL`).
     Env(String),
+    /// [`Config::set`] called by the program.
     Code,
 }
 
@@ -141,42 +160,98 @@ impl fmt::Display for Origin {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A known key with a value it does not accept.
     #[error("config key `{key}` ({origin}): invalid value `{value}`; expected {expected}")]
-    InvalidValue { key: String, origin: Origin, value: String, expected: String },
+    InvalidValue {
+        /// The dotted key (`network.ttl`).
+        key: String,
+        /// Where the value came from.
+        origin: Origin,
+        /// The value as given.
+        value: String,
+        /// What the key accepts (`an integer 0..=255`).
+        expected: String,
+    },
+    /// A key this version does not know (often a typo); nothing is silently ignored.
     #[error("unknown config key `{key}` ({origin}); known keys: {known}")]
-    UnknownKey { key: String, origin: Origin, known: String },
+    UnknownKey {
+        /// The key as given.
+        key: String,
+        /// Where it came from.
+        origin: Origin,
+        /// The known keys, comma separated, for the message.
+        known: String,
+    },
+    /// The configuration file could not be read or is not valid TOML.
     #[error("cannot read config file {path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        /// The file's path.
+        path: PathBuf,
+        /// What went wrong (I/O error or TOML parse error with its position).
+        reason: String,
+    },
 }
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// `transport`: which transport receives (sending always uses sockets).
     pub transport: TransportKind,
+    /// `mode`: local (this host) or network (multicast, cross-host).
     pub mode: Mode,
+    /// `network.group`: base multicast address of network mode; topics map into the groups under
+    /// `network.mask` (see [`crate::topic_group`]).
     pub network_group: Ipv4Addr,
+    /// `network.mask`: how many multicast groups topics spread over (`255.255.255.240`: 16).
     pub network_mask: Ipv4Addr,
+    /// `network.group_mapping`: eCAL's v2 (default) or v1 topic-to-group hash.
     pub group_mapping: GroupMapping,
+    /// `network.ttl`: multicast TTL of network mode (hops through routers; 0 keeps it on the host).
     pub network_ttl: u32,
+    /// `network.interface`: interface (name or IPv4 address) to send and join groups on; `None`
+    /// lets the routing table decide.
     pub interface: Option<String>,
+    /// `network.multicast_loopback`: this host's processes hear our multicast.
     pub multicast_loopback: bool,
+    /// `local.group`: broadcast address of local mode.
     pub local_group: Ipv4Addr,
+    /// `local.ttl`: TTL of local mode's datagrams.
     pub local_ttl: u32,
+    /// `ports.registration`: UDP port of registration samples (eCAL: 14000).
     pub registration_port: u16,
+    /// `ports.data`: UDP port of data samples (eCAL: 14002).
     pub data_port: u16,
+    /// `udp.receive_buffer`: socket receive buffer asked of the OS in bytes (`SO_RCVBUF`); the
+    /// OS may grant less, which the socket transport logs. The capture transport's buffer is
+    /// `npcap.buffer_size`.
     pub receive_buffer: usize,
+    /// `udp.max_datagram_size`: largest UDP payload sent, in bytes; longer messages are cut into
+    /// eCAL fragments of this size (eCAL 6.1: 65 507).
     pub max_datagram_size: usize,
+    /// `reassembly.*`: bounds of eCAL message reassembly (time, message size, partial messages and
+    /// bytes held).
     pub reassembly: ReassemblyConfig,
+    /// `registration.refresh_ms`: how often this process sends its registration (eCAL: 1 s).
     pub registration_refresh: Duration,
+    /// `registration.timeout_ms`: a remote entity or process not heard for this long is forgotten.
     pub registration_timeout: Duration,
+    /// `registration.loopback`: this process's own entities appear in its remote table (and its own
+    /// publishers reach its own subscribers).
     pub registration_loopback: bool,
+    /// `subscriber.drop_out_of_order`: a message older (by its publisher's clock) than one already
+    /// delivered is dropped and counted, as eCAL does.
     pub drop_out_of_order: bool,
+    /// `subscriber.queue_capacity`: messages a subscriber's queue holds for `recv` before the oldest
+    /// is dropped (counted).
     pub queue_capacity: usize,
     /// Bytes a subscriber's queue holds at most (payload + [`QUEUE_ITEM_OVERHEAD`] per message).
     pub queue_bytes: usize,
     /// Longest wait of one datagram's send for the OS (`ENOBUFS`).
     pub send_timeout: Duration,
+    /// `unit_name`: the node name monitors show; `None`: the program's name.
     pub unit_name: Option<String>,
+    /// `host_name`: the host name written into registration; `None`: the system's. eCAL treats equal
+    /// host names as one host (local mode accepts only its own).
     pub host_name: Option<String>,
     /// Keys under `npcap.` (without the prefix), parsed and validated by the pcap transport,
     /// which owns them.

@@ -9,12 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Counter(AtomicU64);
 
 impl Counter {
+    /// Adds one.
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
+    /// Adds `n`.
     pub fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
+    /// The current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -35,7 +38,9 @@ pub(crate) struct ChannelCounters {
 /// Snapshot of one channel's receive path.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ChannelStats {
+    /// What the transport moved and dropped below the eCAL layer.
     pub transport: TransportStats,
+    /// eCAL fragment reassembly: completed, expired, evicted and malformed messages.
     pub reassembly: ReassemblyStats,
     /// Messages whose name prefix was malformed (SPEC §4).
     pub bad_frame: u64,
@@ -75,6 +80,7 @@ impl ChannelCounters {
 pub struct SubscriberStats {
     /// Messages handed to the application.
     pub delivered: u64,
+    /// Payload bytes handed to the application.
     pub delivered_bytes: u64,
     /// Dropped: clock already seen from that publisher.
     pub duplicates: u64,
@@ -97,6 +103,7 @@ pub struct SubscriberStats {
 pub struct PublisherStats {
     /// `send` calls that went out on the wire.
     pub sent: u64,
+    /// Payload bytes of those calls.
     pub sent_bytes: u64,
     /// `send` calls made while no subscriber was connected (not sent, as eCAL does).
     pub not_connected: u64,

@@ -20,15 +20,20 @@ pub enum Channel {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Endpoint {
+    /// Registration or data.
     pub channel: Channel,
+    /// Local (broadcast on the loopback network) or network (multicast).
     pub mode: Mode,
     /// Destination of sent datagrams and the base group joined for receiving (network mode),
     /// or the broadcast address (local mode).
     pub group: Ipv4Addr,
+    /// UDP destination port, and the port received on.
     pub port: u16,
+    /// TTL (hop limit) of sent datagrams.
     pub ttl: u32,
     /// Interface name or IPv4 address; `None` lets the routing table decide.
     pub interface: Option<String>,
+    /// Whether this host's own receivers get our multicast (`IP_MULTICAST_LOOP`).
     pub multicast_loopback: bool,
     /// Requested receive buffer in bytes.
     pub receive_buffer: usize,
@@ -42,6 +47,9 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint of `channel` as `config` describes it (receiving from the start; the node sets
+    /// `receive_on_demand` on the data channel). The registration channel's receive buffer is capped
+    /// at 8 MiB.
     pub fn from_config(config: &Config, channel: Channel) -> Self {
         Self {
             channel,
@@ -69,10 +77,15 @@ impl Endpoint {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct TransportStats {
+    /// Datagrams handed to the OS.
     pub sent_datagrams: u64,
+    /// UDP payload bytes handed to the OS.
     pub sent_bytes: u64,
+    /// Datagrams whose send failed (each is also returned as an error to the sender).
     pub send_errors: u64,
+    /// Datagrams passed to the sink.
     pub received_datagrams: u64,
+    /// UDP payload bytes passed to the sink.
     pub received_bytes: u64,
     /// Datagrams larger than the receive buffer (truncated by the OS) and dropped.
     pub truncated: u64,
@@ -90,19 +103,26 @@ pub struct TransportStats {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
+    /// A system call failed (socket, bind, membership, send, capture open).
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, with the address or interface involved.
         context: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The transport cannot work here (no capture library, no permission, no interface); the
+    /// text says what to do.
     #[error("{0}")]
     Unavailable(String),
+    /// The transport was closed; nothing more can be sent.
     #[error("transport closed")]
     Closed,
 }
 
 impl TransportError {
+    /// A [`TransportError::Io`] with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io { context: context.into(), source }
     }
@@ -136,6 +156,7 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Additionally receives datagrams sent to `group` (network mode). In either mode the first
     /// call starts receiving on an endpoint opened with `receive_on_demand`.
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError>;
+    /// A snapshot of the counters.
     fn stats(&self) -> TransportStats;
     /// Stops receiving. When it returns, the sink is not called again and no call to it is in
     /// progress on another thread; called from the transport's own receive thread (from inside

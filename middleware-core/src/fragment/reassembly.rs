@@ -80,7 +80,9 @@ impl ReassemblyStats {
 /// Identity of a fragmented message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FragKey {
+    /// Source address and port of the datagrams.
     pub sender: SocketAddr,
+    /// The eCAL message id of the fragments.
     pub id: i32,
 }
 
@@ -172,6 +174,7 @@ pub struct Reassembler {
 }
 
 impl Reassembler {
+    /// An empty reassembler with the bounds of `config`.
     pub fn new(config: ReassemblyConfig) -> Self {
         Self {
             config,
@@ -200,6 +203,7 @@ impl Reassembler {
         }
     }
 
+    /// A snapshot of the counters.
     pub fn stats(&self) -> ReassemblyStats {
         self.stats
     }

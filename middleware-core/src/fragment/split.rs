@@ -8,7 +8,9 @@ use crate::wire::{DatagramRepr, HEADER_LEN, MAX_DATAGRAM_LEN};
 /// One datagram to send: its header and the message bytes that follow it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece<'a> {
+    /// The 24-byte eCAL header of the datagram.
     pub header: [u8; HEADER_LEN],
+    /// The part of the message this datagram carries (empty for a type 1 announcement).
     pub body: &'a [u8],
 }
 

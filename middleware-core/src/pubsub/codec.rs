@@ -7,7 +7,9 @@ use std::marker::PhantomData;
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode {type_name}: {reason}")]
 pub struct CodecError {
+    /// The subscriber's type (e.g. `String`, the protobuf message name).
     pub type_name: String,
+    /// What was wrong with the bytes.
     pub reason: String,
 }
 
@@ -21,6 +23,7 @@ pub trait Codec: Send + Sync + 'static {
     fn datatype() -> DataTypeInformation;
     /// Exact number of bytes [`Codec::encode`] appends.
     fn encoded_len(value: &Self::Input) -> usize;
+    /// Appends the payload bytes of `value` to `out` (exactly [`Codec::encoded_len`] bytes).
     fn encode(value: &Self::Input, out: &mut Vec<u8>);
     /// # Errors
     /// Payload not valid for the type.

@@ -12,9 +12,13 @@ const WINDOW: i64 = 1024;
 pub enum Verdict {
     /// Deliver. `gap` clocks were skipped since the previous highest (lost upstream).
     Accept {
+        /// Clocks skipped since the previous highest (0 when consecutive).
         gap: u64,
     },
+    /// Already delivered, or older than the window: dropped (counted as a duplicate).
     Duplicate,
+    /// Older than the highest clock delivered but not seen before: dropped when
+    /// `subscriber.drop_out_of_order` is on (counted), as eCAL does.
     OutOfOrder,
 }
 
@@ -92,6 +96,8 @@ pub struct FilterTable {
 }
 
 impl FilterTable {
+    /// The verdict for message `clock` of `publisher` received at `now`; the least recently heard
+    /// publisher is forgotten first when the table is full.
     pub fn check(&mut self, now: std::time::Instant, publisher: u64, clock: i64, drop_out_of_order: bool) -> Verdict {
         if !self.filters.contains_key(&publisher) && self.filters.len() >= MAX_TRACKED_PUBLISHERS {
             if let Some(oldest) = self.filters.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
@@ -109,10 +115,12 @@ impl FilterTable {
         self.forgotten
     }
 
+    /// Publishers tracked now.
     pub fn len(&self) -> usize {
         self.filters.len()
     }
 
+    /// No publisher tracked.
     pub fn is_empty(&self) -> bool {
         self.filters.is_empty()
     }

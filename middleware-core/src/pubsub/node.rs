@@ -37,12 +37,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
+    /// The transport failed (opening it, joining a group, or a send).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// A topic name that cannot go on the wire: empty, longer than 65 534 bytes, or with a NUL.
     #[error("invalid topic name {0:?}: must be 1..=65534 bytes without NUL")]
     InvalidTopic(String),
+    /// A message too large for eCAL's framing (more fragments than a u32 counts, or over 4 GiB).
     #[error("message of {0} bytes is larger than udp.max_datagram_size allows to frame (4 GiB)")]
     TooLarge(usize),
+    /// The node was shut down; its publishers and subscribers no longer work.
     #[error("node is shut down")]
     Closed,
 }
@@ -50,6 +54,7 @@ pub enum NodeError {
 /// One received message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Received<T> {
+    /// The decoded message (the codec's output type).
     pub value: T,
     /// Entity id of the publisher (eCAL `topic_id`).
     pub publisher_id: u64,
@@ -62,7 +67,9 @@ pub struct Received<T> {
 /// Snapshot of a node's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeStats {
+    /// The registration channel (port 14000): datagrams, decode errors, reassembly, transport.
     pub registration: ChannelStats,
+    /// The data channel (port 14002).
     pub data: ChannelStats,
     /// Registrations sent.
     pub registrations_sent: u64,
@@ -381,10 +388,12 @@ impl Node {
         Ok(())
     }
 
+    /// Who this node says it is in registration (host, process, unit name).
     pub fn identity(&self) -> &Identity {
         &self.inner.identity
     }
 
+    /// The configuration the node was opened with.
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
@@ -419,6 +428,7 @@ impl Node {
         lock(&self.inner.remote).processes().cloned().collect()
     }
 
+    /// A snapshot of the node's counters (see [`NodeStats`]).
     pub fn stats(&self) -> NodeStats {
         let i = &self.inner;
         NodeStats {

@@ -91,6 +91,7 @@ impl<C: Codec> std::fmt::Debug for Publisher<C> {
 }
 
 impl<C: Codec> Publisher<C> {
+    /// The topic name.
     pub fn topic(&self) -> &str {
         &self.shared.topic
     }
@@ -108,6 +109,7 @@ impl<C: Codec> Publisher<C> {
         )
     }
 
+    /// At least one subscriber is connected (what eCAL's `GetSubscriberCount() > 0` says).
     pub fn is_connected(&self) -> bool {
         let (l, e) = self.connections();
         l + e > 0
@@ -170,6 +172,7 @@ impl<C: Codec> Publisher<C> {
         }
     }
 
+    /// A snapshot of this publisher's counters.
     pub fn stats(&self) -> PublisherStats {
         let s = &self.shared;
         PublisherStats {

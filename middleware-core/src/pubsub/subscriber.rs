@@ -347,10 +347,12 @@ fn typed<C: Codec>(shared: &SubShared, r: Received<Vec<u8>>) -> Option<Received<
 }
 
 impl<C: Codec> Subscriber<C> {
+    /// The topic name.
     pub fn topic(&self) -> &str {
         &self.shared.topic
     }
 
+    /// The eCAL entity id (`topic_id`).
     pub fn entity_id(&self) -> u64 {
         self.shared.entity_id
     }
@@ -399,6 +401,7 @@ impl<C: Codec> Subscriber<C> {
         lock(&self.node.remote).publishers_of(&self.shared.topic).cloned().collect()
     }
 
+    /// A snapshot of this subscriber's counters, drops by cause included.
     pub fn stats(&self) -> SubscriberStats {
         self.shared.stats()
     }

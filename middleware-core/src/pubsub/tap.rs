@@ -8,15 +8,21 @@ use std::net::SocketAddr;
 /// One data sample as a node decoded it, whether or not a local subscriber wants the topic.
 #[derive(Debug, Clone, Copy)]
 pub struct TappedSample<'a> {
+    /// Topic name (the sample name).
     pub topic: &'a str,
+    /// Entity id of the publisher (eCAL `topic_id`).
     pub publisher_id: u64,
+    /// Host name of the publisher.
     pub host_name: &'a str,
+    /// The publisher's send counter.
     pub clock: i64,
     /// Send time, µs since the Unix epoch of the sender's clock.
     pub send_time_us: i64,
+    /// The message payload as published.
     pub payload: &'a [u8],
     /// Length of the whole message (name prefix + protobuf) on the wire.
     pub message_len: usize,
+    /// Source address and port of the datagram(s).
     pub source: SocketAddr,
 }
 

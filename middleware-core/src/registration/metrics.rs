@@ -102,6 +102,7 @@ impl Default for LatencyStats {
 }
 
 impl LatencyStats {
+    /// Adds one latency sample in microseconds (Welford's update of mean and M2).
     pub fn add(&mut self, latency_us: f64) {
         self.count += 1;
         self.latest = latency_us;

@@ -15,10 +15,15 @@ pub const RUNTIME_VERSION: &str = concat!("v6.1.1 (middleware-rs ", env!("CARGO_
 /// Who this process is, as written into every registration sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// Host name as this process reports it (`host_name`); with `process_id` it identifies the process.
     pub host_name: String,
+    /// Operating-system process id.
     pub process_id: i32,
+    /// Process name as eCAL shows it (by eCAL's convention the executable's path).
     pub process_name: String,
+    /// Unit name given at initialisation (eCAL's `unit_name`, the node name shown by eCAL Monitor).
     pub unit_name: String,
+    /// Command line, space separated (eCAL's `process_parameter`).
     pub process_parameter: String,
     /// The configuration file this process loaded (empty: none), as eCAL's `config_file_path`.
     pub config_file_path: String,
@@ -33,10 +38,12 @@ pub struct EntityIds {
 }
 
 impl EntityIds {
+    /// Ids for process `pid`, with `random` (only its low 24 bits are used) drawn once per process.
     pub fn new(pid: u32, random: u32) -> Self {
         let prefix = (u64::from(pid) & 0xFF_FFFF) << 40 | (u64::from(random) & 0xFF_FFFF) << 16;
         Self { prefix, counter: std::sync::atomic::AtomicU64::new(0) }
     }
+    /// The next id. Unique within the process for the first 65 536 entities; the counter then wraps.
     pub fn next(&self) -> u64 {
         let c = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.prefix | (c & 0xFFFF)
@@ -47,23 +54,36 @@ impl EntityIds {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
+    /// Sends data on a topic (registration commands 2 and 12).
     Publisher,
+    /// Receives data on a topic (registration commands 3 and 13).
     Subscriber,
 }
 
 /// What a local publisher/subscriber reports in its registration.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TopicReport {
+    /// The entity's id (see [`EntityIds`]), sent as eCAL's decimal `topic_id` string.
     pub entity_id: u64,
+    /// Topic name.
     pub topic_name: String,
+    /// Datatype name, encoding and descriptor (for protobuf, a serialized `FileDescriptorSet`).
     pub datatype: DataTypeInformation,
     /// The UDP layer has carried data.
     pub active: bool,
+    /// Size in bytes of the last message sent (publisher) or received (subscriber).
     pub topic_size: i32,
+    /// Matching peers on this host (subscribers for a publisher, publishers for a subscriber).
     pub connections_local: i32,
+    /// Matching peers on other hosts.
     pub connections_external: i32,
+    /// Messages lost, as eCAL counts them: gaps in the per-publisher message clock seen by a
+    /// subscriber (0 for publishers).
     pub message_drops: i32,
+    /// Messages sent (publisher) or accepted (subscriber) since the entity was created.
     pub data_clock: i64,
+    /// Message rate in millihertz (1000 = one message per second), from eCAL's resettable window
+    /// (see [`metrics::RateWindow`]).
     pub data_frequency_mhz: i32,
     /// Receive latency (subscribers); publishers send eCAL's empty statistics.
     pub latency: Option<pb::Statistics>,
@@ -91,11 +111,16 @@ pub const TIME_SYNC_REALTIME: i32 = 1;
 #[serde(rename_all = "lowercase")]
 #[repr(i32)]
 pub enum Severity {
+    /// The process has not said (default).
     #[default]
     Unknown = 0,
+    /// Working as intended.
     Healthy = 1,
+    /// Working, with a problem worth attention.
     Warning = 2,
+    /// Barely working.
     Critical = 3,
+    /// Not working.
     Failed = 4,
 }
 
@@ -103,8 +128,11 @@ pub enum Severity {
 /// `eProcessSeverityLevel`) and a free text. Default as eCAL's: unknown, level 1, no text.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProcessState {
+    /// How the process is doing.
     pub severity: Severity,
+    /// Severity level 1-5 (eCAL's `eProcessSeverityLevel`; its meaning is up to the application).
     pub level: i32,
+    /// Free text shown beside the state.
     pub info: String,
 }
 
@@ -195,15 +223,25 @@ pub fn topic_sample(id: &Identity, dir: Direction, r: &TopicReport, unregister: 
 /// A publisher or subscriber heard through registration.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RemoteEntity {
+    /// The entity's id (its `topic_id`).
     pub entity_id: u64,
+    /// Publisher or subscriber.
     pub direction: Direction,
+    /// Topic name.
     pub topic_name: String,
+    /// Host the entity runs on.
     pub host_name: String,
+    /// Process id of the entity's process.
     pub process_id: i32,
+    /// Name of the entity's process.
     pub process_name: String,
+    /// Unit (node) name of the entity's process.
     pub unit_name: String,
+    /// Datatype name (for protobuf, the full message name such as `pb.People.Person`).
     pub datatype_name: String,
+    /// Datatype encoding (`proto`, `base` for strings, empty for raw bytes).
     pub datatype_encoding: String,
+    /// Datatype descriptor (for protobuf, a serialized `FileDescriptorSet`); not serialised to JSON.
     #[serde(skip)]
     pub datatype_descriptor: Vec<u8>,
     /// It lists a usable UDP layer (enabled, or a version < 2 entry; SPEC §7.4).
@@ -212,15 +250,21 @@ pub struct RemoteEntity {
     pub no_layers: bool,
     /// Usable transport layers it lists, by name (`udp`, `shm`, `tcp`), `+` marking active ones.
     pub layers: Vec<String>,
+    /// Matching peers on its host, as it reports them.
     pub connections_local: i32,
+    /// Matching peers on other hosts, as it reports them.
     pub connections_external: i32,
+    /// Messages it has sent (publisher) or accepted (subscriber), as it reports them.
     pub data_clock: i64,
+    /// Its message rate in millihertz.
     pub data_frequency_mhz: i32,
+    /// Messages it reports lost (subscribers).
     pub message_drops: i32,
     /// Size of the last message sent (publishers).
     pub topic_size: i32,
     /// Registrations received for this entity.
     pub samples: u64,
+    /// When its last registration sample was applied; [`RemoteTable::expire`] uses it.
     #[serde(skip)]
     pub last_seen: Instant,
 }
@@ -228,22 +272,32 @@ pub struct RemoteEntity {
 /// A process heard through registration.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RemoteProcess {
+    /// Host the process runs on.
     pub host_name: String,
+    /// Operating-system process id.
     pub process_id: i32,
+    /// Process name (eCAL: the executable's path).
     pub process_name: String,
+    /// Unit (node) name.
     pub unit_name: String,
+    /// `ecal_runtime_version` (eCAL writes e.g. `v6.1.1`; this implementation [`RUNTIME_VERSION`]).
     pub runtime_version: String,
     /// `eProcessSeverity` (0 unknown, 1 healthy, 2 warning, 3 critical, 4 failed), its level
     /// (1-5) and text: what the process says about itself.
     pub state_severity: i32,
+    /// Severity level 1-5 (0 when the process sent no state).
     pub state_level: i32,
+    /// Free text of the state.
     pub state_info: String,
     /// Initialised components as eCAL writes them (`pub|sub|log|time`).
     pub components: String,
+    /// Name of its time synchronisation module (e.g. `ecaltime-localtime`).
     pub time_sync_module: String,
     /// 0 none, 1 realtime, 2 replay.
     pub time_sync_state: i32,
+    /// The configuration file it loaded (empty: none or not reported).
     pub config_file_path: String,
+    /// When its last registration sample was applied; [`RemoteTable::expire`] uses it.
     #[serde(skip)]
     pub last_seen: Instant,
 }
@@ -253,9 +307,13 @@ pub struct RemoteProcess {
 pub enum Change {
     /// First sample of a new entity.
     New(u64),
+    /// Another sample of a known entity (its fields were replaced).
     Refreshed(u64),
+    /// The entity unregistered (commands 12/13).
     Removed(u64),
+    /// A process registered, refreshed or unregistered.
     Process,
+    /// Nothing changed: another command, or an unregistration of an unknown entity.
     Ignored,
 }
 
@@ -297,9 +355,13 @@ pub const MAX_REMOTE_PROCESSES: usize = 4_096;
 /// The acceptance rule of SPEC §7.3.
 #[derive(Debug, Clone)]
 pub struct Acceptance {
+    /// This process's host name: samples from it are local.
     pub host_name: String,
+    /// This process's id: samples with it are this process's own.
     pub process_id: i32,
+    /// Accept samples from other hosts (`network_mode`); off, only this host's are used.
     pub network_mode: bool,
+    /// Accept this process's own samples (`registration.loopback`).
     pub loopback: bool,
 }
 
@@ -425,6 +487,7 @@ impl RemoteTable {
         gone
     }
 
+    /// The remote entity with id `id`, if it is in the table.
     pub fn entity(&self, id: u64) -> Option<&RemoteEntity> {
         self.entities.get(&id)
     }
@@ -434,14 +497,17 @@ impl RemoteTable {
         self.entities.values().filter(move |e| e.direction == Direction::Subscriber && e.topic_name == topic && e.udp)
     }
 
+    /// Publishers of `topic`, whatever layers they list.
     pub fn publishers_of<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
         self.entities.values().filter(move |e| e.direction == Direction::Publisher && e.topic_name == topic)
     }
 
+    /// Every remote publisher and subscriber, in no particular order.
     pub fn entities(&self) -> impl Iterator<Item = &RemoteEntity> {
         self.entities.values()
     }
 
+    /// Every remote process, in no particular order.
     pub fn processes(&self) -> impl Iterator<Item = &RemoteProcess> {
         self.processes.values()
     }

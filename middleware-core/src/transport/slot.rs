@@ -59,6 +59,7 @@ impl std::fmt::Debug for SinkSlot {
 }
 
 impl SinkSlot {
+    /// A slot holding `sink`, open.
     pub fn new(sink: Arc<dyn DatagramSink>) -> Self {
         Self {
             state: Mutex::new(SlotState { sink: Some(sink), ..SlotState::default() }),
@@ -135,6 +136,7 @@ impl SinkSlot {
         self.lock().sink.take()
     }
 
+    /// The sink has been detached or closed: the transport should stop receiving.
     pub fn is_closed(&self) -> bool {
         self.lock().sink.is_none()
     }

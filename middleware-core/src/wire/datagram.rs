@@ -39,6 +39,7 @@ pub enum DatagramKind {
     Fragment,
     /// Type 3: a whole message of `len` bytes follows.
     Whole,
+    /// Any other value (rejected by [`DatagramRepr::parse`], kept for logging).
     Unknown(u32),
 }
 
@@ -115,15 +116,19 @@ impl<T: AsRef<[u8]>> Datagram<T> {
         Ok(())
     }
 
+    /// The `type` field (offset 8).
     pub fn kind(&self) -> DatagramKind {
         le_u32(&self.buffer.as_ref()[field::KIND]).into()
     }
+    /// The message id field (offset 12): ties a message's fragments together.
     pub fn id(&self) -> i32 {
         le_u32(&self.buffer.as_ref()[field::ID]) as i32
     }
+    /// The `num` field (offset 16): fragment count (type 1) or fragment index (type 2).
     pub fn num(&self) -> u32 {
         le_u32(&self.buffer.as_ref()[field::NUM])
     }
+    /// The `len` field (offset 20): total message length (type 1) or body length (types 2 and 3).
     pub fn len(&self) -> u32 {
         le_u32(&self.buffer.as_ref()[field::LEN])
     }
@@ -139,6 +144,7 @@ impl<T: AsRef<[u8]>> Datagram<T> {
             _ => &[],
         }
     }
+    /// The wrapped buffer.
     pub fn into_inner(self) -> T {
         self.buffer
     }
@@ -156,21 +162,26 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Datagram<T> {
     fn put(&mut self, range: core::ops::Range<usize>, v: u32) {
         self.buffer.as_mut()[range].copy_from_slice(&v.to_le_bytes());
     }
+    /// Writes the magic `ECAL`, the version and the reserved zero bytes.
     pub fn set_magic_and_version(&mut self) {
         let b = self.buffer.as_mut();
         b[field::MAGIC].copy_from_slice(&MAGIC);
         b[field::VERSION] = VERSION;
         b[5..8].fill(0);
     }
+    /// Writes the `type` field.
     pub fn set_kind(&mut self, k: DatagramKind) {
         self.put(field::KIND, k.into());
     }
+    /// Writes the message id field.
     pub fn set_id(&mut self, id: i32) {
         self.put(field::ID, id as u32);
     }
+    /// Writes the `num` field.
     pub fn set_num(&mut self, n: u32) {
         self.put(field::NUM, n);
     }
+    /// Writes the `len` field.
     pub fn set_len(&mut self, n: u32) {
         self.put(field::LEN, n);
     }
@@ -188,9 +199,29 @@ impl<T: AsRef<[u8]>> fmt::Display for Datagram<T> {
 /// The semantic content of a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatagramRepr {
-    FragmentInfo { id: i32, count: u32, total_len: u32 },
-    Fragment { id: i32, index: u32, len: u32 },
-    Whole { len: u32 },
+    /// Type 1: message `id` follows as `count` fragments carrying `total_len` bytes in all.
+    FragmentInfo {
+        /// Message id, the same in every fragment of the message (random per message in eCAL).
+        id: i32,
+        /// Number of fragments (type 2 datagrams) that follow.
+        count: u32,
+        /// The whole message's length in bytes.
+        total_len: u32,
+    },
+    /// Type 2: fragment `index` (from 0) of message `id`, `len` body bytes.
+    Fragment {
+        /// Message id, as in its type 1 datagram.
+        id: i32,
+        /// Position of this fragment, from 0.
+        index: u32,
+        /// Body bytes after the header.
+        len: u32,
+    },
+    /// Type 3: a whole message of `len` bytes follows the header.
+    Whole {
+        /// Body bytes after the header.
+        len: u32,
+    },
 }
 
 impl DatagramRepr {

@@ -55,6 +55,7 @@ impl<'a> SampleFrame<'a> {
 /// Builds a frame: name + protobuf body.
 #[derive(Debug, Clone, Copy)]
 pub struct SampleFrameRepr<'a> {
+    /// The sample name (`reg_sample` on the registration port, the topic name for data).
     pub name: &'a str,
 }
 

@@ -3,11 +3,13 @@
 //!
 //! * `monitor`: processes, publishers, subscribers; per-topic rate, bandwidth, drops;
 //! * `echo TOPIC`: messages as they arrive, decoded by the announced datatype;
-//! * `record`: registration and data traffic to pcapng; `replay FILE` re-publishes it;
+//! * `record`: the recorded topics' messages to MCAP, with their protobuf schemas, or the
+//!   registration and data traffic to pcapng; `replay FILE` re-publishes either;
 //! * `doctor`: checks what breaks deployments and says how to fix it.
 
 mod doctor;
 mod echo;
+mod mcapfile;
 mod monitor;
 mod pcapng;
 mod protodec;
@@ -47,7 +49,8 @@ enum Cmd {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Record registration and data traffic to a pcapng file (Wireshark, tcpdump).
+    /// Record topics to MCAP (`--out FILE.mcap`: per-topic channels with protobuf schemas) or the
+    /// traffic to pcapng (Wireshark, tcpdump).
     Record {
         #[command(flatten)]
         args: record::Args,
@@ -77,7 +80,7 @@ pub struct Ctx {
     pub transport: String,
 }
 
-fn open(common: &CommonArgs, taps: &Taps) -> anyhow::Result<Ctx> {
+pub fn open(common: &CommonArgs, taps: &Taps) -> anyhow::Result<Ctx> {
     let mut config = common.load()?;
     // Tools see everything, their own registration included (useful on a lone host).
     config.registration_loopback = true;
@@ -108,6 +111,7 @@ fn main() {
             open(&common, &taps).and_then(|ctx| monitor::run(&ctx, &tap, &args))
         }
         Cmd::Echo { args, common } => open(&common, &Taps::default()).and_then(|ctx| echo::run(&ctx, &args)),
+        Cmd::Record { args, common } if args.format() == record::Format::Mcap => record::run_mcap(&common, &args),
         Cmd::Record { args, common } => (|| {
             let config = common.load()?;
             let rec = Arc::new(record::Recorder::create(&args.out, &args.topic, &config)?);

@@ -30,9 +30,20 @@ const MAX_DECIDED: usize = 4096;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Output file (pcapng; opens in Wireshark and tcpdump).
+    /// Output file: `.mcap` records the data of each topic with its schema (Foxglove, the MCAP
+    /// tools, `mwctl replay`); any other name records the traffic as pcapng (Wireshark, tcpdump).
     #[arg(long)]
     pub out: PathBuf,
+    /// File format, overriding the extension of --out.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Chunk compression of MCAP files.
+    #[arg(long, value_enum, default_value = "zstd")]
+    pub compression: crate::mcapfile::Compression,
+    /// MCAP: seconds a topic's messages wait for its datatype (its publisher's registration)
+    /// before they are recorded as schemaless bytes.
+    #[arg(long, default_value_t = 3.0)]
+    pub schema_wait: f64,
     /// Record only these topics (repeatable); default: every published topic heard of.
     #[arg(long)]
     pub topic: Vec<String>,
@@ -42,6 +53,28 @@ pub struct Args {
     /// Stop after this many data samples.
     #[arg(long)]
     samples: Option<u64>,
+}
+
+/// What `record` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// MCAP: messages per topic, with protobuf schemas.
+    Mcap,
+    /// pcapng: the packets as on the wire.
+    Pcapng,
+}
+
+impl Args {
+    /// The format asked for, or the one the file name implies.
+    pub fn format(&self) -> Format {
+        self.format.unwrap_or_else(|| {
+            if self.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("mcap")) {
+                Format::Mcap
+            } else {
+                Format::Pcapng
+            }
+        })
+    }
 }
 
 /// Counters printed at the end.
@@ -324,18 +357,13 @@ impl Tap for Recorder {
     fn registration(&self, _sample: &Sample, _source: SocketAddr) {}
 }
 
-pub fn run(ctx: &Ctx, rec: &Arc<Recorder>, args: &Args) -> anyhow::Result<i32> {
+/// Subscribes to the recorded topics (so that publishers send them) until the recording is to
+/// stop, printing `progress()` each second; `samples()` counts what has been recorded.
+pub fn drive(ctx: &Ctx, args: &Args, progress: &dyn Fn() -> String, samples: &dyn Fn() -> u64) {
     let start = Instant::now();
     let mut subs: HashMap<String, Subscriber<Raw>> = HashMap::new();
     let tty = std::io::stderr().is_terminal();
     let mut last_progress = Instant::now();
-    eprintln!(
-        "recording to {} ({}; {}){}",
-        args.out.display(),
-        ctx.transport,
-        if ctx.transport.starts_with("npcap") { "frames as captured" } else { "frames synthesized around datagrams" },
-        args.seconds.map(|s| format!(" for {s} s")).unwrap_or_else(|| ", Ctrl-C to stop".into())
-    );
     loop {
         // Subscribe to what is to be recorded, so publishers send it.
         let wanted: Vec<String> = if args.topic.is_empty() {
@@ -352,7 +380,7 @@ pub fn run(ctx: &Ctx, rec: &Arc<Recorder>, args: &Args) -> anyhow::Result<i32> {
             if let std::collections::hash_map::Entry::Vacant(slot) = subs.entry(t) {
                 match ctx.node.subscriber::<Raw>(slot.key()) {
                     Ok(s) => {
-                        // Discard at once: the tap has already written the datagrams.
+                        // Discard at once: the tap has already taken the data.
                         s.on_receive(|_| {});
                         tracing::info!(topic = %slot.key(), "recording topic");
                         slot.insert(s);
@@ -362,18 +390,11 @@ pub fn run(ctx: &Ctx, rec: &Arc<Recorder>, args: &Args) -> anyhow::Result<i32> {
             }
         }
         std::thread::sleep(Duration::from_millis(100));
-        let t = rec.totals();
         let elapsed = start.elapsed().as_secs_f64();
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             let total = args.seconds.map(|s| format!("/{s:.0}")).unwrap_or_default();
-            let line = format!(
-                "{elapsed:5.1}{total} s  {} packets  {}  {} data samples  {} topics",
-                t.packets,
-                crate::monitor::human_rate(t.bytes as f64).trim_end_matches("/s"),
-                t.data_samples,
-                subs.len()
-            );
+            let line = format!("{elapsed:5.1}{total} s  {}  {} topics", progress(), subs.len());
             if tty {
                 eprint!("\r{line}   ");
             } else {
@@ -382,21 +403,92 @@ pub fn run(ctx: &Ctx, rec: &Arc<Recorder>, args: &Args) -> anyhow::Result<i32> {
         }
         if middleware::cli::stopping()
             || args.seconds.is_some_and(|s| elapsed >= s)
-            || args.samples.is_some_and(|n| t.data_samples >= n)
+            || args.samples.is_some_and(|n| samples() >= n)
         {
             break;
         }
     }
-    drop(subs);
-    rec.finish()?;
-    let t = rec.totals();
     if tty {
         eprintln!();
     }
+}
+
+fn announce(ctx: &Ctx, args: &Args, what: &str) {
+    eprintln!(
+        "recording to {} ({}; {what}){}",
+        args.out.display(),
+        ctx.transport,
+        args.seconds.map(|s| format!(" for {s} s")).unwrap_or_else(|| ", Ctrl-C to stop".into())
+    );
+}
+
+/// Records pcapng.
+pub fn run(ctx: &Ctx, rec: &Arc<Recorder>, args: &Args) -> anyhow::Result<i32> {
+    let how =
+        if ctx.transport.starts_with("npcap") { "frames as captured" } else { "frames synthesized around datagrams" };
+    announce(ctx, args, how);
+    let progress = || {
+        let t = rec.totals();
+        format!(
+            "{} packets  {}  {} data samples",
+            t.packets,
+            crate::monitor::human_rate(t.bytes as f64).trim_end_matches("/s"),
+            t.data_samples
+        )
+    };
+    drive(ctx, args, &progress, &|| rec.totals().data_samples);
+    rec.finish()?;
+    let t = rec.totals();
     println!("{}", serde_json::to_string(&serde_json::json!({"file": args.out, "totals": t}))?);
     if t.write_errors > 0 {
         anyhow::bail!("{} packets could not be written to {}", t.write_errors, args.out.display());
     }
+    Ok(0)
+}
+
+/// Records MCAP: opens the node with the recording's tap, records, then closes the node and
+/// finishes the file (summary and index).
+pub fn run_mcap(common: &middleware::cli::CommonArgs, args: &Args) -> anyhow::Result<i32> {
+    use crate::mcapfile::{McapRecording, RecordOptions};
+    anyhow::ensure!(args.schema_wait >= 0.0, "--schema-wait must not be negative");
+    let rec = McapRecording::start(RecordOptions {
+        path: args.out.clone(),
+        topics: args.topic.clone(),
+        compression: args.compression,
+        schema_wait: Duration::from_secs_f64(args.schema_wait),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+    })?;
+    let counters = Arc::clone(&rec.counters);
+    let taps = middleware::Taps { node: Some(Arc::clone(&rec.tap) as Arc<dyn Tap>), frames: None };
+    let ctx = crate::open(common, &taps)?;
+    announce(&ctx, args, "MCAP, one channel per topic");
+    let c = Arc::clone(&counters);
+    let progress = move || {
+        format!(
+            "{} messages  {}  {} channels",
+            c.messages.load(Ordering::Relaxed),
+            crate::monitor::human_rate(c.bytes.load(Ordering::Relaxed) as f64).trim_end_matches("/s"),
+            c.channels.load(Ordering::Relaxed)
+        )
+    };
+    let c2 = Arc::clone(&counters);
+    // What has been handed to the writer counts as recorded (queued or written).
+    drive(&ctx, args, &progress, &|| c2.messages.load(Ordering::Relaxed));
+    drop(ctx);
+    let finished = rec.finish();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let totals = serde_json::json!({
+        "messages": get(&counters.messages),
+        "bytes": get(&counters.bytes),
+        "channels": get(&counters.channels),
+        "queue_dropped": get(&counters.queue_dropped),
+        "waited_for_schema": get(&counters.waited_for_schema),
+        "schemaless_fallback": get(&counters.schemaless_fallback),
+        "topics_untracked": get(&counters.topics_untracked),
+        "write_errors": get(&counters.write_errors),
+    });
+    println!("{}", serde_json::to_string(&serde_json::json!({"file": args.out, "format": "mcap", "totals": totals}))?);
+    finished?;
     Ok(0)
 }
 

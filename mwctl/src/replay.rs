@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Recording to replay (pcapng or pcap).
+    /// Recording to replay (MCAP, pcapng or pcap).
     file: PathBuf,
     /// Replay only these topics (repeatable).
     #[arg(long)]
@@ -114,6 +114,9 @@ pub fn load(path: &std::path::Path, ports: (u16, u16)) -> anyhow::Result<Recordi
 }
 
 pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<i32> {
+    if crate::mcapfile::is_mcap(&args.file) {
+        return run_mcap(ctx, args);
+    }
     let mut rec = load(&args.file, (args.registration_port, args.data_port))?;
     if !args.topic.is_empty() {
         rec.samples.retain(|s| args.topic.contains(&s.topic));
@@ -154,5 +157,68 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<i32> {
     // Let the last messages leave before unregistering.
     std::thread::sleep(Duration::from_millis(300));
     println!("{}", serde_json::json!({"sent": sent, "not_sent": not_sent, "skipped_packets": rec.skipped}));
+    Ok(if not_sent > 0 { 1 } else { 0 })
+}
+
+/// Replays an MCAP file: a publisher per topic with the datatype recorded for it, messages at
+/// their recorded pace (log time), read chunk by chunk.
+fn run_mcap(ctx: &Ctx, args: &Args) -> anyhow::Result<i32> {
+    let (channels, complete) = crate::mcapfile::channels(&args.file)?;
+    if !complete {
+        eprintln!("warning: {} ends early (recording killed?); replaying what it holds", args.file.display());
+    }
+    let mut pubs: BTreeMap<String, Publisher<Raw>> = BTreeMap::new();
+    let mut by_channel: HashMap<u16, String> = HashMap::new();
+    let mut total = 0u64;
+    for (id, c) in &channels {
+        if !args.topic.is_empty() && !args.topic.contains(&c.topic) {
+            continue;
+        }
+        if !pubs.contains_key(&c.topic) {
+            pubs.insert(c.topic.clone(), ctx.node.publisher_with_datatype::<Raw>(&c.topic, c.datatype.clone())?);
+        }
+        by_channel.insert(*id, c.topic.clone());
+        total += c.messages;
+    }
+    anyhow::ensure!(total > 0, "{} holds no messages to replay", args.file.display());
+    eprintln!("replaying {total} messages of {} topics from {}", pubs.len(), args.file.display());
+    let deadline = Instant::now() + Duration::from_secs_f64(args.wait_subscriber.max(0.0));
+    for (t, p) in &pubs {
+        if !p.wait_for_subscriber(deadline.saturating_duration_since(Instant::now())) {
+            eprintln!("warning: no subscriber of {t}; its messages are not sent (eCAL semantics)");
+        }
+    }
+    let start = Instant::now();
+    let mut t0: Option<u64> = None;
+    let mut sent: BTreeMap<String, u64> = BTreeMap::new();
+    let mut not_sent = 0u64;
+    let mut error = None;
+    crate::mcapfile::for_each_record(&args.file, |r| {
+        let mcap::records::Record::Message { header, data } = r else { return Ok(true) };
+        let Some(topic) = by_channel.get(&header.channel_id) else { return Ok(true) };
+        if middleware::cli::stopping() {
+            return Ok(false);
+        }
+        let t0 = *t0.get_or_insert(header.log_time);
+        if args.speed > 0.0 {
+            let at = Duration::from_secs_f64(header.log_time.saturating_sub(t0) as f64 / 1e9 / args.speed);
+            crate::sleep_until(start + at);
+        }
+        match pubs[topic].send(&data) {
+            Ok(true) => *sent.entry(topic.clone()).or_default() += 1,
+            Ok(false) => not_sent += 1,
+            Err(e) => {
+                error = Some(e);
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    if let Some(e) = error {
+        return Err(e.into());
+    }
+    // Let the last messages leave before unregistering.
+    std::thread::sleep(Duration::from_millis(300));
+    println!("{}", serde_json::json!({"sent": sent, "not_sent": not_sent, "complete_file": complete}));
     Ok(if not_sent > 0 { 1 } else { 0 })
 }

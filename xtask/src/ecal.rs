@@ -7,14 +7,17 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub const ECAL_VERSION: &str = "6.1.1";
+/// The official MCAP readers, for checking recordings as other tools read them.
+pub const PYTHON_EXTRAS: [&str; 2] = ["mcap==1.6.0", "mcap-protobuf-support==0.6.0"];
 
-/// Creates (once) `target/ecal-venv` with eclipse-ecal installed; returns its python.
+/// Creates (once) `target/ecal-venv` with eclipse-ecal and the MCAP readers installed; returns
+/// its python.
 pub fn venv() -> anyhow::Result<PathBuf> {
     let dir = project_root().join("target").join("ecal-venv");
     let python = dir.join("bin").join("python");
     let check = |p: &PathBuf| {
         Command::new(p)
-            .args(["-c", "import ecal.nanobind_core as e; print(e.get_version_string())"])
+            .args(["-c", "import mcap, mcap_protobuf, ecal.nanobind_core as e; print(e.get_version_string())"])
             .output()
             .ok()
             .filter(|o| o.status.success())
@@ -29,11 +32,15 @@ pub fn venv() -> anyhow::Result<PathBuf> {
         .into_iter()
         .find(|p| Command::new(p).arg("--version").output().map(|o| o.status.success()).unwrap_or(false))
         .context("no python3 found: install Python 3 (e.g. `apt-get install python3 python3-venv`)")?;
-    run(Command::new(host_python).args(["-m", "venv"]).arg(&dir)).context(
-        "creating the eCAL virtual environment failed; on Debian install python3-venv (`apt-get install python3-venv`)",
-    )?;
-    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", &format!("eclipse-ecal=={ECAL_VERSION}")]))
-        .context("pip install eclipse-ecal failed (needs access to PyPI)")?;
+    if !python.exists() {
+        run(Command::new(host_python).args(["-m", "venv"]).arg(&dir)).context(
+            "creating the eCAL virtual environment failed; on Debian install python3-venv (`apt-get install python3-venv`)",
+        )?;
+    }
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", &format!("eclipse-ecal=={ECAL_VERSION}")])
+        .args(PYTHON_EXTRAS))
+    .context("pip install eclipse-ecal and the MCAP readers failed (needs access to PyPI)")?;
     match check(&python) {
         Some(v) if v.contains(ECAL_VERSION) => Ok(python),
         other => bail!("eclipse-ecal import check failed after install: {other:?}"),

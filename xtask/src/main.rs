@@ -105,7 +105,16 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
         run(cargo()
             .args(["doc", "--no-deps"])
             .args(features)
-            .args(["-p", "middleware", "-p", "middleware-core", "-p", "transport-udp-socket", "-p", "transport-udp-npcap"])
+            .args([
+                "-p",
+                "middleware",
+                "-p",
+                "middleware-core",
+                "-p",
+                "transport-udp-socket",
+                "-p",
+                "transport-udp-npcap",
+            ])
             .env("RUSTDOCFLAGS", "-D warnings"))?;
     }
     // The Windows build: checked, import-checked, and its programs run under Wine.

@@ -427,9 +427,10 @@ fn mcap(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     )?;
     std::thread::sleep(Duration::from_millis(500));
     let rate = ["--rate", "20", "--count", &count];
-    let pp = env.spawn(env.ecal(&lab.a, &[&["pub", "--proto", "--topic", tp][..], &rate].concat())?, "mcap-ecal-proto")?;
-    let pr =
-        env.spawn(env.ecal(&lab.a, &[&["pub", "--topic", tr, "--size", "5000"][..], &rate].concat())?, "mcap-ecal-raw")?;
+    let pp =
+        env.spawn(env.ecal(&lab.a, &[&["pub", "--proto", "--topic", tp][..], &rate].concat())?, "mcap-ecal-proto")?;
+    let pr = env
+        .spawn(env.ecal(&lab.a, &[&["pub", "--topic", tr, "--size", "5000"][..], &rate].concat())?, "mcap-ecal-raw")?;
     let po = env.spawn(
         env.ours(&lab.a, "publisher", &[&["--topic", to, "--size", "100000", "--mode", "network"][..], &rate].concat()),
         "mcap-ours-pub",
@@ -499,7 +500,10 @@ fn mcap(env: &Env, lab: &Lab) -> anyhow::Result<String> {
 
     // Replay into a real eCAL subscriber (its two topics) and into ours.
     let es = env.spawn(
-        env.ecal(&lab.a, &["sub", "--topic", tp, "--topic", tr, "--count", &count, "--verify", "none", "--timeout", "40"])?,
+        env.ecal(
+            &lab.a,
+            &["sub", "--topic", tp, "--topic", tr, "--count", &count, "--verify", "none", "--timeout", "40"],
+        )?,
         "mcap-replay-ecal-sub",
     )?;
     let os = env.spawn(
@@ -531,7 +535,17 @@ fn mcap(env: &Env, lab: &Lab) -> anyhow::Result<String> {
             env.ours(
                 &lab.b,
                 "mwctl",
-                &["record", "--out", &f.display().to_string(), "--topic", topic, "--seconds", "60", "--mode", "network"],
+                &[
+                    "record",
+                    "--out",
+                    &f.display().to_string(),
+                    "--topic",
+                    topic,
+                    "--seconds",
+                    "60",
+                    "--mode",
+                    "network",
+                ],
             ),
             log,
         )

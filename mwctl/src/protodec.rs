@@ -1,150 +1,49 @@
-//! Prints protobuf messages field by field, driven by the descriptor a publisher carries in its
-//! registration (a serialized `FileDescriptorSet`, as eCAL sends it), or by wire types alone
-//! when there is none. Written from the protobuf encoding documentation; input is untrusted:
-//! every read is bounds-checked and nesting is limited.
+//! Prints protobuf messages: with the descriptor a publisher carries in its registration (a
+//! serialized `FileDescriptorSet`, as eCAL sends it) through `prost-reflect`'s dynamic messages
+//! and protobuf text format; without one, by wire types alone. The untyped printer is this
+//! project's own (no crate prints field numbers from raw bytes); it was written from the protobuf
+//! encoding documentation, treats input as untrusted (every read bounds-checked; nested messages are shown as bytes).
 
-use prost::Message;
-use prost_types::field_descriptor_proto::Type;
-use prost_types::{DescriptorProto, EnumDescriptorProto, FileDescriptorSet};
-use std::collections::HashMap;
+use prost_reflect::{DescriptorPool, DynamicMessage};
 use std::fmt::Write as _;
 
-/// Nested messages printed at most this deep; deeper data is shown as bytes.
-const MAX_DEPTH: usize = 32;
-
-/// Message and enum types by full name (without the leading dot).
-#[derive(Debug, Default)]
+/// The message types of one registered descriptor.
+#[derive(Debug)]
 pub struct Schema {
-    messages: HashMap<String, DescriptorProto>,
-    enums: HashMap<String, EnumDescriptorProto>,
+    pool: DescriptorPool,
 }
 
 impl Schema {
-    /// Reads a serialized `FileDescriptorSet`; `None` when the bytes are not one.
+    /// Reads a serialized `FileDescriptorSet`; `None` when the bytes are not one, or it holds
+    /// no message type, or its files do not link (a dependency missing).
     pub fn from_descriptor(bytes: &[u8]) -> Option<Self> {
-        let set = FileDescriptorSet::decode(bytes).ok()?;
-        let mut s = Self::default();
-        for f in &set.file {
-            let pkg = f.package.clone().unwrap_or_default();
-            for m in &f.message_type {
-                s.add_message(&pkg, m);
-            }
-            for e in &f.enum_type {
-                s.enums.insert(join(&pkg, e.name()), e.clone());
-            }
-        }
-        (!s.messages.is_empty()).then_some(s)
+        let pool = DescriptorPool::decode(bytes).ok()?;
+        let has_messages = pool.all_messages().next().is_some();
+        has_messages.then_some(Self { pool })
     }
 
-    fn add_message(&mut self, scope: &str, m: &DescriptorProto) {
-        let name = join(scope, m.name());
-        for n in &m.nested_type {
-            self.add_message(&name, n);
-        }
-        for e in &m.enum_type {
-            self.enums.insert(join(&name, e.name()), e.clone());
-        }
-        self.messages.insert(name, m.clone());
-    }
-
+    /// Whether the descriptor defines message `type_name` (full name, leading dot allowed).
     pub fn has(&self, type_name: &str) -> bool {
-        self.messages.contains_key(type_name.trim_start_matches('.'))
+        self.pool.get_message_by_name(type_name.trim_start_matches('.')).is_some()
     }
 
-    /// Text rendering of `data` as message `type_name`.
+    /// Protobuf text format of `data` as message `type_name`, a field per line (fields the
+    /// descriptor does not know are printed by number).
     ///
     /// # Errors
-    /// The bytes are not a valid encoding of that message.
+    /// Unknown type, or the bytes are not a valid encoding of that message.
     pub fn render(&self, type_name: &str, data: &[u8]) -> Result<String, String> {
-        let mut out = String::new();
-        self.message(type_name.trim_start_matches('.'), data, 0, &mut out)?;
-        Ok(out)
-    }
-
-    fn message(&self, name: &str, data: &[u8], depth: usize, out: &mut String) -> Result<(), String> {
-        let Some(desc) = self.messages.get(name) else {
-            return fields_untyped(data, depth, out);
-        };
-        let mut r = Reader(data);
-        while !r.0.is_empty() {
-            let (number, wire) = r.key()?;
-            let field = desc.field.iter().find(|f| f.number() == number);
-            let Some(field) = field else {
-                let v = r.value(wire)?;
-                line(out, depth, &format!("#{number}: {}", untyped(&v)));
-                continue;
-            };
-            let fname = field.name();
-            let ty = field.r#type();
-            let tname = field.type_name().trim_start_matches('.');
-            if wire == 2 && is_packable(ty) {
-                let bytes = r.bytes()?;
-                let mut p = Reader(bytes);
-                while !p.0.is_empty() {
-                    let v = p.value(packed_wire(ty))?;
-                    line(out, depth, &format!("{fname}: {}", self.scalar(ty, tname, &v)?));
-                }
-                continue;
-            }
-            let v = r.value(wire)?;
-            match (ty, &v) {
-                (Type::Message, Value::Bytes(b)) if depth < MAX_DEPTH => {
-                    line(out, depth, &format!("{fname} {{"));
-                    self.message(tname, b, depth + 1, out)?;
-                    line(out, depth, "}");
-                }
-                _ => line(out, depth, &format!("{fname}: {}", self.scalar(ty, tname, &v)?)),
-            }
+        let desc = self
+            .pool
+            .get_message_by_name(type_name.trim_start_matches('.'))
+            .ok_or_else(|| format!("{type_name} is not in the descriptor"))?;
+        let msg = DynamicMessage::decode(desc, data).map_err(|e| e.to_string())?;
+        let options = prost_reflect::text_format::FormatOptions::new().pretty(true).skip_unknown_fields(false);
+        let mut text = msg.to_text_format_with_options(&options);
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
         }
-        Ok(())
-    }
-
-    fn scalar(&self, ty: Type, tname: &str, v: &Value<'_>) -> Result<String, String> {
-        Ok(match (ty, *v) {
-            (Type::Double, Value::Fixed64(x)) => f64::from_bits(x).to_string(),
-            (Type::Float, Value::Fixed32(x)) => f32::from_bits(x).to_string(),
-            (Type::Int64, Value::Varint(x)) => (x as i64).to_string(),
-            (Type::Uint64, Value::Varint(x)) => x.to_string(),
-            (Type::Int32, Value::Varint(x)) => (x as i32).to_string(),
-            (Type::Uint32, Value::Varint(x)) => (x as u32).to_string(),
-            (Type::Bool, Value::Varint(x)) => (x != 0).to_string(),
-            (Type::Sint32, Value::Varint(x)) => (((x >> 1) as i64) ^ -((x & 1) as i64)).to_string(),
-            (Type::Sint64, Value::Varint(x)) => (((x >> 1) as i64) ^ -((x & 1) as i64)).to_string(),
-            (Type::Fixed64, Value::Fixed64(x)) => x.to_string(),
-            (Type::Sfixed64, Value::Fixed64(x)) => (x as i64).to_string(),
-            (Type::Fixed32, Value::Fixed32(x)) => x.to_string(),
-            (Type::Sfixed32, Value::Fixed32(x)) => (x as i32).to_string(),
-            (Type::Enum, Value::Varint(x)) => {
-                let n = x as i32;
-                self.enums
-                    .get(tname)
-                    .and_then(|e| e.value.iter().find(|v| v.number() == n))
-                    .map_or_else(|| n.to_string(), |v| v.name().to_string())
-            }
-            (Type::String, Value::Bytes(b)) => format!("{:?}", String::from_utf8_lossy(b)),
-            (Type::Bytes | Type::Message, Value::Bytes(b)) => hex_inline(b),
-            (_, other) => return Err(format!("wire type does not match the descriptor ({})", untyped(&other))),
-        })
-    }
-}
-
-fn join(scope: &str, name: &str) -> String {
-    if scope.is_empty() {
-        name.to_string()
-    } else {
-        format!("{scope}.{name}")
-    }
-}
-
-fn is_packable(ty: Type) -> bool {
-    !matches!(ty, Type::String | Type::Bytes | Type::Message | Type::Group)
-}
-
-fn packed_wire(ty: Type) -> u8 {
-    match ty {
-        Type::Double | Type::Fixed64 | Type::Sfixed64 => 1,
-        Type::Float | Type::Fixed32 | Type::Sfixed32 => 5,
-        _ => 0,
+        Ok(text)
     }
 }
 
@@ -264,6 +163,9 @@ pub fn hex_dump(b: &[u8], max_lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
+    use prost_types::field_descriptor_proto::Type;
+    use prost_types::{DescriptorProto, EnumDescriptorProto, FileDescriptorSet};
 
     /// The example programs' `pb.People.Person` record.
     #[derive(Clone, PartialEq, prost::Message)]
@@ -358,7 +260,8 @@ mod tests {
         data.extend_from_slice(&2.0f64.to_le_bytes());
         data.extend_from_slice(&[0x48, 0x07]);
         let text = schema.render("p.Outer", &data).unwrap();
-        assert_eq!(text, "inner {\n  x: -2\n}\nc: RED\nv: 1.5\nv: 2\n#9: 7\n");
+        // Protobuf text format: packed repeated as a list, unknown fields by number.
+        assert_eq!(text, "inner {\n  x: -2\n}\nc: RED\nv: [1.5, 2.0]\n9: 7\n");
     }
 
     #[test]

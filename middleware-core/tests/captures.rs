@@ -2,7 +2,7 @@
 //! datagram headers, sample frames, protobuf samples, registration and delivery, compared with
 //! the counts and digests the recording peers printed.
 //!
-//! These captures have no IP fragmentation, so a minimal pcap + Ethernet/IPv4/UDP reader is
+//! These captures have no IP fragmentation, so `pcap-file` + an Ethernet/IPv4/UDP parser is
 //! enough here; the pcap transport has the full decoder.
 
 use middleware_core::fragment::{Outcome, Reassembler, ReassemblyConfig};
@@ -27,18 +27,15 @@ fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/captures").join(name)
 }
 
-/// Classic pcap (microsecond, little-endian), link type Ethernet; IPv4/UDP frames only.
+/// The IPv4/UDP frames of a pcap capture with link type Ethernet (read with `pcap-file`).
 fn read_udp(name: &str) -> Vec<Udp> {
-    let bytes = std::fs::read(data(name)).unwrap_or_else(|e| panic!("missing test vector {name}: {e}"));
-    assert_eq!(&bytes[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "{name}: not a little-endian pcap");
-    assert_eq!(u32::from_le_bytes(bytes[20..24].try_into().unwrap()), 1, "{name}: link type is not Ethernet");
-    let mut off = 24;
+    let file = std::fs::File::open(data(name)).unwrap_or_else(|e| panic!("missing test vector {name}: {e}"));
+    let mut r = pcap_file::pcap::PcapReader::new(file).unwrap_or_else(|e| panic!("{name}: not a pcap file: {e}"));
+    assert_eq!(r.header().datalink, pcap_file::DataLink::ETHERNET, "{name}: link type is not Ethernet");
     let mut out = Vec::new();
-    while off + 16 <= bytes.len() {
-        let incl = u32::from_le_bytes(bytes[off + 8..off + 12].try_into().unwrap()) as usize;
-        let frame = &bytes[off + 16..off + 16 + incl];
-        off += 16 + incl;
-        let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) else { continue };
+    while let Some(pkt) = r.next_packet() {
+        let pkt = pkt.unwrap_or_else(|e| panic!("{name}: corrupt record: {e}"));
+        let Ok(p) = etherparse::SlicedPacket::from_ethernet(&pkt.data) else { continue };
         let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Udp(udp))) = (p.net, p.transport)
         else {
             continue;

@@ -1,31 +1,27 @@
-//! pcapng writing and reading (pcapng also read back as classic pcap), written from the pcapng
-//! specification (draft-ietf-opsawg-pcapng): Section Header, Interface Description and Enhanced
-//! Packet blocks. Timestamps in microseconds.
+//! pcapng writing, and pcapng or classic pcap reading, through the `pcap-file` crate.
+//!
+//! Timestamps: files written here declare nanosecond resolution (`if_tsresol` 9), which is what
+//! `pcap-file` 2.0 writes; when reading, the crate returns an Enhanced Packet Block's raw
+//! timestamp units whatever the interface declares, so they are scaled here by the interface's
+//! `if_tsresol` (microseconds when absent, as the pcapng specification says).
 
-use anyhow::{bail, Context};
-use std::io::{Read, Write};
-
-const SHB: u32 = 0x0A0D_0D0A;
-const IDB: u32 = 1;
-const SPB: u32 = 3;
-const EPB: u32 = 6;
-const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
-/// Largest block accepted when reading: a corrupt length must not allocate gigabytes.
-const MAX_BLOCK: usize = 16 << 20;
+use anyhow::Context;
+use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
+use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeaderOption};
+use pcap_file::pcapng::{Block, PcapNgReader, PcapNgWriter};
+use pcap_file::{DataLink, Endianness};
+use std::borrow::Cow;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::time::Duration;
 
 /// LINKTYPE_ETHERNET.
 pub const LINKTYPE_ETHERNET: u16 = 1;
 
-fn pad4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
 /// Writes a pcapng file: one section, interfaces added as they appear.
 pub struct Writer<W: Write> {
-    out: W,
+    out: PcapNgWriter<W>,
     interfaces: Vec<(String, u16)>,
-    pub packets: u64,
-    pub bytes: u64,
 }
 
 impl<W: Write> Writer<W> {
@@ -33,16 +29,16 @@ impl<W: Write> Writer<W> {
     ///
     /// # Errors
     /// Write failure.
-    pub fn new(mut out: W, application: &str) -> anyhow::Result<Self> {
-        let mut body = Vec::new();
-        body.extend_from_slice(&BYTE_ORDER_MAGIC.to_le_bytes());
-        body.extend_from_slice(&1u16.to_le_bytes());
-        body.extend_from_slice(&0u16.to_le_bytes());
-        body.extend_from_slice(&(-1i64).to_le_bytes());
-        option(&mut body, 4, application.as_bytes()); // shb_userappl
-        option(&mut body, 0, &[]);
-        write_block(&mut out, SHB, &body)?;
-        Ok(Self { out, interfaces: Vec::new(), packets: 0, bytes: 0 })
+    pub fn new(out: W, application: &str) -> anyhow::Result<Self> {
+        let section = SectionHeaderBlock {
+            endianness: Endianness::native(),
+            major_version: 1,
+            minor_version: 0,
+            section_length: -1,
+            options: vec![SectionHeaderOption::UserApplication(Cow::Owned(application.to_string()))],
+        };
+        let out = PcapNgWriter::with_section_header(out, section).context("writing the pcapng section header")?;
+        Ok(Self { out, interfaces: Vec::new() })
     }
 
     /// Index of the interface `name` with `link_type`, writing its description the first time.
@@ -53,64 +49,50 @@ impl<W: Write> Writer<W> {
         if let Some(i) = self.interfaces.iter().position(|(n, l)| n == name && *l == link_type) {
             return Ok(i as u32);
         }
-        let mut body = Vec::new();
-        body.extend_from_slice(&link_type.to_le_bytes());
-        body.extend_from_slice(&0u16.to_le_bytes());
-        body.extend_from_slice(&262_144u32.to_le_bytes());
-        option(&mut body, 2, name.as_bytes()); // if_name
-        option(&mut body, 9, &[6]); // if_tsresol: microseconds
-        option(&mut body, 0, &[]);
-        write_block(&mut self.out, IDB, &body)?;
+        let idb = InterfaceDescriptionBlock {
+            linktype: DataLink::from(u32::from(link_type)),
+            snaplen: 262_144,
+            options: vec![
+                InterfaceDescriptionOption::IfName(Cow::Owned(name.to_string())),
+                InterfaceDescriptionOption::IfTsResol(9),
+            ],
+        };
+        self.out.write_pcapng_block(idb).context("writing a pcapng interface block")?;
         self.interfaces.push((name.to_string(), link_type));
         Ok(self.interfaces.len() as u32 - 1)
     }
 
-    /// Appends one packet captured on `interface` at `timestamp_us` (µs since the epoch).
+    /// Writes one packet of interface `interface` captured at `timestamp_us` (µs since the
+    /// epoch), `original_len` bytes long on the wire.
     ///
     /// # Errors
     /// Write failure.
     pub fn packet(&mut self, interface: u32, timestamp_us: i64, original_len: u32, data: &[u8]) -> anyhow::Result<()> {
-        let ts = timestamp_us.max(0) as u64;
-        let mut body = Vec::with_capacity(20 + pad4(data.len()));
-        body.extend_from_slice(&interface.to_le_bytes());
-        body.extend_from_slice(&((ts >> 32) as u32).to_le_bytes());
-        body.extend_from_slice(&(ts as u32).to_le_bytes());
-        body.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        body.extend_from_slice(&original_len.max(data.len() as u32).to_le_bytes());
-        body.extend_from_slice(data);
-        body.resize(20 + pad4(data.len()), 0);
-        write_block(&mut self.out, EPB, &body)?;
-        self.packets += 1;
-        self.bytes += data.len() as u64;
+        let epb = EnhancedPacketBlock {
+            interface_id: interface,
+            timestamp: Duration::from_micros(u64::try_from(timestamp_us).unwrap_or(0)),
+            original_len,
+            data: Cow::Borrowed(data),
+            options: Vec::new(),
+        };
+        self.out.write_pcapng_block(epb).context("writing a pcapng packet block")?;
         Ok(())
     }
 
+    /// Flushes the underlying writer.
+    ///
     /// # Errors
     /// Write failure.
     pub fn flush(&mut self) -> anyhow::Result<()> {
-        self.out.flush().context("flushing the capture file")
+        self.out.get_mut().flush()?;
+        Ok(())
     }
 
+    /// The underlying writer.
     #[cfg(test)]
     pub fn into_inner(self) -> W {
-        self.out
+        self.out.into_inner()
     }
-}
-
-fn option(body: &mut Vec<u8>, code: u16, value: &[u8]) {
-    body.extend_from_slice(&code.to_le_bytes());
-    body.extend_from_slice(&(value.len() as u16).to_le_bytes());
-    body.extend_from_slice(value);
-    body.resize(pad4(body.len()), 0);
-}
-
-fn write_block(out: &mut impl Write, kind: u32, body: &[u8]) -> anyhow::Result<()> {
-    let total = (12 + body.len()) as u32;
-    out.write_all(&kind.to_le_bytes())?;
-    out.write_all(&total.to_le_bytes())?;
-    out.write_all(body)?;
-    out.write_all(&total.to_le_bytes())?;
-    Ok(())
 }
 
 /// One packet read back.
@@ -122,156 +104,90 @@ pub struct Packet {
     pub data: Vec<u8>,
 }
 
-#[derive(Clone, Copy)]
-struct Endian(bool);
-
-impl Endian {
-    fn u16(self, b: &[u8]) -> u16 {
-        let a = [b[0], b[1]];
-        if self.0 {
-            u16::from_be_bytes(a)
-        } else {
-            u16::from_le_bytes(a)
-        }
-    }
-    fn u32(self, b: &[u8]) -> u32 {
-        let a = [b[0], b[1], b[2], b[3]];
-        if self.0 {
-            u32::from_be_bytes(a)
-        } else {
-            u32::from_le_bytes(a)
-        }
+/// Units per second of an `if_tsresol` value.
+fn ticks_per_second(tsresol: u8) -> u128 {
+    if tsresol & 0x80 == 0 {
+        10u128.saturating_pow(u32::from(tsresol).min(38))
+    } else {
+        1u128 << (tsresol & 0x7f).min(127)
     }
 }
 
-/// Reads every packet of a pcapng file (any byte order, several sections) or a classic pcap
-/// file (µs or ns).
+/// Calls `f` for every packet of a pcapng file (any byte order, several sections) or a classic
+/// pcap file (µs or ns), in file order, without holding the file in memory.
 ///
 /// # Errors
-/// Unreadable or corrupt file; the message gives the offset.
-#[allow(clippy::manual_is_multiple_of)] // kept as the arithmetic the pcapng spec states
-pub fn read_all(mut input: impl Read) -> anyhow::Result<Vec<Packet>> {
-    let mut data = Vec::new();
-    input.read_to_end(&mut data).context("reading the capture file")?;
-    if data.len() >= 24 {
-        let m = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-        match m {
-            0xA1B2_C3D4 | 0xA1B2_3C4D => return read_classic(&data, Endian(false), m == 0xA1B2_3C4D),
-            0xD4C3_B2A1 | 0x4D3C_B2A1 => return read_classic(&data, Endian(true), m == 0x4D3C_B2A1),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    let mut e = Endian(false);
-    // (name, link type, ticks per second)
-    let mut ifaces: Vec<(String, u16, u64)> = Vec::new();
-    while pos < data.len() {
-        if data.len() - pos < 12 {
-            bail!("truncated block header at offset {pos}");
-        }
-        let kind_le = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]);
-        if kind_le == SHB {
-            let bom = &data[pos + 8..pos + 12];
-            e = match u32::from_le_bytes([bom[0], bom[1], bom[2], bom[3]]) {
-                BYTE_ORDER_MAGIC => Endian(false),
-                0x4D3C_2B1A => Endian(true),
-                _ => bail!("bad byte-order magic at offset {pos}: not a pcapng file"),
-            };
-            ifaces.clear();
-        } else if pos == 0 {
-            bail!("not a pcapng or pcap file (first block type {kind_le:#x})");
-        }
-        let kind = e.u32(&data[pos..]);
-        let len = e.u32(&data[pos + 4..]) as usize;
-        if len < 12 || len % 4 != 0 || len > MAX_BLOCK || pos + len > data.len() {
-            bail!("corrupt block length {len} at offset {pos}");
-        }
-        let body = &data[pos + 8..pos + len - 4];
-        match kind {
-            IDB if body.len() >= 8 => {
-                let link = e.u16(body);
-                let (mut name, mut tps) = (format!("if{}", ifaces.len()), 1_000_000u64);
-                for (code, v) in options(&body[8..], e) {
-                    match code {
-                        2 => name = String::from_utf8_lossy(v).into_owned(),
-                        9 if !v.is_empty() => {
-                            let r = v[0];
-                            tps = if r & 0x80 == 0 {
-                                10u64.saturating_pow(u32::from(r))
-                            } else {
-                                1u64 << (r & 0x3f).min(63)
-                            };
-                        }
-                        _ => {}
-                    }
-                }
-                ifaces.push((name, link, tps.max(1)));
-            }
-            EPB if body.len() >= 20 => {
-                let id = e.u32(body) as usize;
-                let ticks = (u64::from(e.u32(&body[4..])) << 32) | u64::from(e.u32(&body[8..]));
-                let cap = e.u32(&body[12..]) as usize;
-                if 20 + cap > body.len() {
-                    bail!("packet longer than its block at offset {pos}");
-                }
-                let (name, link, tps) = ifaces.get(id).cloned().context("packet of an undeclared interface")?;
-                let us = (u128::from(ticks) * 1_000_000 / u128::from(tps)) as i64;
-                out.push(Packet {
+/// Unreadable or corrupt file, or an error of `f`.
+pub fn read_packets(input: impl Read, mut f: impl FnMut(Packet) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let mut input = BufReader::new(input);
+    let magic = input.fill_buf().context("reading the capture file")?.get(..4).map(|m| [m[0], m[1], m[2], m[3]]);
+    match magic.map(u32::from_le_bytes) {
+        Some(0xA1B2_C3D4 | 0xA1B2_3C4D | 0xD4C3_B2A1 | 0x4D3C_B2A1) => {
+            let mut r = pcap_file::pcap::PcapReader::new(input).context("not a valid pcap file")?;
+            let link = u32::from(r.header().datalink) as u16;
+            while let Some(p) = r.next_packet() {
+                let p = p.context("corrupt pcap record")?;
+                f(Packet {
                     link_type: link,
-                    interface: name,
-                    timestamp_us: us,
-                    data: body[20..20 + cap].to_vec(),
-                });
+                    interface: "pcap".into(),
+                    timestamp_us: p.timestamp.as_micros() as i64,
+                    data: p.data.into_owned(),
+                })?;
             }
-            SPB if body.len() >= 4 => {
-                let (name, link, _) = ifaces.first().cloned().context("packet of an undeclared interface")?;
-                let orig = e.u32(body) as usize;
-                let cap = orig.min(body.len() - 4);
-                out.push(Packet { link_type: link, interface: name, timestamp_us: 0, data: body[4..4 + cap].to_vec() });
-            }
-            _ => {}
         }
-        pos += len;
+        Some(0x0A0D_0D0A) => {
+            let mut r = PcapNgReader::new(input).context("not a valid pcapng file")?;
+            // Interfaces of the current section: name, link type, timestamp units per second.
+            let mut ifaces: Vec<(String, u16, u128)> = Vec::new();
+            while let Some(block) = r.next_block() {
+                match block.context("corrupt pcapng block")? {
+                    Block::SectionHeader(_) => ifaces.clear(),
+                    Block::InterfaceDescription(idb) => {
+                        let mut name = format!("if{}", ifaces.len());
+                        let mut tps = 1_000_000;
+                        for o in &idb.options {
+                            match o {
+                                InterfaceDescriptionOption::IfName(n) => name = n.to_string(),
+                                InterfaceDescriptionOption::IfTsResol(r) => tps = ticks_per_second(*r).max(1),
+                                _ => {}
+                            }
+                        }
+                        ifaces.push((name, u32::from(idb.linktype) as u16, tps));
+                    }
+                    Block::EnhancedPacket(epb) => {
+                        let (name, link, tps) = ifaces
+                            .get(epb.interface_id as usize)
+                            .cloned()
+                            .context("packet of an undeclared interface")?;
+                        // The crate returns the raw timestamp units as nanoseconds.
+                        let ticks = epb.timestamp.as_nanos();
+                        let us = (ticks.saturating_mul(1_000_000) / tps) as i64;
+                        f(Packet { link_type: link, interface: name, timestamp_us: us, data: epb.data.into_owned() })?;
+                    }
+                    Block::SimplePacket(spb) => {
+                        let (name, link, _) = ifaces.first().cloned().context("packet of an undeclared interface")?;
+                        f(Packet { link_type: link, interface: name, timestamp_us: 0, data: spb.data.into_owned() })?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => anyhow::bail!("not a pcapng or pcap file"),
     }
-    Ok(out)
+    Ok(())
 }
 
-fn options(mut b: &[u8], e: Endian) -> Vec<(u16, &[u8])> {
-    let mut v = Vec::new();
-    while b.len() >= 4 {
-        let (code, len) = (e.u16(b), e.u16(&b[2..]) as usize);
-        if code == 0 || 4 + len > b.len() {
-            break;
-        }
-        v.push((code, &b[4..4 + len]));
-        b = &b[(4 + pad4(len)).min(b.len())..];
-    }
-    v
-}
-
-fn read_classic(data: &[u8], e: Endian, nanos: bool) -> anyhow::Result<Vec<Packet>> {
-    let link = (e.u32(&data[20..]) & 0xFFFF) as u16;
+/// Every packet of a file (see [`read_packets`]).
+///
+/// # Errors
+/// As [`read_packets`].
+#[cfg(test)]
+pub fn read_all(input: impl Read) -> anyhow::Result<Vec<Packet>> {
     let mut out = Vec::new();
-    let mut pos = 24;
-    while pos < data.len() {
-        if data.len() - pos < 16 {
-            bail!("truncated record header at offset {pos}");
-        }
-        let (sec, frac) = (i64::from(e.u32(&data[pos..])), i64::from(e.u32(&data[pos + 4..])));
-        let cap = e.u32(&data[pos + 8..]) as usize;
-        if cap > MAX_BLOCK || pos + 16 + cap > data.len() {
-            bail!("corrupt record length {cap} at offset {pos}");
-        }
-        let us = sec * 1_000_000 + if nanos { frac / 1000 } else { frac };
-        out.push(Packet {
-            link_type: link,
-            interface: "pcap".into(),
-            timestamp_us: us,
-            data: data[pos + 16..pos + 16 + cap].to_vec(),
-        });
-        pos += 16 + cap;
-    }
+    read_packets(input, |p| {
+        out.push(p);
+        Ok(())
+    })?;
     Ok(out)
 }
 

@@ -58,18 +58,18 @@ pub struct Recording {
 /// Unreadable file.
 pub fn load(path: &std::path::Path, ports: (u16, u16)) -> anyhow::Result<Recording> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let packets = crate::pcapng::read_all(std::io::BufReader::new(f))?;
     let mut rec = Recording::default();
     let mut demuxes: HashMap<(String, u16), Demux> = HashMap::new();
     let mut reassembly: BTreeMap<u16, Reassembler> = BTreeMap::new();
     let base = Instant::now();
-    let t0 = packets.first().map_or(0, |p| p.timestamp_us);
-    for p in packets {
+    let mut t0: Option<i64> = None;
+    crate::pcapng::read_packets(f, |p| {
         let Some(link) = LinkType::from_dlt(i32::from(p.link_type)) else {
             rec.skipped += 1;
-            continue;
+            return Ok(());
         };
         // Time as recorded drives IP and message reassembly timeouts.
+        let t0 = *t0.get_or_insert(p.timestamp_us);
         let now = base + Duration::from_micros((p.timestamp_us - t0).max(0) as u64);
         let demux =
             demuxes.entry((p.interface.clone(), p.link_type)).or_insert_with(|| Demux::new(link, Default::default()));
@@ -109,7 +109,9 @@ pub fn load(path: &std::path::Path, ports: (u16, u16)) -> anyhow::Result<Recordi
                 });
             }
         }
-    }
+        Ok(())
+    })
+    .with_context(|| format!("reading {}", path.display()))?;
     Ok(rec)
 }
 

@@ -1,7 +1,8 @@
-//! Every real eCAL 6.1.1 capture replayed through this crate's pipeline (libpcap's file reader,
-//! through the run-time loaded binding ->
-//! frame decoder -> IPv4 reassembly -> UDP demux) and the core (eCAL reassembly, sample frame,
-//! protobuf, and a whole node), compared with what the recording peers printed.
+//! Every real eCAL 6.1.1 capture replayed through this crate's pipeline (frames read with
+//! `pcap-file` -> frame decoder -> IPv4 reassembly -> UDP demux) and the core (eCAL reassembly,
+//! sample frame, protobuf, and a whole node), compared with what the recording peers printed.
+//! The run-time loaded libpcap binding's own reading (`pcap_open_offline` + `pcap_dispatch`) is
+//! checked against `pcap-file` frame by frame.
 //! No privileges needed: captures are read from files.
 
 use middleware_core::fragment::{Outcome, Reassembler, ReassemblyConfig};
@@ -36,34 +37,39 @@ struct Replay {
     ip: IpReassemblyStats,
 }
 
-fn replay(name: &str) -> Replay {
+/// The frames of a capture file as `pcap-file` reads them: (link type, timestamp µs, original
+/// length, bytes).
+fn frames(name: &str) -> Vec<(i32, i64, u32, Vec<u8>)> {
     let p = path(name);
-    assert!(p.exists(), "missing test vector {}", p.display());
-    let lib = transport_udp_npcap::libpcap::load(None).expect("libpcap installed (CI installs libpcap0.8)");
-    let mut cap = transport_udp_npcap::libpcap::Handle::open_file(lib, &p).expect("pcap file opens");
-    let link = LinkType::from_dlt(cap.datalink()).expect("supported link type");
+    let file = std::fs::File::open(&p).unwrap_or_else(|e| panic!("missing test vector {}: {e}", p.display()));
+    let mut r = pcap_file::pcap::PcapReader::new(file).unwrap_or_else(|e| panic!("{name}: not a pcap file: {e}"));
+    let link = u32::from(r.header().datalink) as i32;
+    let mut out = Vec::new();
+    while let Some(pkt) = r.next_packet() {
+        let pkt = pkt.unwrap_or_else(|e| panic!("{name}: corrupt record: {e}"));
+        out.push((link, pkt.timestamp.as_micros() as i64, pkt.orig_len, pkt.data.into_owned()));
+    }
+    out
+}
+
+fn replay(name: &str) -> Replay {
+    let frames_read = frames(name);
+    let link = LinkType::from_dlt(frames_read.first().map_or(1, |f| f.0)).expect("supported link type");
     let mut demux = Demux::new(link, IpReassemblyConfig::default());
     let groups = [Ipv4Addr::new(239, 0, 0, 1), Ipv4Addr::new(127, 255, 255, 255)];
     let mut datagrams = Vec::new();
     let t0 = Instant::now();
     let mut frames = 0;
-    loop {
-        let n = cap
-            .dispatch(|pkt| {
-                frames += 1;
-                assert!(pkt.timestamp_us > 1_700_000_000_000_000, "{name}: capture time {}", pkt.timestamp_us);
-                assert!(pkt.original_len as usize >= pkt.data.len());
-                demux.on_frame(
-                    t0,
-                    pkt.data,
-                    |d| groups.contains(d.ip()) && matches!(d.port(), 14000 | 14002),
-                    |d| datagrams.push((d.destination, d.source, d.payload.to_vec())),
-                );
-            })
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        if n == 0 {
-            break;
-        }
+    for (_, timestamp_us, original_len, data) in &frames_read {
+        frames += 1;
+        assert!(*timestamp_us > 1_700_000_000_000_000, "{name}: capture time {timestamp_us}");
+        assert!(*original_len as usize >= data.len());
+        demux.on_frame(
+            t0,
+            data,
+            |d| groups.contains(d.ip()) && matches!(d.port(), 14000 | 14002),
+            |d| datagrams.push((d.destination, d.source, d.payload.to_vec())),
+        );
     }
     assert_eq!(frames, demux.stats().frames, "{name}: every frame read was decoded once");
     let mut per_port: BTreeMap<u16, Reassembler> = BTreeMap::new();
@@ -200,4 +206,36 @@ fn cap3_through_a_node() {
     }
     let refs: Vec<&[u8]> = got.iter().map(|v| &v[..]).collect();
     assert_eq!(sha(&refs), expected("cap3_1MiB_message.pub.json", "wire_1mb").1);
+}
+
+#[test]
+fn the_libpcap_binding_reads_every_capture_as_pcap_file_does() {
+    let lib = transport_udp_npcap::libpcap::load(None).expect("libpcap installed (CI installs libpcap0.8)");
+    for name in [
+        "cap1_small_strings.pcap",
+        "cap2_just_over_one_datagram.pcap",
+        "cap3_1MiB_message.pcap",
+        "cap4_two_topics.pcap",
+        "cap5_registration_only.pcap",
+        "cap6_pub_first_late_sub.pcap",
+        "cap7_local_mode_loopback.pcap",
+    ] {
+        let expected = frames(name);
+        let link = expected[0].0;
+        let mut cap = transport_udp_npcap::libpcap::Handle::open_file(lib, &path(name)).expect("pcap file opens");
+        let mut got = Vec::new();
+        loop {
+            let n = cap
+                .dispatch(|pkt| {
+                    got.push((link, pkt.timestamp_us, pkt.original_len, pkt.data.to_vec()));
+                })
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            if n == 0 {
+                break;
+            }
+        }
+        assert_eq!(cap.datalink(), link, "{name}: link type");
+        assert_eq!(got.len(), expected.len(), "{name}: frame count");
+        assert!(got == expected, "{name}: frames differ between libpcap and pcap-file");
+    }
 }

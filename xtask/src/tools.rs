@@ -527,73 +527,68 @@ fn mcap(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     }
     notes.push("replayed to eCAL and ours, digests equal".into());
 
-    // Stopped with SIGINT (complete, indexed) and killed with SIGKILL (complete chunks readable).
-    let (fi, fk) = (dir.join("sigint.mcap"), dir.join("sigkill.mcap"));
-    let (ti, tk) = ("tools_mcap_int", "tools_mcap_kill");
-    let recorder = |f: &std::path::Path, topic: &str, log: &str| {
-        env.spawn(
-            env.ours(
-                &lab.b,
-                "mwctl",
-                &[
-                    "record",
-                    "--out",
-                    &f.display().to_string(),
-                    "--topic",
-                    topic,
-                    "--seconds",
-                    "60",
-                    "--mode",
-                    "network",
-                ],
-            ),
-            log,
-        )
-    };
-    let ri = recorder(&fi, ti, "mcap-sigint")?;
-    let rk = recorder(&fk, tk, "mcap-sigkill")?;
+    // Stopped with SIGINT and SIGTERM (complete, indexed) and killed with SIGKILL (complete
+    // chunks readable): three recorders of one publisher's three topics.
+    let stops = [("INT", "tools_mcap_int"), ("TERM", "tools_mcap_term"), ("KILL", "tools_mcap_kill")];
+    let mut recorders = Vec::new();
+    for (sig, topic) in stops {
+        let f = dir.join(format!("sig{}.mcap", sig.to_lowercase()));
+        let _ = std::fs::remove_file(&f);
+        let args =
+            ["record", "--out", &f.display().to_string(), "--topic", topic, "--seconds", "60", "--mode", "network"];
+        recorders.push((
+            sig,
+            topic,
+            f.clone(),
+            env.spawn(env.ours(&lab.b, "mwctl", &args), &format!("mcap-sig{sig}"))?,
+        ));
+    }
     std::thread::sleep(Duration::from_millis(500));
-    let stream = env.spawn(
-        env.ours(
-            &lab.a,
-            "publisher",
-            &["--topic", ti, "--topic", tk, "--size", "1000", "--count", "2000", "--rate", "50", "--mode", "network"],
-        ),
-        "mcap-stream-pub",
-    )?;
+    let mut pub_args = vec!["--size", "1000", "--count", "2000", "--rate", "50", "--mode", "network"];
+    for (_, topic) in stops {
+        pub_args.extend(["--topic", topic]);
+    }
+    let stream = env.spawn(env.ours(&lab.a, "publisher", &pub_args), "mcap-stream-pub")?;
     std::thread::sleep(Duration::from_millis(4000));
-    signal(&ri, "INT");
-    signal(&rk, "KILL");
-    let (icode, iout) = wait_output(ri, Duration::from_secs(20));
-    let (kcode, _) = wait_output(rk, Duration::from_secs(20));
+    for (sig, _, _, child) in &recorders {
+        signal(child, sig);
+    }
+    let mut ended = Vec::new();
+    for (sig, topic, f, child) in recorders {
+        let (code, out) = wait_output(child, Duration::from_secs(20));
+        ended.push((sig, topic, f, code, out));
+    }
     signal(&stream, "KILL");
     let _ = wait_output(stream, Duration::from_secs(10));
-    ensure!(icode == Some(0), "record stopped by SIGINT exited {icode:?}");
-    ensure!(kcode.is_none(), "record killed by SIGKILL exited {kcode:?}");
-    let written = json_lines(&iout).pop().context("SIGINT record summary")?["totals"]["messages"].clone();
-    let ci = mcap_check(env, &fi, &["--mod251", ti])?;
-    let c = channel(&ci, ti)?;
-    ensure!(
-        ci["end"].is_null()
-            && ci["summary"]["message_count"] == written
-            && ci["summary"]["chunk_indexes"].as_u64() >= Some(1)
-            && c["messages"] == written
-            && written.as_u64() >= Some(50)
-            && c["sequence_ok"] == true
-            && c["mod251_ok"] == true,
-        "SIGINT recording ({written} written): {ci}"
-    );
-    let ck = mcap_check(env, &fk, &["--cut", "--mod251", tk])?;
-    let c = channel(&ck, tk)?;
-    ensure!(!ck["end"].is_null(), "a SIGKILLed recording must end early: {ck}");
-    ensure!(
-        c["messages"].as_u64() >= Some(50) && c["sequence_ok"] == true && c["mod251_ok"] == true,
-        "SIGKILL recording: {c}"
-    );
-    notes.push(format!(
-        "SIGINT: complete, indexed, {written} messages; SIGKILL: {} messages read up to the cut",
-        c["messages"]
-    ));
+    for (sig, topic, f, code, out) in ended {
+        if sig == "KILL" {
+            ensure!(code.is_none(), "record killed by SIGKILL exited {code:?}");
+            let ck = mcap_check(env, &f, &["--cut", "--mod251", topic])?;
+            let c = channel(&ck, topic)?;
+            ensure!(!ck["end"].is_null(), "a SIGKILLed recording must end early: {ck}");
+            ensure!(
+                c["messages"].as_u64() >= Some(50) && c["sequence_ok"] == true && c["mod251_ok"] == true,
+                "SIGKILL recording: {c}"
+            );
+            notes.push(format!("SIGKILL: {} messages read up to the cut", c["messages"]));
+            continue;
+        }
+        ensure!(code == Some(0), "record stopped by SIG{sig} exited {code:?}");
+        let written = json_lines(&out).pop().context("record summary")?["totals"]["messages"].clone();
+        let ci = mcap_check(env, &f, &["--mod251", topic])?;
+        let c = channel(&ci, topic)?;
+        ensure!(
+            ci["end"].is_null()
+                && ci["summary"]["message_count"] == written
+                && ci["summary"]["chunk_indexes"].as_u64() >= Some(1)
+                && c["messages"] == written
+                && written.as_u64() >= Some(50)
+                && c["sequence_ok"] == true
+                && c["mod251_ok"] == true,
+            "SIG{sig} recording ({written} written): {ci}"
+        );
+        notes.push(format!("SIG{sig}: complete, indexed, {written} messages"));
+    }
     Ok(notes.join("; "))
 }
 

@@ -33,6 +33,13 @@ enum Pair {
     Raw,
     SocketSocket,
     SocketNpcap,
+    /// eCAL 6.1.1 driven through its C++ API (`xtask/peers/ecal_native.cpp`), both sides.
+    NativeNative,
+    /// Our socket publisher -> the native eCAL subscriber.
+    OursNative,
+    /// The native eCAL publisher -> our socket subscriber.
+    NativeOurs,
+    /// eCAL 6.1.1 driven through its Python binding (`ecal_peer.py`), both sides.
     EcalEcal,
 }
 
@@ -42,9 +49,35 @@ impl Pair {
             Pair::Raw => "raw UDP baseline",
             Pair::SocketSocket => "ours socket -> socket",
             Pair::SocketNpcap => "ours socket -> npcap",
-            Pair::EcalEcal => "eCAL 6.1.1 -> eCAL 6.1.1",
+            Pair::NativeNative => "eCAL C++ -> eCAL C++",
+            Pair::OursNative => "ours socket -> eCAL C++",
+            Pair::NativeOurs => "eCAL C++ -> ours socket",
+            Pair::EcalEcal => "eCAL Python -> eCAL Python",
         }
     }
+
+    /// The `--pairs` name.
+    fn key(self) -> &'static str {
+        match self {
+            Pair::Raw => "raw",
+            Pair::SocketSocket => "socket",
+            Pair::SocketNpcap => "npcap",
+            Pair::NativeNative => "native",
+            Pair::OursNative => "ours-native",
+            Pair::NativeOurs => "native-ours",
+            Pair::EcalEcal => "python",
+        }
+    }
+
+    const ALL: [Pair; 7] = [
+        Pair::Raw,
+        Pair::SocketSocket,
+        Pair::SocketNpcap,
+        Pair::NativeNative,
+        Pair::OursNative,
+        Pair::NativeOurs,
+        Pair::EcalEcal,
+    ];
 }
 
 #[derive(Clone)]
@@ -187,6 +220,7 @@ fn run_pair(
     pair: Pair,
     size: usize,
     python: &std::path::Path,
+    native: &std::path::Path,
     before: Option<&std::path::Path>,
 ) -> anyhow::Result<Row> {
     let bin = before.map(|p| p.to_path_buf()).unwrap_or_else(|| project_root().join("target").join("release"));
@@ -240,6 +274,71 @@ fn run_pair(
                 ]),
                 None,
             )?;
+            (rx, tx)
+        }
+        Pair::NativeNative | Pair::OursNative | Pair::NativeOurs => {
+            let cfg = ecal::config_dir("network")?;
+            let native = native.display().to_string();
+            let rx = if pair == Pair::OursNative {
+                let mut r = vec!["sub".to_string()];
+                r.extend(common(&[
+                    "--timeout",
+                    "60",
+                    "--idle",
+                    "2",
+                    "--verify",
+                    "none",
+                    "--no-digest",
+                    "--mode",
+                    "network",
+                ]));
+                spawn(&lab.b, &native, &r, Some(&cfg))?
+            } else {
+                let sub = bin.join("subscriber").display().to_string();
+                let mut sub_args = vec!["--mode", "network", "--transport", "socket", "--timeout", "60", "--idle", "2"];
+                sub_args.extend(["--verify", "none", "--no-digest", "--callback"]);
+                if pair == Pair::NativeNative {
+                    let mut r = vec!["sub".to_string()];
+                    r.extend(common(&[
+                        "--timeout",
+                        "60",
+                        "--idle",
+                        "2",
+                        "--verify",
+                        "none",
+                        "--no-digest",
+                        "--mode",
+                        "network",
+                    ]));
+                    spawn(&lab.b, &native, &r, Some(&cfg))?
+                } else {
+                    spawn(&lab.b, &sub, &common(&sub_args), None)?
+                }
+            };
+            std::thread::sleep(Duration::from_millis(1000));
+            let tx = if pair == Pair::OursNative {
+                let args = ["--mode", "network", "--size", &size_s, "--rate", "0", "--linger", "0.5", "--no-digest"];
+                spawn(
+                    &lab.a,
+                    &bin.join("publisher").display().to_string(),
+                    &common(&[&args[..], &["--same-payload"]].concat()),
+                    None,
+                )?
+            } else {
+                let mut t = vec!["pub".to_string()];
+                t.extend(common(&[
+                    "--size",
+                    &size_s,
+                    "--rate",
+                    "0",
+                    "--linger",
+                    "0.5",
+                    "--no-digest",
+                    "--mode",
+                    "network",
+                ]));
+                spawn(&lab.a, &native, &t, Some(&cfg))?
+            };
             (rx, tx)
         }
         Pair::EcalEcal => {
@@ -326,21 +425,20 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     crate::run(cargo().args(["build", "--release", "-p", "examples", "-p", "benches", "--bins"]))?;
     let latency_only = args.iter().any(|a| a == "--latency-only");
     let no_latency = args.iter().any(|a| a == "--no-latency");
-    let all_pairs = [Pair::Raw, Pair::SocketSocket, Pair::SocketNpcap, Pair::EcalEcal];
+    let pair_keys = Pair::ALL.map(Pair::key).join(",");
     let pairs: Vec<Pair> = match args.iter().position(|a| a == "--pairs") {
         Some(i) => args
             .get(i + 1)
-            .context("--pairs LIST (raw,socket,npcap,ecal)")?
+            .with_context(|| format!("--pairs LIST ({pair_keys})"))?
             .split(',')
-            .map(|p| match p {
-                "raw" => Ok(Pair::Raw),
-                "socket" => Ok(Pair::SocketSocket),
-                "npcap" => Ok(Pair::SocketNpcap),
-                "ecal" => Ok(Pair::EcalEcal),
-                other => Err(anyhow::anyhow!("--pairs: unknown pair `{other}` (raw,socket,npcap,ecal)")),
+            .map(|p| {
+                Pair::ALL
+                    .into_iter()
+                    .find(|x| x.key() == p || (p == "ecal" && *x == Pair::EcalEcal))
+                    .with_context(|| format!("--pairs: unknown pair `{p}` ({pair_keys})"))
             })
             .collect::<Result<_, _>>()?,
-        None => all_pairs.to_vec(),
+        None => Pair::ALL.to_vec(),
     };
     let before: Option<std::path::PathBuf> = match args.iter().position(|a| a == "--before") {
         Some(i) => Some(args.get(i + 1).context("--before DIR (release binaries of an older build)")?.into()),
@@ -353,6 +451,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     // Only a run of every size, pair and latency row replaces the tables in BENCHMARKS.md.
     let full = args.is_empty();
     let python = ecal::venv()?;
+    let native = ecal::native_peer(&python)?;
     let lab = Lab::new("mwb")?;
     let mut all_runs = Vec::new();
     for &size in sizes.iter().filter(|_| !latency_only) {
@@ -365,7 +464,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                     _ => &[None],
                 };
                 for &b in runs {
-                    let r = run_pair(&lab, pair, size, &python, b)?;
+                    let r = run_pair(&lab, pair, size, &python, &native, b)?;
                     eprintln!(
                         "{:>8} {:<35} {:>10.0} msg/s {:>8.1} MB/s loss {:>5.1}% cpu {:>8.2} us/msg sender {:>8.2} us/msg",
                         human(size),
@@ -443,24 +542,35 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
          msg/s and MB/s are delivered rates (first to last message at the receiver); loss is 1 - received/sent; \
          receiver / sender CPU is the process's user+system time per delivered / sent message (the sender's \
          includes the kernel's work for the link, done in its context). Our subscriber takes messages in a \
-         callback on the receive thread (`--callback`), as the eCAL peer does. The raw baseline sends the same \
+         callback on the receive thread (`--callback`), as the eCAL peers do. The raw baseline sends the same \
          datagrams with no middleware and counts datagrams (a message = its datagram count, not checked for \
-         completeness, so it is an upper bound).\n\n\
-         | payload | pair | sent | received | msg/s | MB/s | loss | receiver CPU/msg | sender CPU/msg | ours/raw (MB/s) | ours/eCAL (MB/s) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         completeness, so it is an upper bound). eCAL is eclipse-ecal 6.1.1 from PyPI, configured UDP only: \
+         `eCAL C++` drives the wheel's `libecal_core.so.6` through its C++ API (`xtask/peers/ecal_native.cpp`, \
+         built by the xtask), as eCAL's users run it, and is the reference of the ratios; `eCAL Python` drives \
+         the same library through its Python binding, whose per-message callback limits it (kept for \
+         comparison, not as eCAL's speed).\n\n\
+         | payload | pair | sent | received | msg/s | MB/s | loss | receiver CPU/msg | sender CPU/msg | ours/raw (MB/s) | ours/eCAL C++ (MB/s) | receiver CPU, ours/eCAL C++ |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         kernel.trim()
     );
     for &size in &sizes {
         let of = |p: Pair| rows.iter().find(|r| r.size == size && r.pair == p);
-        let (raw, ecal) = (of(Pair::Raw).map(Row::mb_per_s), of(Pair::EcalEcal).map(Row::mb_per_s));
+        let (raw, native) = (of(Pair::Raw).map(Row::mb_per_s), of(Pair::NativeNative).map(Row::mb_per_s));
+        let native_cpu = of(Pair::NativeNative).map(Row::cpu_us_per_msg);
         for r in rows.iter().filter(|r| r.size == size) {
             let ratio = |base: Option<f64>| match (r.pair, base) {
                 (Pair::SocketSocket | Pair::SocketNpcap, Some(b)) if b > 0.0 => format!("{:.2}", r.mb_per_s() / b),
                 _ => String::new(),
             };
+            let cpu_ratio = match (r.pair, native_cpu) {
+                (Pair::SocketSocket | Pair::SocketNpcap, Some(b)) if b > 0.0 => {
+                    format!("{:.2}", r.cpu_us_per_msg() / b)
+                }
+                _ => String::new(),
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1}% | {:.2} us | {} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1}% | {:.2} us | {} | {} | {} | {} |",
                 human(size),
                 r.label(),
                 r.sent,
@@ -471,7 +581,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 r.cpu_us_per_msg(),
                 if r.tx_cpu_s.is_nan() { "-".to_string() } else { format!("{:.2} us", r.tx_cpu_us_per_msg()) },
                 ratio(raw),
-                ratio(ecal)
+                ratio(native),
+                cpu_ratio
             );
         }
     }

@@ -66,3 +66,38 @@ pub fn config_dir(mode: &str) -> anyhow::Result<PathBuf> {
 pub fn peer_script() -> PathBuf {
     project_root().join("xtask").join("peers").join("ecal_peer.py")
 }
+
+/// Builds (when missing or older than its source) the native eCAL peer
+/// `xtask/peers/ecal_native.cpp` against the `libecal_core.so.6` of the wheel in the virtual
+/// environment `python` belongs to; returns the program. Needs a C++ compiler (`g++`).
+pub fn native_peer(python: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let src = project_root().join("xtask").join("peers").join("ecal_native.cpp");
+    let out_dir = project_root().join("target").join("xtask");
+    std::fs::create_dir_all(&out_dir)?;
+    let exe = out_dir.join("ecal_native");
+    let o = Command::new(python)
+        .args(["-c", "import ecal, os; print(os.path.dirname(ecal.__file__))"])
+        .output()
+        .context("asking the eCAL virtual environment where the wheel is")?;
+    anyhow::ensure!(o.status.success(), "cannot locate the eclipse-ecal wheel: {}", String::from_utf8_lossy(&o.stderr));
+    let lib_dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    anyhow::ensure!(
+        lib_dir.join("libecal_core.so.6").exists(),
+        "the eclipse-ecal wheel in {} has no libecal_core.so.6",
+        lib_dir.display()
+    );
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&exe).is_some() && modified(&exe) >= modified(&src) {
+        return Ok(exe);
+    }
+    let mut c = Command::new("g++");
+    c.args(["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg("-l:libecal_core.so.6")
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .arg("-pthread");
+    run(&mut c).context("building the native eCAL peer failed (needs g++: `apt-get install g++`)")?;
+    Ok(exe)
+}

@@ -21,6 +21,8 @@ pub(crate) enum Impl {
     Ours,
     OursNpcap,
     Ecal,
+    /// Real eCAL 6.1.1 driven through its C++ API (`xtask/peers/ecal_native.cpp`).
+    EcalNative,
     /// Our Windows programs (`x86_64-win7-windows-gnu`) under Wine, socket transport.
     WinSocket,
     /// Our Windows programs under Wine, capture transport (Wine's wpcap.dll over libpcap).
@@ -33,6 +35,7 @@ impl Impl {
             Impl::Ours => "ours(socket)",
             Impl::OursNpcap => "ours(npcap)",
             Impl::Ecal => "eCAL 6.1.1",
+            Impl::EcalNative => "eCAL 6.1.1 C++",
             Impl::WinSocket => "ours.exe(socket, Wine)",
             Impl::WinNpcap => "ours.exe(npcap, Wine)",
         }
@@ -134,6 +137,8 @@ fn cases() -> Vec<Case> {
         (Impl::OursNpcap, Impl::Ours),
         (Impl::OursNpcap, Impl::OursNpcap),
         (Impl::Ecal, Impl::OursNpcap),
+        (Impl::EcalNative, Impl::Ours),
+        (Impl::Ours, Impl::EcalNative),
     ];
     let mut v = matrix(&[Placement::CrossHost, Placement::SameHost], &pairs);
     for (s, r) in pairs {
@@ -159,6 +164,8 @@ pub(crate) struct Env {
     pub python: PathBuf,
     pub logs: PathBuf,
     pub wine: Option<Wine>,
+    /// The native eCAL peer program (rows with [`Impl::EcalNative`]).
+    pub native: Option<PathBuf>,
 }
 
 /// Running our Windows programs: Wine's loader, the `.exe` directory, and one Wine prefix per
@@ -198,6 +205,15 @@ fn peer_command(env: &Env, host: &Host, who: Impl, publisher: bool, case: &Case)
             let mut a = vec![ecal::peer_script().display().to_string(), (if publisher { "pub" } else { "sub" }).into()];
             a.extend(args);
             let mut c = host.command(&env.python.display().to_string(), &a);
+            c.env("ECAL_DATA", ecal::config_dir(case.placement.mode())?);
+            c
+        }
+        Impl::EcalNative => {
+            let exe = env.native.as_ref().context("rows with the native eCAL peer need it built")?;
+            let mut a = vec![(if publisher { "pub" } else { "sub" }).to_string()];
+            a.extend(args);
+            a.extend(["--mode".into(), case.placement.mode().into()]);
+            let mut c = host.command(&exe.display().to_string(), &a);
             c.env("ECAL_DATA", ecal::config_dir(case.placement.mode())?);
             c
         }
@@ -308,7 +324,7 @@ fn run_case(env: &Env, lab: &Lab, idx: usize, case: &Case) -> anyhow::Result<Out
             digest_match = false;
             notes.push(format!("{t}: sent {ps} received {sr}"));
         }
-        if case.receiver == Impl::Ecal {
+        if matches!(case.receiver, Impl::Ecal | Impl::EcalNative) {
             // A real eCAL subscriber must have seen our publisher as connected and taken its
             // datatype from our registration.
             let dt_ok = s["datatypes"].as_array().is_some_and(|v| v.iter().any(|d| d[0] == "bytes" && d[1] == "raw"));
@@ -364,9 +380,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     crate::run(cargo().args(["build", "--release", "-p", "examples", "--bins"]))?;
+    let python = ecal::venv()?;
     let env = Env {
         bin_dir: project_root().join("target").join("release"),
-        python: ecal::venv()?,
+        native: Some(ecal::native_peer(&python)?),
+        python,
         logs: project_root().join("target").join("xtask").join("logs"),
         wine: None,
     };
@@ -446,8 +464,12 @@ mod tests {
 
     #[test]
     fn the_matrices_hold_the_documented_rows() {
-        // docs/interop.md: 70 rows; docs/windows.md: 48 Wine rows, half of them on capture.
-        assert_eq!(cases().len(), 70);
+        // docs/interop.md: 90 rows, 20 with the native eCAL peer; docs/windows.md: 48 Wine
+        // rows, half of them on capture.
+        let all = cases();
+        assert_eq!(all.len(), 90);
+        let native = all.iter().filter(|c| c.sender == Impl::EcalNative || c.receiver == Impl::EcalNative);
+        assert_eq!(native.count(), 20);
         let wine = wine_cases();
         assert_eq!(wine.len(), 48);
         assert_eq!(wine.iter().filter(|c| c.receiver == Impl::WinNpcap).count(), 16);

@@ -329,6 +329,7 @@ fn wine_rows(toolchain: &Toolchain, target_dir: &Path, args: &[String]) -> anyho
         python: crate::ecal::venv()?,
         logs: project_root().join("target").join("xtask").join("logs-windows"),
         wine: Some(wine),
+        native: None,
     };
     run(crate::cargo().args(["build", "--release", "-p", "examples", "--bins"]))?;
     let cases: Vec<_> = crate::interop::wine_cases()

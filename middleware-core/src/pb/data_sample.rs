@@ -15,12 +15,15 @@ use prost::Message;
 /// What a data message carries besides its payload.
 #[derive(Debug, Clone, Copy)]
 pub struct DataHeader<'a> {
+    /// The topic: the sample name in front of the protobuf.
     pub topic_name: &'a str,
     /// `Sample.topic` already encoded (name, id, process id, host): the same for every message.
     pub topic_header: &'a [u8],
+    /// The publisher's send counter for this message (`Content::clock`).
     pub clock: i64,
     /// Send time, µs since the Unix epoch.
     pub time_us: i64,
+    /// `Content::hash`: `entity_id XOR (clock << 1)`, as eCAL writes it.
     pub hash: i64,
 }
 

@@ -35,6 +35,8 @@ impl Routes {
         read(&self.ports).get(&port).cloned()
     }
 
+    /// The BPF filter expression for the destinations and ports routed now (UDP to those groups and
+    /// ports, IPv4 fragments included).
     pub fn filter(&self) -> String {
         let d = read(&self.destinations).clone();
         let mut p: Vec<u16> = read(&self.ports).keys().copied().collect();
@@ -54,6 +56,7 @@ pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// One frame as captured, before decoding: what a recorder writes to a pcapng file.
 #[derive(Debug, Clone, Copy)]
 pub struct CapturedFrame<'a> {
+    /// The capture device the frame came from.
     pub device: &'a str,
     /// The device's link type (pcap DLT / LINKTYPE value).
     pub link_type: i32,
@@ -61,6 +64,7 @@ pub struct CapturedFrame<'a> {
     pub timestamp_us: i64,
     /// Length on the wire (`data` may be shorter: snaplen).
     pub original_len: u32,
+    /// The captured bytes, link-layer header included.
     pub data: &'a [u8],
 }
 
@@ -70,14 +74,21 @@ pub type FrameTap = Arc<dyn Fn(&CapturedFrame<'_>) + Send + Sync>;
 /// Counters of one device, updated by its thread.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct DeviceStats {
+    /// The capture device.
     pub device: String,
+    /// Frame decoding and UDP demultiplexing counters.
     pub demux: DemuxStats,
+    /// IPv4 fragment reassembly counters.
     pub ip: IpReassemblyStats,
     /// pcap `ps_recv`, `ps_drop`, `ps_ifdrop`.
     pub pcap_received: u64,
+    /// Frames the kernel dropped because the capture buffer (`npcap.buffer_size`) was full: lost.
     pub pcap_dropped: u64,
+    /// Frames the interface or its driver dropped (not all platforms report it).
     pub pcap_if_dropped: u64,
+    /// Kernel filter updates installed (a new group or port joined).
     pub filter_updates: u64,
+    /// Failed capture reads (the first and every 1000th is logged; capturing goes on).
     pub read_errors: u64,
     /// Panics caught in the frame path (a defect; capturing went on).
     pub panics: u64,
@@ -86,6 +97,7 @@ pub struct DeviceStats {
 /// The running capture on one or more devices.
 pub struct Capture {
     threads: Vec<ReceiveThread>,
+    /// Per device, its counters (updated by its thread about every 100 ms).
     pub stats: Vec<Arc<Mutex<DeviceStats>>>,
 }
 

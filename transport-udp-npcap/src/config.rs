@@ -20,6 +20,7 @@ use middleware_core::config::{parse_bytes, ConfigError, Origin};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// The keys under `npcap.` this transport accepts (anything else is an unknown-key error).
 pub const KEYS: &[&str] = &[
     "library",
     "interfaces",
@@ -34,16 +35,26 @@ pub const KEYS: &[&str] = &[
     "ip_max_buffered_bytes",
 ];
 
+/// The validated `npcap.*` options (see the module's table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NpcapConfig {
     /// Explicit capture library path (`None`: search the usual places).
     pub library: Option<String>,
+    /// `npcap.interfaces`: capture devices (empty: the one the group routes to, or loopback in local
+    /// mode).
     pub interfaces: Vec<String>,
+    /// `npcap.buffer_size`: the kernel capture buffer (ring) in bytes.
     pub buffer_size: usize,
+    /// `npcap.snaplen`: bytes captured per frame at most.
     pub snaplen: usize,
+    /// `npcap.immediate`: deliver every frame at once instead of in blocks.
     pub immediate: bool,
+    /// `npcap.timeout_ms`: in block mode, the longest a frame waits in a partly filled block.
     pub timeout_ms: u32,
+    /// `npcap.spin_us`: in immediate mode, how long to keep reading after a frame that leaves an IPv4
+    /// datagram incomplete.
     pub spin_us: u32,
+    /// `npcap.ip_*`: bounds of IPv4 reassembly (time, partial datagrams, bytes).
     pub ip: IpReassemblyConfig,
 }
 

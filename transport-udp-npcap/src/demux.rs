@@ -14,6 +14,7 @@ const UDP: u8 = 17;
 /// or becomes (part of) a delivered or unwanted datagram.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DemuxStats {
+    /// Frames decoded.
     pub frames: u64,
     /// Valid frames of another protocol (ARP, IPv6, ...), normally kept out by the kernel filter.
     pub frames_not_ipv4: u64,
@@ -27,14 +28,18 @@ pub struct DemuxStats {
     pub udp_unwanted: u64,
     /// UDP datagrams handed on.
     pub delivered: u64,
+    /// UDP payload bytes handed on.
     pub delivered_bytes: u64,
 }
 
 /// One delivered datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery<'a> {
+    /// The sender's IPv4 address and UDP port.
     pub source: SocketAddr,
+    /// The group (or broadcast address) and port it was sent to.
     pub destination: SocketAddrV4,
+    /// The UDP payload (an eCAL datagram), where it lies: in the ring, or in the reassembly buffer.
     pub payload: &'a [u8],
 }
 
@@ -47,14 +52,17 @@ pub struct Demux {
 }
 
 impl Demux {
+    /// A pipeline for frames of link type `link`, with IPv4 reassembly bounded by `config`.
     pub fn new(link: LinkType, config: IpReassemblyConfig) -> Self {
         Self { link, ip: IpReassembler::new(config), stats: DemuxStats::default() }
     }
 
+    /// A snapshot of the decode counters.
     pub fn stats(&self) -> DemuxStats {
         self.stats
     }
 
+    /// A snapshot of the IPv4 reassembly counters.
     pub fn ip_stats(&self) -> IpReassemblyStats {
         self.ip.stats()
     }

@@ -16,11 +16,17 @@ use std::net::Ipv4Addr;
 /// Link types this decoder understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkType {
+    /// `EN10MB` (1): Ethernet II, with up to two VLAN tags.
     Ethernet,
+    /// `LINUX_SLL` (113): Linux "any" device, cooked header v1.
     LinuxSll,
+    /// `LINUX_SLL2` (276): Linux cooked header v2.
     LinuxSll2,
+    /// `NULL` (0): BSD loopback, address family in host byte order (Npcap's loopback adapter).
     Null,
+    /// `LOOP` (108): OpenBSD loopback, address family in network byte order.
     Loop,
+    /// `RAW` / `IPV4`: the IP packet without a link header.
     Raw,
 }
 
@@ -67,18 +73,25 @@ impl fmt::Display for FrameError {
 /// One IPv4 packet (possibly a fragment) found in a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Packet<'a> {
+    /// Source address.
     pub src: Ipv4Addr,
+    /// Destination address (a group, a broadcast or a unicast address).
     pub dst: Ipv4Addr,
+    /// IP protocol number (17 = UDP).
     pub protocol: u8,
+    /// IP identification: with source, destination and protocol it ties the fragments of one
+    /// datagram together.
     pub identification: u16,
     /// Fragment offset in bytes.
     pub offset: usize,
+    /// The MF flag: more fragments follow.
     pub more_fragments: bool,
     /// The IP payload (trailing link padding removed using the total length).
     pub payload: &'a [u8],
 }
 
 impl Ipv4Packet<'_> {
+    /// Part of a fragmented datagram (MF set or a non-zero offset).
     pub fn is_fragment(&self) -> bool {
         self.more_fragments || self.offset != 0
     }
@@ -174,8 +187,11 @@ fn parse_ipv4(ip: &[u8]) -> Result<Ipv4Packet<'_>, FrameError> {
 /// side of veth/loopback carry unfinished checksums (offload), as the captures' README notes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpDatagram<'a> {
+    /// Source port.
     pub src_port: u16,
+    /// Destination port.
     pub dst_port: u16,
+    /// The UDP payload, as long as the UDP length field says.
     pub payload: &'a [u8],
 }
 

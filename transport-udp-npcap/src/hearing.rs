@@ -68,12 +68,17 @@ pub struct SelfHearing {
 /// What [`SelfHearing::on_sent`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// The capture heard this process's own datagrams recently enough (or it is too early to tell).
     Fine,
     /// Deaf; `log` says whether to log now (backoff), `first` whether it just became so.
     Deaf {
+        /// How long since the capture last heard one of this process's own sends.
         unheard_for: Duration,
+        /// Own sends since then.
         sends: u64,
+        /// Whether to log now (the error is logged with a growing interval).
         log: bool,
+        /// Whether the capture just became deaf (counted once per episode).
         first: bool,
     },
 }
@@ -189,14 +194,17 @@ impl SelfHearing {
         Verdict::Deaf { unheard_for, sends, log: due, first }
     }
 
+    /// Own datagrams the capture heard (`self_heard`).
     pub fn heard(&self) -> u64 {
         self.heard.load(Ordering::Relaxed)
     }
 
+    /// The capture is deaf now (`capture_deaf`).
     pub fn is_deaf(&self) -> bool {
         self.deaf.load(Ordering::Relaxed)
     }
 
+    /// Times the capture became deaf (`capture_deaf_events`).
     pub fn deaf_events(&self) -> u64 {
         self.deaf_events.load(Ordering::Relaxed)
     }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 /// Largest IPv4 payload: 65 535 total length minus a 20-byte header.
 pub const MAX_DATAGRAM_PAYLOAD: usize = 65_515;
 
+/// Bounds of IPv4 reassembly: in time, in partial datagrams and in bytes held (`npcap.ip_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpReassemblyConfig {
     /// Default 5 s (what eCAL's udpcap uses; Linux uses 30 s, which the perf notes show makes
@@ -44,18 +45,23 @@ impl Default for IpReassemblyConfig {
     }
 }
 
+/// IPv4 reassembly counters; monotonic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct IpReassemblyStats {
     /// Fragments received.
     pub fragments: u64,
     /// Datagrams completed from fragments.
     pub completed: u64,
+    /// Fragments already received (same bytes at the same place): ignored.
     pub duplicates: u64,
     /// Overlaps and inconsistent fragments; the older partial datagram was discarded.
     pub conflicts: u64,
     /// Fragments beyond the IPv4 maximum size, or non-last fragments not a multiple of 8.
     pub malformed: u64,
+    /// Partial datagrams dropped after `timeout` without completing.
     pub expired: u64,
+    /// Partial datagrams dropped, oldest first, to stay within `max_datagrams` or
+    /// `max_buffered_bytes` (a flood of never-completed fragments lands here).
     pub evicted: u64,
 }
 
@@ -66,11 +72,16 @@ impl IpReassemblyStats {
     }
 }
 
+/// What ties IPv4 fragments together (RFC 791): source, destination, protocol, identification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IpKey {
+    /// Source address.
     pub src: Ipv4Addr,
+    /// Destination address.
     pub dst: Ipv4Addr,
+    /// IP protocol number.
     pub protocol: u8,
+    /// IP identification.
     pub id: u16,
 }
 
@@ -158,6 +169,7 @@ pub struct IpReassembler {
 const POOL: usize = 64;
 
 impl IpReassembler {
+    /// An empty reassembler bounded by `config`.
     pub fn new(config: IpReassemblyConfig) -> Self {
         Self {
             config,
@@ -169,14 +181,17 @@ impl IpReassembler {
         }
     }
 
+    /// A snapshot of the counters.
     pub fn stats(&self) -> IpReassemblyStats {
         self.stats
     }
 
+    /// Partial datagrams held now.
     pub fn partial_datagrams(&self) -> usize {
         self.partials.len()
     }
 
+    /// Bytes held by partial datagrams now (bounded by `max_buffered_bytes`).
     pub fn buffered_bytes(&self) -> usize {
         self.buffered
     }

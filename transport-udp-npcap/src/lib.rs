@@ -13,9 +13,58 @@
 //! by an ordinary socket bound to an unused port, so the NIC and switches deliver the groups
 //! but the kernel queues nothing for us.
 //!
-//! Entry point: [`NpcapFactory`].
+//! Entry point: [`NpcapFactory`], a [`TransportFactory`] for `middleware_core::Node`.
+//! Applications normally do not name it: the `middleware` package opens it when the
+//! configuration says `transport = "npcap"` (or `"auto"` and capture works here).
+//!
+//! ```no_run
+//! // Capture needs libpcap (Linux: `apt-get install libpcap0.8`) or Npcap (Windows), and the
+//! // permission to capture (Linux: root or CAP_NET_RAW).
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use middleware_core::{Config, Node, Raw};
+//! let mut config = Config::default();
+//! config.set("mode", "network")?;
+//! config.set("npcap.immediate", "true")?; // lowest latency; the default reads in blocks
+//! let factory = transport_udp_npcap::NpcapFactory::new(&config)?;
+//! let node = Node::new(config, &factory)?;
+//! let subscriber = node.subscriber::<Raw>("camera/front")?;
+//! # drop(subscriber); Ok(()) }
+//! ```
+//!
+//! # Requirements and errors
+//!
+//! * The capture library, loaded at run time: `libpcap.so.1` / `libpcap.so.0.8` on Linux,
+//!   Npcap's `wpcap.dll` on Windows (`npcap.library` names another path). Missing: a
+//!   [`LoadError`] naming every place tried and what to install.
+//! * The permission to capture: root or `CAP_NET_RAW` on Linux (`setcap cap_net_raw+ep`),
+//!   Npcap without the admin-only option on Windows. Missing: a [`libpcap::OpenError`] that
+//!   says which.
+//! * [`availability`] and [`decide`] tell, without opening anything, whether `transport = auto`
+//!   would capture here and why; `mwctl doctor` prints the same.
+//!
+//! # Counters
+//!
+//! [`NpcapTransport`]'s `stats()` fills `TransportStats::details` with, per capture: frames
+//! (`pcap_received`), frames lost because the capture buffer was full (`pcap_dropped`, also in
+//! `os_dropped`; raise `npcap.buffer_size`) or by the interface (`pcap_if_dropped`), frames that
+//! did not decode (`frames_malformed`, `frames_not_ipv4`, `frames_not_udp`, `udp_malformed`),
+//! UDP for ports or groups nobody here listens to (`udp_unwanted`, normal), IPv4 reassembly
+//! (`ip_fragments`, `ip_completed`, `ip_duplicates`, and datagrams lost: `ip_conflicts`,
+//! `ip_expired`, `ip_evicted`, `ip_malformed`), kernel filter updates, read errors, panics
+//! caught (`capture_panics`, `sink_panics`: defects), and the self-check: `self_heard` (this
+//! node's own registration datagrams the capture heard), `capture_deaf` (1 while a capture that
+//! should hear them does not: a capture on the wrong device, a filter, a driver; see
+//! [`hearing`]) and `capture_deaf_events`.
+//!
+//! # Memory
+//!
+//! The capture ring (`npcap.buffer_size`, 64 MiB by default) is the only queue; IPv4
+//! reassembly is bounded in time (`npcap.ip_timeout_ms`), partial datagrams
+//! (`npcap.ip_max_datagrams`) and bytes (`npcap.ip_max_buffered_bytes`), so a flood of
+//! never-completed fragments costs a bounded amount and is counted, never unbounded memory.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod capture;
 pub mod config;
@@ -79,7 +128,9 @@ pub fn availability(config: &Config) -> Availability {
 /// Whether `transport = auto` captures, and why, in one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// Capture (true) or use sockets (false).
     pub capture: bool,
+    /// Why, in words a user can act on.
     pub reason: String,
 }
 

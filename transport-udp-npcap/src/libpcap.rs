@@ -276,8 +276,11 @@ pub struct Device {
     pub name: String,
     /// Human-readable (Windows: the adapter's name, e.g. "Intel(R) Ethernet ...").
     pub description: Option<String>,
+    /// The device's IPv4 addresses.
     pub ipv4: Vec<Ipv4Addr>,
+    /// It is a loopback device.
     pub loopback: bool,
+    /// The interface is up.
     pub up: bool,
 }
 
@@ -315,9 +318,14 @@ fn errbuf_text(buf: &[c_char; ERRBUF_SIZE]) -> String {
 /// Why a capture could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpenError {
+    /// No capture permission (Linux: run as root or grant `CAP_NET_RAW`; Windows: Npcap installed
+    /// with admin-only access); the text says which.
     PermissionDenied(String),
+    /// The named capture device does not exist.
     NoSuchDevice(String),
+    /// The device exists but is down.
     InterfaceDown(String),
+    /// Anything else the library reported.
     Other(String),
 }
 
@@ -334,24 +342,33 @@ impl std::fmt::Display for OpenError {
 /// Options applied before activation.
 #[derive(Debug, Clone, Copy)]
 pub struct LiveOptions {
+    /// Bytes captured per frame at most.
     pub snaplen: i32,
+    /// Kernel capture buffer in bytes.
     pub buffer_size: i32,
+    /// Read timeout: the longest a frame waits in a partly filled block.
     pub timeout_ms: i32,
+    /// Deliver every frame at once (`pcap_set_immediate_mode`).
     pub immediate: bool,
 }
 
 /// Which frames a live capture sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
+    /// Frames received and sent by this host.
     InOut = 0,
+    /// Frames received only.
     In = 1,
 }
 
 /// pcap's counters (`pcap_stats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Frames the capture received (`ps_recv`).
     pub received: u32,
+    /// Frames dropped because the buffer was full (`ps_drop`).
     pub dropped: u32,
+    /// Frames the interface or driver dropped (`ps_ifdrop`; not every platform reports it).
     pub if_dropped: u32,
 }
 
@@ -362,6 +379,7 @@ pub struct Packet<'a> {
     pub timestamp_us: i64,
     /// Length on the wire (`data` may be shorter: snaplen).
     pub original_len: u32,
+    /// The captured bytes, link-layer header included.
     pub data: &'a [u8],
 }
 

@@ -7,6 +7,26 @@
 //! the unicast TTL set (local mode).
 //!
 //! Entry point: [`UdpSocketTransport::open`], or [`factory`] for [`middleware_core::Node::new`].
+//! Applications normally do not name it: it is the `middleware` package's default transport.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use middleware_core::{Config, Node, Text};
+//! let node = Node::new(Config::default(), &transport_udp_socket::factory)?; // local mode
+//! let publisher = node.publisher::<Text>("chatter")?;
+//! publisher.send("hello")?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Counters
+//!
+//! Besides the common `TransportStats` (datagrams and bytes each way, send errors, `truncated`
+//! datagrams larger than the receive slot, the buffer the OS granted), `os_dropped` is the
+//! receive socket's kernel drop count where the platform reports it (Linux: buffer overruns;
+//! raise `udp.receive_buffer` and `net.core.rmem_max`), and `details` holds `sink_panics` and,
+//! on Linux, `kernel_ip_reasm_fails` / `kernel_ip_reasm_timeouts`: IP fragments the kernel
+//! dropped before reassembly (namespace-wide, since this transport opened), the reason a large
+//! message is lost without the socket seeing a byte of it.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

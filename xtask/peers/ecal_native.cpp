@@ -4,6 +4,8 @@
 // as `ecal_peer.py` and the Rust examples:
 //   ecal_native pub --topic T [--topic T2] --size N --count C --rate HZ [--wait-subscriber S] [--linger S]
 //   ecal_native sub --topic T [--topic T2] --count C --timeout S [--verify mod251|none] [--idle S]
+//   ecal_native scale --topics M --expect N [--duration S --settle S --window S]
+//       (the scale test: M publishers and M subscribers on shared topics, no data; JSON events)
 //   common: [--mode network|local] (checked against what eCAL loaded) [--no-digest]
 // Digest: SHA-256 over the messages, each prefixed by its length as u64 little-endian.
 //
@@ -12,6 +14,7 @@
 // structures this program reads or passes by reference. `cargo xtask` builds this file against
 // the wheel's library; nothing of eCAL's is compiled in.
 
+#include <dirent.h>
 #include <sys/resource.h>
 
 #include <atomic>
@@ -272,6 +275,9 @@ struct Args {
   double rate = 10.0, wait_subscriber = 20.0, linger = 1.5, timeout = 30.0, idle = 0.0;
   std::string verify = "mod251", mode, datatype;
   bool hashing = true;
+  // scale role
+  size_t scale_topics = 10, expect = 1;
+  double duration = 120.0, settle = 3.0, window = 5.0;
 };
 
 static double now_s() {
@@ -473,6 +479,104 @@ static int run_sub(const Args& a) {
   return ok ? 0 : 1;
 }
 
+// ---- scale role (`cargo xtask scale`): M publishers and M subscribers on the shared topics
+// scale_0 .. scale_{M-1}, no data; JSON events as the Rust `scale_node` prints them.
+
+static uint64_t unix_us() {
+  return uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count());
+}
+
+// On-CPU time of every thread, ns (the scheduler's accounting, as the Rust scale node reads it).
+static uint64_t cpu_ns_all_threads() {
+  uint64_t sum = 0;
+  std::string base = "/proc/self/task";
+  if (auto* dir = opendir(base.c_str())) {
+    while (auto* e = readdir(dir)) {
+      if (e->d_name[0] == '.') continue;
+      std::string path = base + "/" + e->d_name + "/schedstat";
+      if (FILE* f = std::fopen(path.c_str(), "r")) {
+        unsigned long long v = 0;
+        if (std::fscanf(f, "%llu", &v) == 1) sum += v;
+        std::fclose(f);
+      }
+    }
+    closedir(dir);
+  }
+  return sum;
+}
+
+static long peak_rss_kib() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long v = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, "VmHWM:", 6) == 0) v = std::strtol(line + 6, nullptr, 10);
+  std::fclose(f);
+  return v;
+}
+
+static int run_scale(const Args& a) {
+  uint64_t start_us = unix_us();
+  double start = now_s();
+  eCAL::Initialize("ecal_native_scale", eCAL::Init::Default);
+  check_ecal(a);
+  eCAL::SDataTypeInformation dti{"bytes", "raw", ""};
+  std::vector<std::unique_ptr<eCAL::CPublisher>> pubs;
+  std::vector<std::unique_ptr<eCAL::CSubscriber>> subs;
+  for (size_t k = 0; k < a.scale_topics; k++) {
+    std::string t = "scale_" + std::to_string(k);
+    pubs.emplace_back(new eCAL::CPublisher(t, dti, eCAL::GetPublisherConfiguration()));
+    subs.emplace_back(new eCAL::CSubscriber(t, dti, eCAL::GetSubscriberConfiguration()));
+  }
+  double end = start + a.duration;
+  auto publishers_seen = [&] {
+    size_t total = 0;
+    for (auto& s : subs) total += s->GetPublisherCount();
+    return total;
+  };
+  for (;;) {
+    bool all = true;
+    for (auto& s : subs) all = all && s->GetPublisherCount() >= a.expect;
+    if (all) break;
+    if (now_s() >= end) {
+      std::printf("{\"event\":\"gave_up\",\"after_s\":%.3f}\n", now_s() - start);
+      std::fflush(stdout);
+      subs.clear();
+      pubs.clear();
+      eCAL::Finalize();
+      return 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::printf("{\"event\":\"discovered\",\"start_unix_us\":%" PRIu64 ",\"discovered_unix_us\":%" PRIu64
+              ",\"after_s\":%.3f}\n",
+              start_us, unix_us(), now_s() - start);
+  std::fflush(stdout);
+  std::this_thread::sleep_for(std::chrono::duration<double>(a.settle));
+  uint64_t c0 = cpu_ns_all_threads();
+  double t0 = now_s();
+  std::this_thread::sleep_for(std::chrono::duration<double>(a.window));
+  uint64_t c1 = cpu_ns_all_threads();
+  double secs = now_s() - t0;
+  std::printf("{\"event\":\"window\",\"cpu_pct\":%.3f,\"peak_rss_kib\":%ld,\"publishers_seen\":%zu}\n",
+              double(c1 - c0) / 1e9 / secs * 100.0, peak_rss_kib(), publishers_seen());
+  std::fflush(stdout);
+  while (now_s() < end) {
+    // Publishers each subscriber sees, summed: a process that is gone lowers it by M.
+    std::printf("{\"event\":\"tick\",\"unix_us\":%" PRIu64 ",\"count\":%zu,\"drop_per_process\":%zu}\n", unix_us(),
+                publishers_seen(), a.scale_topics);
+    std::fflush(stdout);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  subs.clear();
+  pubs.clear();
+  eCAL::Finalize();
+  return 0;
+}
+
 int main(int argc, char** argv) {
   Args a;
   if (argc < 2) fail("", "usage: ecal_native pub|sub --topic T ...");
@@ -502,10 +606,16 @@ int main(int argc, char** argv) {
     else if (k == "--mode") a.mode = val();
     else if (k == "--datatype") a.datatype = val();
     else if (k == "--no-digest") a.hashing = false;
+    else if (k == "--topics") a.scale_topics = size_t(num());
+    else if (k == "--expect") a.expect = size_t(num());
+    else if (k == "--duration") a.duration = num();
+    else if (k == "--settle") a.settle = num();
+    else if (k == "--window") a.window = num();
     else fail(a.role, "unknown argument " + k);
   }
+  if (a.role == "scale") return run_scale(a);
   if (a.topics.empty()) fail(a.role, "--topic is required");
   if (a.role == "pub") return run_pub(a);
   if (a.role == "sub") return run_sub(a);
-  fail(a.role, "role must be pub or sub");
+  fail(a.role, "role must be pub, sub or scale");
 }

@@ -20,6 +20,7 @@ mod interop;
 mod netns;
 mod parity;
 mod readme;
+mod scale;
 mod tools;
 mod torture;
 mod windows;
@@ -72,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         "demo" => demo(rest),
         "readme" => readme::run_cmd(rest),
         "bench" => bench::run(rest),
+        "scale" => scale::run(rest),
         "tools" => tools::run(rest),
         "parity" => parity::run(rest),
         "windows" => windows::run_cmd(rest),

@@ -13,7 +13,7 @@ use prost::Message;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 impl Shared {
     pub(crate) fn acceptance_of(
@@ -76,9 +76,14 @@ impl Shared {
 
     /// Recomputes every local publisher's connection counts from the remote table.
     pub(crate) fn update_connections(&self) {
+        self.update_connections_of(None);
+    }
+
+    /// Recounts the connections of the local publishers of `topic` (all of them with `None`).
+    fn update_connections_of(&self, topic: Option<&str>) {
         let remote = lock(&self.remote);
         let pubs = lock(&self.publishers);
-        for p in pubs.values() {
+        for p in pubs.values().filter(|p| topic.is_none_or(|t| p.topic == t)) {
             let (mut local, mut external) = (0, 0);
             for s in remote.udp_subscribers(&p.topic) {
                 if s.host_name == self.identity.host_name {
@@ -111,10 +116,24 @@ impl Shared {
         if let Some(tap) = &self.tap {
             tap.registration(&sample, source);
         }
-        let result = lock(&self.remote).on_sample(now, &sample, &self.acceptance);
-        match result {
+        let result = {
+            let mut remote = lock(&self.remote);
+            let r = remote.on_sample(now, &sample, &self.acceptance);
+            // A new subscriber changes the connections of the local publishers of its topic
+            // only: recount those, not every publisher against the whole table.
+            let topic = match r {
+                Ok(Change::New(id)) => {
+                    remote.entity(id).filter(|e| e.direction == Direction::Subscriber).map(|e| e.topic_name.clone())
+                }
+                _ => None,
+            };
+            (r, topic)
+        };
+        match result.0 {
             Ok(Change::New(id)) => {
-                self.update_connections();
+                if let Some(topic) = &result.1 {
+                    self.update_connections_of(Some(topic));
+                }
                 // A newcomer learns about us now rather than at our next refresh: one extra round
                 // per new entity, which halves discovery time for late joiners.
                 let own = lock(&self.publishers).contains_key(&id)
@@ -189,22 +208,48 @@ impl Inner {
         }
     }
 
-    /// The `mw-reg-tx` thread: a registration round every refresh period or when woken; the
-    /// unregistration round at shutdown.
+    /// The `mw-reg-tx` thread: a registration round every refresh period, or sooner when woken
+    /// (a new local or remote entity), but never sooner than [`min_round_gap`] after the last
+    /// round: when hundreds of processes start at once, every one of them hears thousands of new
+    /// entities, and one round per newcomer would flood the network with registration (each
+    /// process's rounds back to back), losing the very samples discovery needs. The
+    /// unregistration round at shutdown is sent at once.
     pub(crate) fn registration_tx(self: std::sync::Arc<Self>) {
         let refresh = self.config.registration_refresh;
+        let gap = min_round_gap(refresh);
         loop {
             if self.closed() {
                 self.registration_round(true);
                 return;
             }
             self.registration_round(false);
+            let last = Instant::now();
             let (m, c) = &self.wake;
             let mut woken = lock(m);
-            if !*woken {
-                woken = c.wait_timeout(woken, refresh).unwrap_or_else(PoisonError::into_inner).0;
+            // Until the refresh period is over or a wake comes.
+            while !*woken {
+                let left = refresh.saturating_sub(last.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                woken = c.wait_timeout(woken, left).unwrap_or_else(PoisonError::into_inner).0;
+            }
+            // Woken early: wait out the gap (wakes meanwhile coalesce), unless shutting down.
+            while !self.closed() {
+                let left = gap.saturating_sub(last.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                woken = c.wait_timeout(woken, left).unwrap_or_else(PoisonError::into_inner).0;
             }
             *woken = false;
         }
     }
+}
+
+/// The shortest time between two registration rounds that are not forced by shutdown: a quarter
+/// of the refresh period (250 ms by default), so a burst of newcomers costs at most four rounds
+/// per period, and a newcomer still hears of us within a quarter period.
+pub(crate) fn min_round_gap(refresh: Duration) -> Duration {
+    refresh / 4
 }

@@ -385,6 +385,10 @@ impl Acceptance {
 pub struct RemoteTable {
     entities: HashMap<u64, RemoteEntity>,
     processes: HashMap<(String, i32), RemoteProcess>,
+    /// Entity ids by topic name, so the entities of one topic are found without a scan of the
+    /// whole table (connection counts are updated on every new entity; a scan made discovery
+    /// quadratic in the number of entities).
+    by_topic: HashMap<String, std::collections::HashSet<u64>>,
 }
 
 impl RemoteTable {
@@ -431,15 +435,25 @@ impl RemoteTable {
                 let id: u64 = t.topic_id.parse().map_err(|_| Rejected::BadTopicId)?;
                 if matches!(cmd, CmdType::UnregPublisher | CmdType::UnregSubscriber) {
                     return Ok(match self.entities.remove(&id) {
-                        Some(_) => Change::Removed(id),
+                        Some(e) => {
+                            self.unindex(&e.topic_name, id);
+                            Change::Removed(id)
+                        }
                         None => Change::Ignored,
                     });
                 }
                 let direction = if cmd == CmdType::RegPublisher { Direction::Publisher } else { Direction::Subscriber };
                 let dt = t.datatype_information.clone().unwrap_or_default();
-                let prev = self.entities.get(&id).map(|e| e.samples).unwrap_or(0);
+                let (prev, prev_topic) =
+                    self.entities.get(&id).map(|e| (e.samples, Some(e.topic_name.as_str()))).unwrap_or((0, None));
                 if prev == 0 && self.entities.len() >= MAX_REMOTE_ENTITIES {
                     return Err(Rejected::TableFull);
+                }
+                if prev_topic != Some(t.topic_name.as_str()) {
+                    if let Some(old) = prev_topic.map(str::to_string) {
+                        self.unindex(&old, id);
+                    }
+                    self.by_topic.entry(t.topic_name.clone()).or_default().insert(id);
                 }
                 self.entities.insert(
                     id,
@@ -476,13 +490,18 @@ impl RemoteTable {
     /// Removes entities and processes not refreshed within `timeout`; returns the removed ids.
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<u64> {
         let mut gone = Vec::new();
+        let mut gone_topics = Vec::new();
         self.entities.retain(|id, e| {
             let keep = now.saturating_duration_since(e.last_seen) < timeout;
             if !keep {
                 gone.push(*id);
+                gone_topics.push((std::mem::take(&mut e.topic_name), *id));
             }
             keep
         });
+        for (topic, id) in gone_topics {
+            self.unindex(&topic, id);
+        }
         self.processes.retain(|_, p| now.saturating_duration_since(p.last_seen) < timeout);
         gone
     }
@@ -492,14 +511,28 @@ impl RemoteTable {
         self.entities.get(&id)
     }
 
+    fn unindex(&mut self, topic: &str, id: u64) {
+        if let Some(ids) = self.by_topic.get_mut(topic) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_topic.remove(topic);
+            }
+        }
+    }
+
+    /// Every entity of `topic` (found through the topic index, not a scan).
+    fn of_topic<'a>(&'a self, topic: &str) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
+        self.by_topic.get(topic).into_iter().flatten().filter_map(|id| self.entities.get(id))
+    }
+
     /// Subscribers of `topic` that read UDP, i.e. the connections of a local publisher.
-    pub fn udp_subscribers<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
-        self.entities.values().filter(move |e| e.direction == Direction::Subscriber && e.topic_name == topic && e.udp)
+    pub fn udp_subscribers<'a>(&'a self, topic: &str) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
+        self.of_topic(topic).filter(|e| e.direction == Direction::Subscriber && e.udp)
     }
 
     /// Publishers of `topic`, whatever layers they list.
-    pub fn publishers_of<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
-        self.entities.values().filter(move |e| e.direction == Direction::Publisher && e.topic_name == topic)
+    pub fn publishers_of<'a>(&'a self, topic: &str) -> impl Iterator<Item = &'a RemoteEntity> + 'a {
+        self.of_topic(topic).filter(|e| e.direction == Direction::Publisher)
     }
 
     /// Every remote publisher and subscriber, in no particular order.
@@ -571,6 +604,35 @@ mod tests {
         assert_eq!(t.publishers_of("t").count(), 1);
         assert_eq!(t.on_sample(now, &topic_sample(&me, Direction::Publisher, &r, true), &a), Ok(Change::Removed(5)));
         assert_eq!(t.publishers_of("t").count(), 0);
+    }
+
+    #[test]
+    fn the_topic_index_follows_every_change() {
+        let me = ident("hostb", 7);
+        let a = acc("hosta", 1, true, true);
+        let now = Instant::now();
+        let mut t = RemoteTable::default();
+        let report = |id, topic: &str| TopicReport { entity_id: id, topic_name: topic.into(), ..Default::default() };
+        for id in 0..50u64 {
+            let topic = format!("t{}", id % 5);
+            let dir = if id % 2 == 0 { Direction::Publisher } else { Direction::Subscriber };
+            t.on_sample(now, &topic_sample(&me, dir, &report(id, &topic), false), &a).unwrap();
+        }
+        let count = |t: &RemoteTable, topic: &str| (t.publishers_of(topic).count(), t.udp_subscribers(topic).count());
+        assert_eq!(count(&t, "t0"), (5, 5));
+        assert!(t.publishers_of("t0").all(|e| e.topic_name == "t0" && e.direction == Direction::Publisher));
+        // An entity that re-registers under another topic moves in the index.
+        t.on_sample(now, &topic_sample(&me, Direction::Publisher, &report(0, "t9"), false), &a).unwrap();
+        assert_eq!((count(&t, "t0"), count(&t, "t9")), ((4, 5), (1, 0)));
+        // Unregistration and expiry take entities out of it.
+        t.on_sample(now, &topic_sample(&me, Direction::Subscriber, &report(5, "t0"), true), &a).unwrap();
+        assert_eq!(count(&t, "t0"), (4, 4));
+        let later = now + Duration::from_secs(5);
+        t.on_sample(later, &topic_sample(&me, Direction::Publisher, &report(10, "t0"), false), &a).unwrap();
+        let gone = t.expire(now + Duration::from_secs(11), Duration::from_secs(10));
+        assert_eq!(gone.len(), 48);
+        assert_eq!((count(&t, "t0"), count(&t, "t9")), ((1, 0), (0, 0)));
+        assert_eq!(t.by_topic.len(), 1, "emptied topics leave the index");
     }
 
     #[test]

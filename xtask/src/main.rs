@@ -3,14 +3,18 @@
 //! * `interop [--filter S] [--keep-going]`: the sender x receiver matrix over two network
 //!   namespaces (and same-host), this project and real eCAL 6.1.1, comparing counts and digests;
 //! * `parity`: eCAL's monitoring view of our processes against eCAL's own, field by field;
-//! * `tools`: the operator tool `mwctl` against real eCAL and this project's processes;
+//! * `tools [CASE..]`: the operator tool `mwctl` against real eCAL and this project's processes;
 //! * `test`: everything a user or CI runs: the workspace tests, the Windows build check, a short
 //!   fuzz pass, then `interop`, `tools` and `torture` (with a 60 s sustained-load row);
 //! * `fuzz [--seconds N]`: every cargo-fuzz target (see `fuzz.rs`);
 //! * `torture`: hostile traffic and faults against a subscriber (see `torture.rs`);
 //! * `windows [--require] [--filter TEXT]`: check, link and inspect the Windows build, and run
 //!   its programs under Wine against real eCAL and ours (see `windows.rs`);
-//! * `ecal-venv`: create (or reuse) the Python virtual environment with eclipse-ecal 6.1.1.
+//! * `bench`: throughput, CPU and latency against raw UDP and eCAL (see `bench.rs`);
+//! * `scale [--processes N,..] [--topics M] [--ecal N,..] [--before DIR]`: registration cost
+//!   with hundreds of processes, ours and eCAL (see `scale.rs`);
+//! * `ecal-venv`: create (or reuse) the Python virtual environment with eclipse-ecal 6.1.1 and
+//!   the MCAP readers.
 
 mod bench;
 mod ecal;

@@ -1,4 +1,4 @@
-//! `cargo xtask scale [--processes 10,50,200] [--topics 10] [--ecal 10,25]`: how registration
+//! `cargo xtask scale [--processes 10,50,200] [--topics 10] [--ecal 10,50,100] [--before DIR]`: how registration
 //! cost grows with the number of processes and entities, ours and real eCAL 6.1.1 (the native
 //! C++ peer), in the two-namespace lab.
 //!
@@ -25,6 +25,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Who {
     Ours,
+    /// Ours, with the `scale_node` of an older build (`--before DIR`).
+    OursBefore,
     Ecal,
 }
 
@@ -32,6 +34,7 @@ impl Who {
     fn name(self) -> &'static str {
         match self {
             Who::Ours => "ours",
+            Who::OursBefore => "ours (before)",
             Who::Ecal => "eCAL 6.1.1 C++",
         }
     }
@@ -110,8 +113,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn run_size(lab: &Lab, who: Who, n: usize, m: usize, native: &std::path::Path) -> anyhow::Result<Row> {
-    let bin = project_root().join("target").join("release").join("scale_node").display().to_string();
+fn run_size(
+    lab: &Lab,
+    who: Who,
+    n: usize,
+    m: usize,
+    native: &std::path::Path,
+    before: Option<&std::path::Path>,
+) -> anyhow::Result<Row> {
+    let dir = match (who, before) {
+        (Who::OursBefore, Some(d)) => d.to_path_buf(),
+        _ => project_root().join("target").join("release"),
+    };
+    let bin = dir.join("scale_node").display().to_string();
     let cfg = ecal::config_dir("network")?;
     // Long enough for a slow discovery, the window and the disappearance of a killed process.
     let duration = 60.0 + n as f64 * 0.3;
@@ -127,7 +141,7 @@ fn run_size(lab: &Lab, who: Who, n: usize, m: usize, native: &std::path::Path) -
             duration.to_string(),
         ];
         let p = match who {
-            Who::Ours => {
+            Who::Ours | Who::OursBefore => {
                 let mut a = common.to_vec();
                 a.extend(["--mode".into(), "network".into()]);
                 spawn(host, &bin, &a, None)?
@@ -167,7 +181,7 @@ fn run_size(lab: &Lab, who: Who, n: usize, m: usize, native: &std::path::Path) -
             .iter()
             .map(|k| format!("{k}={}", windows.iter().filter_map(|v| v[*k].as_u64()).sum::<u64>()))
             .collect();
-    if who == Who::Ours {
+    if who != Who::Ecal {
         eprintln!(
             "scale {:<14} {n:>4} processes: losses by kind {}; registration receive buffer granted {:?}",
             who.name(),
@@ -266,23 +280,31 @@ fn list(args: &[String], flag: &str, default: &[usize]) -> anyhow::Result<Vec<us
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     for a in args.iter().filter(|a| a.starts_with("--")) {
-        if !["--processes", "--topics", "--ecal"].contains(&a.as_str()) {
-            bail!("scale: unknown option {a} (--processes N,.. --topics M --ecal N,..)");
+        if !["--processes", "--topics", "--ecal", "--before"].contains(&a.as_str()) {
+            bail!("scale: unknown option {a} (--processes N,.. --topics M --ecal N,.. --before DIR)");
         }
     }
     let sizes = list(args, "--processes", &[10, 50, 200])?;
     let m = *list(args, "--topics", &[10])?.first().context("--topics M")?;
-    let ecal_sizes = list(args, "--ecal", &[10, 25])?;
+    let ecal_sizes = list(args, "--ecal", &[10, 50, 100])?;
+    // `--before DIR`: DIR/scale_node (an older build) runs right before ours at every size.
+    let before: Option<std::path::PathBuf> = match args.iter().position(|a| a == "--before") {
+        Some(i) => Some(args.get(i + 1).context("--before DIR")?.into()),
+        None => None,
+    };
     crate::run(cargo().args(["build", "--release", "-p", "examples", "--bins"]))?;
     let python = ecal::venv()?;
     let native = ecal::native_peer(&python)?;
     let lab = Lab::new("mws")?;
     let mut rows = Vec::new();
     for &n in &sizes {
-        rows.push(run_size(&lab, Who::Ours, n, m, &native)?);
+        if before.is_some() {
+            rows.push(run_size(&lab, Who::OursBefore, n, m, &native, before.as_deref())?);
+        }
+        rows.push(run_size(&lab, Who::Ours, n, m, &native, None)?);
     }
     for &n in &ecal_sizes {
-        rows.push(run_size(&lab, Who::Ecal, n, m, &native)?);
+        rows.push(run_size(&lab, Who::Ecal, n, m, &native, None)?);
     }
     drop(lab);
     let mut md = String::from(
@@ -304,7 +326,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             num(r.dgrams_per_s, 0),
             num(r.bytes_per_s / 1e3, 0),
             num(r.rss_kib_median / 1024.0, 1),
-            if r.who == "ours" { r.losses.to_string() } else { "n/a".into() },
+            if r.who.starts_with("ours") { r.losses.to_string() } else { "n/a".into() },
             r.gone_s.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into())
         );
     }

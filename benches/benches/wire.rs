@@ -136,5 +136,66 @@ fn frame_decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, header, reassembly, ip_reassembly, frame_decode, topic_hash);
+/// Applying one refresh period of registration from 100 processes of 10 publishers and 10
+/// subscribers each (2 100 samples, as each process hears them at the scale test's 100-process
+/// size) to a table that already holds them: decoding and re-applying every sample (what the node
+/// did before), against recognising unchanged samples by fingerprint (what it does now).
+fn registration(c: &mut Criterion) {
+    use middleware_core::pb::Sample;
+    use middleware_core::registration::{
+        process_sample, topic_sample, Acceptance, Direction, Identity, ProcessState, RemoteTable, TopicReport,
+    };
+    use prost::Message;
+    let mut samples = Vec::new();
+    for pid in 0..100 {
+        let id = Identity {
+            host_name: format!("host{}", pid % 2),
+            process_id: 1000 + pid,
+            process_name: "/usr/local/bin/scale_node".into(),
+            unit_name: "scale_node".into(),
+            process_parameter: "scale_node --topics 10".into(),
+            config_file_path: String::new(),
+        };
+        samples.push(process_sample(&id, &ProcessState::default(), false).encode_to_vec());
+        for k in 0..20u64 {
+            let report = TopicReport {
+                entity_id: (pid as u64) << 32 | k,
+                topic_name: format!("scale_{}", k % 10),
+                ..Default::default()
+            };
+            let dir = if k < 10 { Direction::Publisher } else { Direction::Subscriber };
+            samples.push(topic_sample(&id, dir, &report, false).encode_to_vec());
+        }
+    }
+    let accept = Acceptance { host_name: "me".into(), process_id: 1, network_mode: true, loopback: false };
+    let mut g = c.benchmark_group("registration/refresh_2100_samples");
+    g.throughput(Throughput::Elements(samples.len() as u64));
+    g.bench_function("decode_and_apply", |b| {
+        let mut t = RemoteTable::default();
+        let now = Instant::now();
+        b.iter(|| {
+            for s in &samples {
+                let d = Sample::decode(black_box(&s[..])).unwrap();
+                t.on_sample(now, &d, &accept).unwrap();
+            }
+        })
+    });
+    g.bench_function("unchanged_by_fingerprint", |b| {
+        let mut t = RemoteTable::default();
+        let now = Instant::now();
+        for s in &samples {
+            let fp = t.fingerprint(s);
+            t.on_sample_fingerprinted(now, &Sample::decode(&s[..]).unwrap(), &accept, Some(fp)).unwrap();
+        }
+        b.iter(|| {
+            for s in &samples {
+                let fp = t.fingerprint(black_box(s));
+                assert!(t.refresh_unchanged(now, fp).is_some());
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, header, reassembly, ip_reassembly, frame_decode, topic_hash, registration);
 criterion_main!(benches);

@@ -33,6 +33,7 @@ pub(crate) struct ChannelCounters {
     pub wrong_cmd: Counter,
     pub rejected_registration: Counter,
     pub registration_table_full: Counter,
+    pub registration_unchanged: Counter,
 }
 
 /// Snapshot of one channel's receive path.
@@ -57,6 +58,29 @@ pub struct ChannelStats {
     pub rejected_registration: u64,
     /// New remote entities or processes ignored because the table is at its bound.
     pub registration_table_full: u64,
+    /// Registration samples identical to the last one of their entity or process, which
+    /// refreshed it without being decoded (not a loss: eCAL resends unchanged samples).
+    pub registration_unchanged: u64,
+}
+
+impl ChannelStats {
+    /// Messages of this channel lost before they could be used, all causes summed: drops the OS
+    /// or capture library reported, datagrams truncated, partial messages never completed,
+    /// malformed frames and protobuf, and new entities refused by the full registration table.
+    /// On the registration channel a loss delays discovery by a refresh period (every sample is
+    /// resent); 0 on a healthy network.
+    pub fn losses(&self) -> u64 {
+        [
+            self.transport.os_dropped,
+            self.transport.truncated,
+            self.reassembly.lost_messages(),
+            self.bad_frame,
+            self.bad_protobuf,
+            self.registration_table_full,
+        ]
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b))
+    }
 }
 
 impl ChannelCounters {
@@ -71,6 +95,7 @@ impl ChannelCounters {
             wrong_cmd: self.wrong_cmd.get(),
             rejected_registration: self.rejected_registration.get(),
             registration_table_full: self.registration_table_full.get(),
+            registration_unchanged: self.registration_unchanged.get(),
         }
     }
 }

@@ -621,3 +621,27 @@ fn registration_reports_rates_sizes_clocks_drops_and_state() {
     // The sender stopped more than three periods ago: both rates read 0, as eCAL's would.
     assert_eq!((p.data_frequency_mhz, s.data_frequency_mhz), (0, 0));
 }
+
+#[test]
+fn unchanged_registration_refreshes_without_decoding_but_a_tap_sees_every_sample() {
+    let bus = LoopbackBus::new();
+    let rec = Arc::new(Recording::default());
+    let b2 = bus.clone();
+    let watcher = Node::with_tap(config(), &b2, Some(rec.clone())).unwrap();
+    let a = node(&bus, config());
+    let b = node(&bus, config());
+    let publ = a.publisher::<Raw>("steady").unwrap();
+    let _sub = b.subscriber::<Raw>("steady").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    // Refresh every 50 ms, timeout 400 ms: 1.2 s is three timeouts of resent, unchanged samples.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(publ.is_connected(), "the fast path must keep refreshing the subscriber's entry");
+    assert_eq!(watcher.remote_entities().len(), 2);
+    let (rb, rw) = (b.stats().registration, watcher.stats().registration);
+    // Node b heard a's process and publisher (and the watcher's process) some 20 times each.
+    assert!(rb.registration_unchanged >= 30, "{rb:?}");
+    assert_eq!(rb.bad_protobuf + rb.rejected_registration, 0, "{rb:?}");
+    // The tapped node decodes every sample for its tap.
+    assert_eq!(rw.registration_unchanged, 0);
+    assert!(*rec.registrations.lock().unwrap() >= 60);
+}

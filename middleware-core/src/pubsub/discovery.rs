@@ -108,6 +108,19 @@ impl Shared {
             c.bad_frame.inc();
             return;
         };
+        // eCAL and this node resend every registration sample each refresh period, mostly
+        // unchanged: the same bytes as last time refresh their entry without being decoded
+        // (unless a tap wants every sample decoded).
+        let fingerprint = {
+            let mut remote = lock(&self.remote);
+            let fp = remote.fingerprint(frame.body());
+            if self.tap.is_none() && remote.refresh_unchanged(now, fp).is_some() {
+                drop(remote);
+                c.registration_unchanged.inc();
+                return;
+            }
+            fp
+        };
         let Ok(sample) = Sample::decode(frame.body()) else {
             c.bad_protobuf.inc();
             tracing::debug!("undecodable registration sample");
@@ -118,7 +131,7 @@ impl Shared {
         }
         let result = {
             let mut remote = lock(&self.remote);
-            let r = remote.on_sample(now, &sample, &self.acceptance);
+            let r = remote.on_sample_fingerprinted(now, &sample, &self.acceptance, Some(fingerprint));
             // A new subscriber changes the connections of the local publishers of its topic
             // only: recount those, not every publisher against the whole table.
             let topic = match r {

@@ -389,14 +389,104 @@ pub struct RemoteTable {
     /// whole table (connection counts are updated on every new entity; a scan made discovery
     /// quadratic in the number of entities).
     by_topic: HashMap<String, std::collections::HashSet<u64>>,
+    /// The fingerprint of the last sample applied to each entity and process, both ways, so that a
+    /// sample identical to the last one (eCAL resends every registration unchanged each refresh
+    /// period) is recognised before it is decoded. One entry per entity or process at most.
+    fingerprints: HashMap<u64, Key>,
+    fingerprint_of: HashMap<Key, u64>,
+    /// The fingerprint's key: drawn at random per table, so senders cannot forge collisions.
+    hasher: std::hash::RandomState,
+}
+
+/// What a fingerprint stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Entity(u64),
+    Process((String, i32)),
 }
 
 impl RemoteTable {
+    /// The fingerprint of an encoded registration sample (its protobuf bytes), for
+    /// [`refresh_unchanged`](Self::refresh_unchanged) and
+    /// [`on_sample_fingerprinted`](Self::on_sample_fingerprinted): a keyed 64-bit hash (SipHash
+    /// with a key drawn per table).
+    pub fn fingerprint(&self, encoded: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(encoded)
+    }
+
+    /// When `fingerprint` is that of the last sample applied to an entity or process still in the
+    /// table, refreshes it exactly as applying that sample again would (`last_seen`, the sample
+    /// count) and returns the change; `None` when the sample must be decoded and applied with
+    /// [`on_sample_fingerprinted`](Self::on_sample_fingerprinted). No allocation.
+    pub fn refresh_unchanged(&mut self, now: Instant, fingerprint: u64) -> Option<Change> {
+        let key = self.fingerprints.get(&fingerprint)?;
+        if self.fingerprint_of.get(key) != Some(&fingerprint) {
+            return None;
+        }
+        match key {
+            Key::Entity(id) => {
+                let e = self.entities.get_mut(id)?;
+                e.samples += 1;
+                e.last_seen = now;
+                Some(Change::Refreshed(*id))
+            }
+            Key::Process(k) => {
+                let p = self.processes.get_mut(k)?;
+                p.last_seen = now;
+                Some(Change::Process)
+            }
+        }
+    }
+
+    /// Remembers that the sample with `fingerprint` was the last one applied to `key`.
+    fn remember(&mut self, key: Key, fingerprint: Option<u64>) {
+        let old = match fingerprint {
+            Some(fp) => {
+                self.fingerprints.insert(fp, key.clone());
+                self.fingerprint_of.insert(key, fp)
+            }
+            None => self.fingerprint_of.remove(&key),
+        };
+        if let Some(old) = old.filter(|o| Some(*o) != fingerprint) {
+            self.forget_fingerprint(old);
+        }
+    }
+
+    fn forget(&mut self, key: &Key) {
+        if let Some(fp) = self.fingerprint_of.remove(key) {
+            self.forget_fingerprint(fp);
+        }
+    }
+
+    fn forget_fingerprint(&mut self, fp: u64) {
+        // Only when no other key took it over since.
+        if self.fingerprints.get(&fp).is_some_and(|k| self.fingerprint_of.get(k) != Some(&fp)) {
+            self.fingerprints.remove(&fp);
+        }
+    }
+
     /// Applies one registration sample received at `now`.
     ///
     /// # Errors
     /// Why the sample was not used; the caller counts it.
     pub fn on_sample(&mut self, now: Instant, s: &Sample, accept: &Acceptance) -> Result<Change, Rejected> {
+        self.on_sample_fingerprinted(now, s, accept, None)
+    }
+
+    /// [`on_sample`](Self::on_sample), remembering `fingerprint` (the
+    /// [`fingerprint`](Self::fingerprint) of the sample's encoded bytes) so that the same bytes
+    /// next time are applied by [`refresh_unchanged`](Self::refresh_unchanged) without decoding.
+    ///
+    /// # Errors
+    /// Why the sample was not used; the caller counts it.
+    pub fn on_sample_fingerprinted(
+        &mut self,
+        now: Instant,
+        s: &Sample,
+        accept: &Acceptance,
+        fingerprint: Option<u64>,
+    ) -> Result<Change, Rejected> {
         let cmd = CmdType::try_from(s.cmd_type).unwrap_or(CmdType::None);
         match cmd {
             CmdType::RegProcess | CmdType::UnregProcess => {
@@ -405,6 +495,7 @@ impl RemoteTable {
                 let key = (p.host_name.clone(), p.process_id);
                 if cmd == CmdType::UnregProcess {
                     self.processes.remove(&key);
+                    self.forget(&Key::Process(key));
                 } else if !self.processes.contains_key(&key) && self.processes.len() >= MAX_REMOTE_PROCESSES {
                     return Err(Rejected::TableFull);
                 } else {
@@ -426,6 +517,7 @@ impl RemoteTable {
                             last_seen: now,
                         },
                     );
+                    self.remember(Key::Process((p.host_name.clone(), p.process_id)), fingerprint);
                 }
                 Ok(Change::Process)
             }
@@ -437,6 +529,7 @@ impl RemoteTable {
                     return Ok(match self.entities.remove(&id) {
                         Some(e) => {
                             self.unindex(&e.topic_name, id);
+                            self.forget(&Key::Entity(id));
                             Change::Removed(id)
                         }
                         None => Change::Ignored,
@@ -481,6 +574,7 @@ impl RemoteTable {
                         last_seen: now,
                     },
                 );
+                self.remember(Key::Entity(id), fingerprint);
                 Ok(if prev == 0 { Change::New(id) } else { Change::Refreshed(id) })
             }
             _ => Ok(Change::Ignored),
@@ -501,8 +595,19 @@ impl RemoteTable {
         });
         for (topic, id) in gone_topics {
             self.unindex(&topic, id);
+            self.forget(&Key::Entity(id));
         }
-        self.processes.retain(|_, p| now.saturating_duration_since(p.last_seen) < timeout);
+        let mut gone_processes = Vec::new();
+        self.processes.retain(|k, p| {
+            let keep = now.saturating_duration_since(p.last_seen) < timeout;
+            if !keep {
+                gone_processes.push(Key::Process(k.clone()));
+            }
+            keep
+        });
+        for k in &gone_processes {
+            self.forget(k);
+        }
         gone
     }
 
@@ -633,6 +738,85 @@ mod tests {
         assert_eq!(gone.len(), 48);
         assert_eq!((count(&t, "t0"), count(&t, "t9")), ((1, 0), (0, 0)));
         assert_eq!(t.by_topic.len(), 1, "emptied topics leave the index");
+    }
+
+    /// Applies `s` as a node does: the unchanged-sample fast path first, else decode and apply
+    /// with the fingerprint. Returns the change and whether the fast path took it.
+    fn apply(t: &mut RemoteTable, now: Instant, s: &Sample, a: &Acceptance) -> (Result<Change, Rejected>, bool) {
+        let bytes = s.encode_to_vec();
+        let fp = t.fingerprint(&bytes);
+        if let Some(c) = t.refresh_unchanged(now, fp) {
+            return (Ok(c), true);
+        }
+        let d = Sample::decode(&*bytes).unwrap();
+        (t.on_sample_fingerprinted(now, &d, a, Some(fp)), false)
+    }
+
+    #[test]
+    fn unchanged_samples_refresh_without_decoding_and_changed_ones_are_applied() {
+        let me = ident("hostb", 7);
+        let a = acc("hosta", 1, true, true);
+        let t0 = Instant::now();
+        let mut t = RemoteTable::default();
+        let mut r = TopicReport { entity_id: 5, topic_name: "t".into(), data_clock: 1, ..Default::default() };
+        let s1 = topic_sample(&me, Direction::Publisher, &r, false);
+        assert_eq!(apply(&mut t, t0, &s1, &a), (Ok(Change::New(5)), false));
+        // The same bytes again: refreshed by the fast path, as applying it would (count, time).
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(apply(&mut t, t1, &s1, &a), (Ok(Change::Refreshed(5)), true));
+        assert_eq!((t.entity(5).unwrap().samples, t.entity(5).unwrap().last_seen), (2, t1));
+        // A changed field: decoded and applied; the old bytes no longer match.
+        r.data_clock = 2;
+        let s2 = topic_sample(&me, Direction::Publisher, &r, false);
+        assert_eq!(apply(&mut t, t1, &s2, &a), (Ok(Change::Refreshed(5)), false));
+        assert_eq!(t.entity(5).unwrap().data_clock, 2);
+        assert_eq!(t.refresh_unchanged(t1, t.fingerprint(&s1.encode_to_vec())), None);
+        assert_eq!(apply(&mut t, t1, &s2, &a), (Ok(Change::Refreshed(5)), true));
+        // However often an entity changes, it holds one fingerprint.
+        for clock in 3..100 {
+            r.data_clock = clock;
+            apply(&mut t, t1, &topic_sample(&me, Direction::Publisher, &r, false), &a).0.unwrap();
+        }
+        assert_eq!((t.fingerprints.len(), t.fingerprint_of.len()), (1, 1));
+        // Expiry uses the refreshed time, and takes the fingerprint with the entity.
+        let s = topic_sample(&me, Direction::Publisher, &r, false);
+        let t2 = t1 + Duration::from_secs(9);
+        assert_eq!(apply(&mut t, t2, &s, &a), (Ok(Change::Refreshed(5)), true));
+        assert!(t.expire(t1 + Duration::from_secs(10), Duration::from_secs(10)).is_empty());
+        assert_eq!(t.expire(t2 + Duration::from_secs(10), Duration::from_secs(10)), vec![5]);
+        assert!(t.fingerprints.is_empty() && t.fingerprint_of.is_empty());
+        assert_eq!(apply(&mut t, t2, &s, &a), (Ok(Change::New(5)), false), "an expired entity comes back as new");
+        // Unregistration: the entity and its fingerprint go; its old sample makes it new again.
+        let un = topic_sample(&me, Direction::Publisher, &r, true);
+        assert_eq!(apply(&mut t, t2, &un, &a), (Ok(Change::Removed(5)), false));
+        assert!(t.fingerprints.is_empty() && t.fingerprint_of.is_empty());
+        assert_eq!(apply(&mut t, t2, &s, &a), (Ok(Change::New(5)), false));
+    }
+
+    #[test]
+    fn unchanged_process_samples_and_rejected_samples() {
+        let me = ident("hostb", 7);
+        let a = acc("hosta", 1, true, true);
+        let now = Instant::now();
+        let mut t = RemoteTable::default();
+        let p = process_sample(&me, &ProcessState::default(), false);
+        assert_eq!(apply(&mut t, now, &p, &a), (Ok(Change::Process), false));
+        let later = now + Duration::from_secs(6);
+        assert_eq!(apply(&mut t, later, &p, &a), (Ok(Change::Process), true));
+        assert!(t.expire(now + Duration::from_secs(10), Duration::from_secs(10)).is_empty());
+        assert_eq!(t.processes().count(), 1, "the fast path refreshed the process");
+        let un = process_sample(&me, &ProcessState::default(), true);
+        assert_eq!(apply(&mut t, later, &un, &a), (Ok(Change::Process), false));
+        assert_eq!(t.processes().count(), 0);
+        assert!(t.fingerprints.is_empty() && t.fingerprint_of.is_empty());
+        // A rejected sample is never remembered: it is checked every time.
+        let own = acc("hostb", 7, true, false);
+        assert_eq!(apply(&mut t, now, &p, &own), (Err(Rejected::OwnProcess), false));
+        assert_eq!(apply(&mut t, now, &p, &own), (Err(Rejected::OwnProcess), false));
+        assert!(t.fingerprints.is_empty());
+        // Another table draws another key: fingerprints cannot be predicted from outside.
+        let bytes = p.encode_to_vec();
+        assert_ne!(t.fingerprint(&bytes), RemoteTable::default().fingerprint(&bytes));
     }
 
     #[test]

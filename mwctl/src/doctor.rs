@@ -133,12 +133,25 @@ fn auto_choice(config: &Config, reason: &str, capture: bool, out: &mut Vec<Check
 
 /// Opens a node exactly as an application does (`middleware::open_node`) and reports the
 /// transport it got, and why; on the capture transport, also whether the capture hears the
-/// node's own registration (a capture that does not receives nothing from anyone). Dropped at
-/// once (it unregisters before the peer checks listen).
-fn node_check(config: &Config, out: &mut Vec<Check>) {
-    match middleware::open_node(config.clone()) {
-        Ok(node) if node.transport().name == "npcap" => {
-            match middleware::capture_hears_itself(&node, middleware::hearing_window(config)) {
+/// node's own registration (a capture that does not receives nothing from anyone). Returned, to
+/// stay open while the peer checks listen (they leave this process out); then
+/// [`registration_check`] reads what it lost.
+fn node_check(config: &Config, out: &mut Vec<Check>) -> Option<middleware::Node> {
+    let node = match middleware::open_node(config.clone()) {
+        Ok(node) => node,
+        Err(e) => {
+            out.push(check(
+                "node",
+                Status::Fail,
+                format!("cannot open a node with this config: {e}"),
+                Some("see the capture and route checks".into()),
+            ));
+            return None;
+        }
+    };
+    match &node {
+        node if node.transport().name == "npcap" => {
+            match middleware::capture_hears_itself(node, middleware::hearing_window(config)) {
                 Ok(()) => out.push(check(
                     "node",
                     Status::Ok,
@@ -157,14 +170,30 @@ fn node_check(config: &Config, out: &mut Vec<Check>) {
                 )),
             }
         }
-        Ok(node) => out.push(check("node", Status::Ok, format!("opens on transport {}", node.transport()), None)),
-        Err(e) => out.push(check(
-            "node",
-            Status::Fail,
-            format!("cannot open a node with this config: {e}"),
-            Some("see the capture and route checks".into()),
-        )),
+        node => out.push(check("node", Status::Ok, format!("opens on transport {}", node.transport()), None)),
     }
+    Some(node)
+}
+
+/// What the node of [`node_check`] heard on the registration channel while the peer checks
+/// listened, and what it lost: each loss delays discovery by a refresh period.
+fn registration_check(node: &middleware::Node, seconds: f64, out: &mut Vec<Check>) {
+    let h = crate::monitor::RegistrationHealth::of(&node.stats().registration);
+    let text = format!("{} ({seconds} s, this node's own included)", h.line());
+    if h.lost == 0 {
+        out.push(check("registration", Status::Ok, text, None));
+        return;
+    }
+    let fix = if h.dropped_by_os > 0 {
+        "the receive buffer overflowed: raise udp.receive_buffer and net.core.rmem_max (sysctl -w \
+         net.core.rmem_max=67108864), or give the process more CPU"
+    } else if h.table_full > 0 {
+        "more remote entities than the table holds: split the system into eCAL groups (other ports)"
+    } else {
+        "malformed or incomplete registration comes from a peer or the network: find the sender with \
+         `mwctl record --out F.pcapng` (registration is on port 14000)"
+    };
+    out.push(check("registration", Status::Warn, text, Some(fix.into())));
 }
 
 /// Where the group routes, and whether that interface can carry multicast.
@@ -336,6 +365,7 @@ fn listener(bind: Ipv4Addr, port: u16, join: Option<(Ipv4Addr, Ipv4Addr)>) -> st
 /// its own mode.
 fn listen(config: &Config, seconds: f64) -> (Vec<Peer>, Vec<String>) {
     let port = config.registration_port;
+    let me = (host_name(config), std::process::id() as i32);
     let mut errors = Vec::new();
     let iface = config
         .interface
@@ -366,6 +396,10 @@ fn listen(config: &Config, seconds: f64) -> (Vec<Peer>, Vec<String>) {
                 continue;
             };
             let Some(p) = sample.process else { continue };
+            // This process's own node (kept open for the registration check) is no peer.
+            if p.process_id == me.1 && p.host_name == me.0 {
+                continue;
+            }
             peers.entry((mode, p.host_name.clone(), p.process_id)).or_insert(Peer {
                 host_name: p.host_name,
                 process_id: p.process_id,
@@ -502,11 +536,14 @@ pub fn checks(config: &Config, listen_seconds: f64) -> (Vec<Check>, Vec<Peer>) {
         None,
     )];
     capture_checks(config, &mut out);
-    node_check(config, &mut out);
+    let node = node_check(config, &mut out);
     route_checks(config, &ifaces, &mut out);
     buffer_check(config, &mut out);
     fragment_check(&mut out);
     let peers = peer_checks(config, &ifaces, listen_seconds, &mut out);
+    if let Some(node) = node {
+        registration_check(&node, listen_seconds, &mut out);
+    }
     firewall_check(&mut out);
     (out, peers)
 }

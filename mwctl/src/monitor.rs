@@ -104,6 +104,53 @@ pub struct TopicRow {
     pub history: Vec<f64>,
 }
 
+/// What this tool's node heard on the registration channel, and what it lost: each loss
+/// delays discovery by a refresh period (every sample is resent), so losses that keep growing
+/// mean the receive buffer or the CPU cannot keep up with the system's registration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RegistrationHealth {
+    /// Registration datagrams received.
+    pub datagrams: u64,
+    /// Samples identical to their entity's last one (refreshed without decoding).
+    pub unchanged: u64,
+    /// Registration messages lost, all causes (the sum of the four below).
+    pub lost: u64,
+    /// Dropped by the OS (socket buffer full) or the capture (its buffer full).
+    pub dropped_by_os: u64,
+    /// Fragmented messages never completed (a fragment lost, or expired).
+    pub incomplete: u64,
+    /// Truncated datagrams, malformed frames, undecodable protobuf.
+    pub malformed: u64,
+    /// New entities or processes refused because the table is at its bound.
+    pub table_full: u64,
+}
+
+impl RegistrationHealth {
+    pub fn of(s: &middleware::ChannelStats) -> Self {
+        Self {
+            datagrams: s.transport.received_datagrams,
+            unchanged: s.registration_unchanged,
+            lost: s.losses(),
+            dropped_by_os: s.transport.os_dropped,
+            incomplete: s.reassembly.lost_messages(),
+            malformed: s.transport.truncated + s.bad_frame + s.bad_protobuf,
+            table_full: s.registration_table_full,
+        }
+    }
+
+    /// One line: counts, and the losses by cause when there are any.
+    pub fn line(&self) -> String {
+        let mut t = format!("{} datagrams received, {} lost", self.datagrams, self.lost);
+        if self.lost > 0 {
+            t += &format!(
+                " ({} dropped by the OS or capture, {} incomplete, {} malformed, {} table full)",
+                self.dropped_by_os, self.incomplete, self.malformed, self.table_full
+            );
+        }
+        t
+    }
+}
+
 /// Everything one refresh shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct View {
@@ -113,6 +160,8 @@ pub struct View {
     pub entities: Vec<RemoteEntity>,
     pub topics: Vec<TopicRow>,
     pub untracked_samples: u64,
+    /// This tool's registration channel: received and lost.
+    pub registration: RegistrationHealth,
 }
 
 /// Time, traffic per topic, and (send clock, message size) per publisher at one refresh.
@@ -207,6 +256,7 @@ impl Rates {
             entities,
             topics,
             untracked_samples: untracked,
+            registration: RegistrationHealth::of(&ctx.node.stats().registration),
         }
     }
 }
@@ -278,6 +328,7 @@ pub fn render(v: &View) -> String {
         v.entities.len(),
         v.topics.len()
     );
+    let _ = writeln!(o, "registration: {}", v.registration.line());
     let _ = writeln!(
         o,
         "\nPROCESSES\n{:<16} {:>8}  {:<24} {:<24} {:<16} RUNTIME",

@@ -1,7 +1,8 @@
 //! The hostile sender of `cargo xtask torture` (`cargo xtask torture-send CASE SECONDS`, run
 //! inside the sending namespace): UDP datagrams and hand-built IPv4 packets (raw socket) to the
 //! data group 239.0.0.1:14002 (and the registration port), at a fixed rate, for one case.
-//! Prints one JSON line: the case and the number of datagrams / IP packets sent.
+//! Prints one JSON line: the case and the number of datagrams / IP packets sent. The extra case
+//! `bad_registration` (10/s) serves the `mwctl` tool tests.
 
 use anyhow::{bail, Context};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -98,6 +99,16 @@ fn round(case: &str, i: u64, rng: &mut Rng) -> anyhow::Result<Vec<Packet>> {
             let n = (rng.next() % 1473) as usize;
             vec![Packet::Udp(0, port(i), rng.bytes(n))]
         }
+        // Not a torture case (`mwctl monitor` and `doctor` must count these as registration
+        // losses): a whole message on the registration port with a valid `reg_sample` frame
+        // whose protobuf does not decode (field 1, a varint, sent length-delimited).
+        "bad_registration" => {
+            let mut body = 11u16.to_le_bytes().to_vec();
+            body.extend_from_slice(b"reg_sample\0");
+            body.extend_from_slice(&[0x0A, 0xFF, 0xFF, 0xFF, 0x0F]);
+            let h = ecal_header(b"ECAL", 5, 3, id, 0, body.len() as u32);
+            vec![Packet::Udp(0, REG_PORT, [h, body].concat())]
+        }
         "bad_header" => {
             let body = rng.bytes(100);
             let h = match i % 3 {
@@ -177,7 +188,10 @@ fn round(case: &str, i: u64, rng: &mut Rng) -> anyhow::Result<Vec<Packet>> {
 /// `torture-send CASE SECONDS`.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let [case, seconds] = args else { bail!("usage: torture-send CASE SECONDS") };
-    let (_, _, rate) = CASES.iter().find(|c| c.0 == case).with_context(|| format!("unknown case {case}"))?;
+    let rate = match case.as_str() {
+        "bad_registration" => &10,
+        _ => &CASES.iter().find(|c| c.0 == case).with_context(|| format!("unknown case {case}"))?.2,
+    };
     let seconds: f64 = seconds.parse().context("SECONDS")?;
     let senders = (0..4)
         .map(|_| {

@@ -97,7 +97,10 @@ fn monitor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     std::thread::sleep(Duration::from_secs(2));
     let mon =
         env.spawn(env.ours(&lab.b, "mwctl", &["monitor", "--json", "--wait", "4", "--mode", "network"]), "mon")?;
+    // Undecodable registration while the monitor listens: it must show them as lost.
+    let junk = bad_registration(&lab.a, Duration::from_millis(1000), 1.0);
     let (code, out) = wait_output(mon, Duration::from_secs(30));
+    let junk = junk.join().map_err(|_| anyhow::anyhow!("bad_registration thread panicked"))??;
     let _ = (
         wait_output(epub, Duration::from_secs(30)),
         wait_output(opub, Duration::from_secs(30)),
@@ -105,6 +108,11 @@ fn monitor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     );
     ensure!(code == Some(0), "monitor exited {code:?}");
     let v: Value = serde_json::from_str(&out).context("monitor --json output")?;
+    let reg = &v["registration"];
+    ensure!(
+        reg["malformed"] == junk && reg["lost"] == junk && reg["datagrams"].as_u64().unwrap_or(0) > junk,
+        "monitor's registration losses after {junk} undecodable samples: {reg}"
+    );
     let procs = v["processes"].as_array().context("processes")?;
     let ecal_proc = procs
         .iter()
@@ -592,6 +600,24 @@ fn mcap(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     Ok(notes.join("; "))
 }
 
+/// Sends `bad_registration` datagrams (a valid frame, undecodable protobuf; 10/s) from `host`
+/// for `seconds`, after `delay`, on a thread; the handle gives how many were sent.
+fn bad_registration(host: &Host, delay: Duration, seconds: f64) -> std::thread::JoinHandle<anyhow::Result<u64>> {
+    let mut c = host.command(
+        &std::env::current_exe().unwrap_or_default().display().to_string(),
+        &["torture-send".into(), "bad_registration".into(), seconds.to_string()],
+    );
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        let o = c.stderr(Stdio::inherit()).output().context("torture-send bad_registration")?;
+        ensure!(o.status.success(), "torture-send bad_registration failed: {}", o.status);
+        let v: Value = serde_json::from_slice(&o.stdout).context("torture-send output")?;
+        let sent = v["datagrams"].as_u64().context("datagrams")?;
+        ensure!(sent > 0 && v["send_errors"] == 0, "bad_registration sender: {v}");
+        Ok(sent)
+    })
+}
+
 /// doctor: flags a missing multicast route, a too-small rmem_max, a peer in the other mode and a
 /// peer on another machine with this machine's host name; passes when all is well.
 fn doctor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
@@ -615,6 +641,17 @@ fn doctor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
     // Healthy.
     let (code, out) = run(&["doctor", "--mode", "network", "--listen", "1", "--config", &fits], "doctor-ok")?;
     ensure!(code == Some(0) && !out.contains("[FAIL]"), "healthy lab: doctor exited {code:?}:\n{out}");
+    ensure!(out.contains("[ok  ] registration") && out.contains(" 0 lost"), "registration not ok:\n{out}");
+    // Undecodable registration while it listens: a warning with the count.
+    let junk = bad_registration(&lab.a, Duration::from_millis(800), 1.0);
+    let (code, out) = run(&["doctor", "--mode", "network", "--listen", "2", "--config", &fits], "doctor-reg")?;
+    let junk = junk.join().map_err(|_| anyhow::anyhow!("bad_registration thread panicked"))??;
+    ensure!(
+        code == Some(0)
+            && out.contains("[WARN] registration")
+            && out.contains(&format!("{junk} lost (0 dropped by the OS or capture, 0 incomplete, {junk} malformed")),
+        "{junk} undecodable registration samples not flagged ({code:?}):\n{out}"
+    );
     // rmem_max below the request.
     let (code, out) = run(&["doctor", "--mode", "network", "--listen", "0.5", "--config", &too_big], "doctor-rmem")?;
     ensure!(code == Some(1) && out.contains("[FAIL] receive buffer"), "rmem_max not flagged ({code:?}):\n{out}");
@@ -649,7 +686,7 @@ fn doctor(env: &Env, lab: &Lab) -> anyhow::Result<String> {
         "host name clash not flagged ({nw_code:?}):\n{nw_out}"
     );
     Ok(format!(
-        "healthy: pass; flagged: rmem_max {rmem} < {}, missing route, mode mismatch (our and eCAL's peers), host name clash",
+        "healthy: pass; flagged: rmem_max {rmem} < {}, missing route, mode mismatch (our and eCAL's peers), host name clash, registration lost",
         rmem * 2
     ))
 }

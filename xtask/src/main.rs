@@ -133,6 +133,9 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
     // Registration fields as eCAL's own monitoring sees them, ours against eCAL's.
     parity::run(&[])?;
     tools::run(&[])?;
+    // Registration at scale, small: 10 of our processes and 10 of eCAL's (200 entities each);
+    // fails unless all discover each other and ours lose no registration.
+    scale::run(&["--processes".into(), "10".into(), "--ecal".into(), "10".into(), "--check".into()])?;
     // Hostile traffic and faults, with a 60 s sustained-load row (the README's figures come from
     // the full `cargo xtask torture`, 600 s).
     torture::run(&["--sustain-seconds".into(), "60".into()])

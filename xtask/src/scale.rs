@@ -1,4 +1,5 @@
-//! `cargo xtask scale [--processes 10,50,200] [--topics 10] [--ecal 10,50,100] [--before DIR]`: how registration
+//! `cargo xtask scale [--processes 10,50,200] [--topics 10] [--ecal 10,50,100] [--before DIR]
+//! [--receive-buffer BYTES] [--check]`: how registration
 //! cost grows with the number of processes and entities, ours and real eCAL 6.1.1 (the native
 //! C++ peer), in the two-namespace lab.
 //!
@@ -61,10 +62,19 @@ impl Proc {
     }
 }
 
-fn spawn(host: &Host, prog: &str, args: &[String], ecal_data: Option<&std::path::Path>) -> anyhow::Result<Proc> {
+fn spawn(
+    host: &Host,
+    prog: &str,
+    args: &[String],
+    ecal_data: Option<&std::path::Path>,
+    receive_buffer: Option<&str>,
+) -> anyhow::Result<Proc> {
     let mut c = host.command(prog, args);
     if let Some(d) = ecal_data {
         c.env("ECAL_DATA", d);
+    }
+    if let Some(b) = receive_buffer {
+        c.env("MW_UDP_RECEIVE_BUFFER", b);
     }
     c.env("MW_LOG", "error").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
     let mut child = c.spawn().with_context(|| format!("starting {prog}"))?;
@@ -120,6 +130,7 @@ fn run_size(
     m: usize,
     native: &std::path::Path,
     before: Option<&std::path::Path>,
+    receive_buffer: Option<&str>,
 ) -> anyhow::Result<Row> {
     let dir = match (who, before) {
         (Who::OursBefore, Some(d)) => d.to_path_buf(),
@@ -144,13 +155,13 @@ fn run_size(
             Who::Ours | Who::OursBefore => {
                 let mut a = common.to_vec();
                 a.extend(["--mode".into(), "network".into()]);
-                spawn(host, &bin, &a, None)?
+                spawn(host, &bin, &a, None, receive_buffer)?
             }
             Who::Ecal => {
                 let mut a = vec!["scale".to_string()];
                 a.extend(common);
                 a.extend(["--mode".into(), "network".into()]);
-                spawn(host, &native.display().to_string(), &a, Some(&cfg))?
+                spawn(host, &native.display().to_string(), &a, Some(&cfg), None)?
             }
         };
         procs.push(p);
@@ -170,16 +181,27 @@ fn run_size(
     let losses: u64 = windows
         .iter()
         .map(|v| {
-            ["reg_os_dropped", "reg_bad_frame", "reg_bad_protobuf", "reg_table_full", "reg_lost_messages"]
-                .iter()
-                .filter_map(|k| v[*k].as_u64())
-                .sum::<u64>()
+            [
+                "reg_os_dropped",
+                "reg_bad_frame",
+                "reg_bad_protobuf",
+                "reg_table_full",
+                "reg_lost_messages",
+                "reg_truncated",
+            ]
+            .iter()
+            .filter_map(|k| v[*k].as_u64())
+            .sum::<u64>()
         })
         .sum();
     let breakdown: Vec<String> =
-        ["reg_os_dropped", "reg_bad_frame", "reg_bad_protobuf", "reg_table_full", "reg_lost_messages"]
+        ["reg_os_dropped", "reg_bad_frame", "reg_bad_protobuf", "reg_table_full", "reg_lost_messages", "reg_truncated"]
             .iter()
             .map(|k| format!("{k}={}", windows.iter().filter_map(|v| v[*k].as_u64()).sum::<u64>()))
+            .chain([format!(
+                "(unchanged samples, not decoded: {:.1} % of those received)",
+                median(f("reg_unchanged_pct"))
+            )])
             .collect();
     if who != Who::Ecal {
         eprintln!(
@@ -279,11 +301,22 @@ fn list(args: &[String], flag: &str, default: &[usize]) -> anyhow::Result<Vec<us
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
+    const USAGE: &str = "--processes N,.. --topics M --ecal N,.. --before DIR --receive-buffer BYTES --check";
     for a in args.iter().filter(|a| a.starts_with("--")) {
-        if !["--processes", "--topics", "--ecal", "--before"].contains(&a.as_str()) {
-            bail!("scale: unknown option {a} (--processes N,.. --topics M --ecal N,.. --before DIR)");
+        if !["--processes", "--topics", "--ecal", "--before", "--receive-buffer", "--check"].contains(&a.as_str()) {
+            bail!("scale: unknown option {a} ({USAGE})");
         }
     }
+    // `--receive-buffer BYTES`: our processes' `udp.receive_buffer` (the registration socket's
+    // too), to measure a start-up burst against a small buffer.
+    let receive_buffer = match args.iter().position(|a| a == "--receive-buffer") {
+        Some(i) => Some(args.get(i + 1).context("--receive-buffer BYTES")?.as_str()),
+        None => None,
+    };
+    // `--check`: fail unless every size of ours discovered everything, lost no registration and
+    // saw the killed process disappear, and every eCAL size discovered everything (CI runs
+    // `--processes 10 --ecal 10 --check`).
+    let check = args.iter().any(|a| a == "--check");
     let sizes = list(args, "--processes", &[10, 50, 200])?;
     let m = *list(args, "--topics", &[10])?.first().context("--topics M")?;
     let ecal_sizes = list(args, "--ecal", &[10, 50, 100])?;
@@ -299,12 +332,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &n in &sizes {
         if before.is_some() {
-            rows.push(run_size(&lab, Who::OursBefore, n, m, &native, before.as_deref())?);
+            rows.push(run_size(&lab, Who::OursBefore, n, m, &native, before.as_deref(), receive_buffer)?);
         }
-        rows.push(run_size(&lab, Who::Ours, n, m, &native, None)?);
+        rows.push(run_size(&lab, Who::Ours, n, m, &native, None, receive_buffer)?);
     }
     for &n in &ecal_sizes {
-        rows.push(run_size(&lab, Who::Ecal, n, m, &native, None)?);
+        rows.push(run_size(&lab, Who::Ecal, n, m, &native, None, None)?);
     }
     drop(lab);
     let mut md = String::from(
@@ -334,5 +367,24 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let out = project_root().join("target").join("xtask");
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("scale.md"), &md)?;
+    if check {
+        let bad: Vec<String> = rows
+            .iter()
+            .filter(|r| {
+                r.discovered != r.processes
+                    || (r.who == Who::Ours.name() && (r.losses != 0 || r.gone_s.is_none() || r.processes < 2))
+            })
+            .map(|r| {
+                format!(
+                    "{} at {} processes: discovered {}/{}, losses {}, killed process gone {:?}",
+                    r.who, r.processes, r.discovered, r.processes, r.losses, r.gone_s
+                )
+            })
+            .collect();
+        if !bad.is_empty() {
+            bail!("scale --check failed:\n{}", bad.join("\n"));
+        }
+        eprintln!("scale --check: every size discovered every match, ours lost no registration");
+    }
     Ok(())
 }

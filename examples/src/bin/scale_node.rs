@@ -108,6 +108,10 @@ fn main() -> anyhow::Result<()> {
             "reg_bad_protobuf": s1.bad_protobuf,
             "reg_table_full": s1.registration_table_full,
             "reg_lost_messages": s1.reassembly.lost_messages(),
+            "reg_truncated": s1.transport.truncated,
+            // Samples recognised as unchanged (not decoded), % of those received in the window.
+            "reg_unchanged_pct": (s1.registration_unchanged - s0.registration_unchanged) as f64 * 100.0
+                / (s1.transport.received_datagrams - s0.transport.received_datagrams).max(1) as f64,
             "receive_buffer_granted": s1.transport.receive_buffer_granted,
         })
     );

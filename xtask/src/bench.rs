@@ -135,13 +135,16 @@ impl Row {
     }
 }
 
+/// Messages per row: enough that the cheapest receiver (the capture path) still uses about a
+/// second of CPU or more, so per-message CPU figures resolve differences well below 2x (the
+/// processes read the process CPU clock, nanoseconds).
 fn count_for(size: usize) -> u64 {
     match size {
-        s if s <= 64 => 200_000,
-        s if s <= 1024 => 100_000,
-        s if s <= 65_536 => 5_000,
-        s if s <= 1 << 20 => 300,
-        _ => 40,
+        s if s <= 64 => 400_000,
+        s if s <= 1024 => 300_000,
+        s if s <= 65_536 => 20_000,
+        s if s <= 1 << 20 => 1_200,
+        _ => 150,
     }
 }
 

@@ -290,6 +290,8 @@ fn run_size(
 
 fn list(args: &[String], flag: &str, default: &[usize]) -> anyhow::Result<Vec<usize>> {
     match args.iter().position(|a| a == flag) {
+        // `none`: an empty list (e.g. `--ecal none`).
+        Some(i) if args.get(i + 1).is_some_and(|v| v == "none") => Ok(Vec::new()),
         Some(i) => args
             .get(i + 1)
             .with_context(|| format!("{flag} LIST"))?

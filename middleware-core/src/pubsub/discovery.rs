@@ -134,30 +134,30 @@ impl Shared {
             let r = remote.on_sample_fingerprinted(now, &sample, &self.acceptance, Some(fingerprint));
             // A new subscriber changes the connections of the local publishers of its topic
             // only: recount those, not every publisher against the whole table.
-            let topic = match r {
-                Ok(Change::New(id)) => {
-                    remote.entity(id).filter(|e| e.direction == Direction::Subscriber).map(|e| e.topic_name.clone())
-                }
-                _ => None,
+            let (topic, unknown_process) = match r {
+                Ok(Change::New(id)) => remote.entity(id).map_or((None, false), |e| {
+                    (
+                        (e.direction == Direction::Subscriber).then(|| e.topic_name.clone()),
+                        !remote.knows_process(&e.host_name, e.process_id),
+                    )
+                }),
+                _ => (None, false),
             };
-            (r, topic)
+            (r, topic, unknown_process)
         };
         match result.0 {
-            Ok(Change::New(id)) => {
+            // A new process (or an entity of a process not heard yet, whose process sample was
+            // lost or is late) has an empty table: it learns about us now rather than at our
+            // next refresh, which halves discovery time for late joiners. A new entity of a
+            // known process wakes nothing: that process has our samples already, and a round
+            // per new entity made a start-up burst of hundreds of processes send several rounds
+            // a second each, for as long as entities kept expiring and coming back.
+            Ok(Change::New(_)) | Ok(Change::NewProcess) => {
                 if let Some(topic) = &result.1 {
                     self.update_connections_of(Some(topic));
                 }
-                // A newcomer learns about us now rather than at our next refresh: one extra round
-                // per new entity, which halves discovery time for late joiners.
-                let own = lock(&self.publishers).contains_key(&id)
-                    || self
-                        .subscribers
-                        .read()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .values()
-                        .flatten()
-                        .any(|s| s.entity_id == id);
-                if !own {
+                let is_new_process = matches!(result.0, Ok(Change::NewProcess));
+                if (is_new_process || result.2) && !self.is_own_process(&sample) {
                     self.register_now();
                 }
             }
@@ -173,6 +173,16 @@ impl Shared {
                 tracing::trace!(?r, "registration rejected");
             }
         }
+    }
+
+    /// Whether `sample` is about this process (heard back with `registration.loopback`).
+    fn is_own_process(&self, sample: &Sample) -> bool {
+        let (host, pid) = match (&sample.process, &sample.topic) {
+            (Some(p), _) => (&p.host_name, p.process_id),
+            (None, Some(t)) => (&t.host_name, t.process_id),
+            (None, None) => return false,
+        };
+        *host == self.identity.host_name && pid == self.identity.process_id
     }
 
     /// Drops remote entities not heard for `registration.timeout_ms`.
@@ -222,7 +232,7 @@ impl Inner {
     }
 
     /// The `mw-reg-tx` thread: a registration round every refresh period, or sooner when woken
-    /// (a new local or remote entity), but never sooner than [`min_round_gap`] after the last
+    /// (a new local entity, or a new remote process), but never sooner than [`min_round_gap`] after the last
     /// round: when hundreds of processes start at once, every one of them hears thousands of new
     /// entities, and one round per newcomer would flood the network with registration (each
     /// process's rounds back to back), losing the very samples discovery needs. The

@@ -311,7 +311,9 @@ pub enum Change {
     Refreshed(u64),
     /// The entity unregistered (commands 12/13).
     Removed(u64),
-    /// A process registered, refreshed or unregistered.
+    /// First sample of a process not in the table (new, or back after it expired).
+    NewProcess,
+    /// A known process refreshed, or a process unregistered.
     Process,
     /// Nothing changed: another command, or an unregistration of an unknown entity.
     Ignored,
@@ -493,6 +495,7 @@ impl RemoteTable {
                 let p = s.process.as_ref().ok_or(Rejected::Incomplete)?;
                 accept.check(&p.host_name, p.process_id)?;
                 let key = (p.host_name.clone(), p.process_id);
+                let new = cmd == CmdType::RegProcess && !self.processes.contains_key(&key);
                 if cmd == CmdType::UnregProcess {
                     self.processes.remove(&key);
                     self.forget(&Key::Process(key));
@@ -519,7 +522,7 @@ impl RemoteTable {
                     );
                     self.remember(Key::Process((p.host_name.clone(), p.process_id)), fingerprint);
                 }
-                Ok(Change::Process)
+                Ok(if new { Change::NewProcess } else { Change::Process })
             }
             CmdType::RegPublisher | CmdType::RegSubscriber | CmdType::UnregPublisher | CmdType::UnregSubscriber => {
                 let t = s.topic.as_ref().ok_or(Rejected::Incomplete)?;
@@ -609,6 +612,11 @@ impl RemoteTable {
             self.forget(k);
         }
         gone
+    }
+
+    /// Whether the process `(host_name, process_id)` is in the table.
+    pub fn knows_process(&self, host_name: &str, process_id: i32) -> bool {
+        self.processes.contains_key(&(host_name.to_string(), process_id))
     }
 
     /// The remote entity with id `id`, if it is in the table.
@@ -800,7 +808,7 @@ mod tests {
         let now = Instant::now();
         let mut t = RemoteTable::default();
         let p = process_sample(&me, &ProcessState::default(), false);
-        assert_eq!(apply(&mut t, now, &p, &a), (Ok(Change::Process), false));
+        assert_eq!(apply(&mut t, now, &p, &a), (Ok(Change::NewProcess), false));
         let later = now + Duration::from_secs(6);
         assert_eq!(apply(&mut t, later, &p, &a), (Ok(Change::Process), true));
         assert!(t.expire(now + Duration::from_secs(10), Duration::from_secs(10)).is_empty());
@@ -808,6 +816,10 @@ mod tests {
         let un = process_sample(&me, &ProcessState::default(), true);
         assert_eq!(apply(&mut t, later, &un, &a), (Ok(Change::Process), false));
         assert_eq!(t.processes().count(), 0);
+        // Decoded again (no fingerprint): a known process is no news.
+        assert_eq!(t.on_sample(now, &p, &a), Ok(Change::NewProcess));
+        assert_eq!(t.on_sample(now, &p, &a), Ok(Change::Process));
+        assert_eq!(t.on_sample(now, &un, &a), Ok(Change::Process));
         assert!(t.fingerprints.is_empty() && t.fingerprint_of.is_empty());
         // A rejected sample is never remembered: it is checked every time.
         let own = acc("hostb", 7, true, false);

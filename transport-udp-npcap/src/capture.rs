@@ -127,7 +127,7 @@ pub(crate) fn unavailable(device: &str, e: &OpenError) -> TransportError {
 pub(crate) fn live_options(cfg: &NpcapConfig) -> LiveOptions {
     LiveOptions {
         snaplen: cfg.snaplen as i32,
-        buffer_size: cfg.buffer_size as i32,
+        buffer_size: crate::sys::kernel_buffer_size(cfg.buffer_size).min(i32::MAX as usize) as i32,
         timeout_ms: cfg.timeout_ms as i32,
         immediate: cfg.immediate,
     }
@@ -177,7 +177,8 @@ impl Capture {
             cap.set_filter(&routes.filter())
                 .map_err(|e| TransportError::Unavailable(format!("cannot set the capture filter on `{dev}`: {e}")))?;
             // The thread must notice filter changes and shutdown even when no frame arrives.
-            crate::sys::prepare_reads(&mut cap).map_err(|e| unavailable(dev, &OpenError::Other(e)))?;
+            let min_to_copy = (!cfg.immediate).then_some(cfg.min_to_copy);
+            crate::sys::prepare_reads(&mut cap, min_to_copy).map_err(|e| unavailable(dev, &OpenError::Other(e)))?;
             let stats = Arc::new(Mutex::new(DeviceStats { device: dev.clone(), ..Default::default() }));
             me.stats.push(Arc::clone(&stats));
             let (routes, ipc) = (Arc::clone(&routes), cfg.ip.clone());

@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | `npcap.library` | the platform's usual places | path of libpcap / Npcap's `wpcap.dll`, loaded at run time |
 //! | `npcap.interfaces` | the interface the group routes to (network mode), loopback (local mode) | comma-separated capture device names |
-//! | `npcap.buffer_size` | `64MiB` | kernel capture buffer (ring); the perf notes show 4 MiB suffices for small datagrams but fragmented streams need 64 MiB |
+//! | `npcap.buffer_size` | `64MiB` | kernel capture buffer (ring); the perf notes show 4 MiB suffices for small datagrams but fragmented streams need 64 MiB. On Windows this is what one CPU's share of Npcap's buffer must hold: the request is scaled by the CPU count (see `docs/windows.md`) |
+//! | `npcap.min_to_copy` | `256KiB` | Windows (Npcap) with `immediate = false`: bytes buffered in the driver before the capture's event wakes the thread (`pcap_setmintocopy`; Npcap's default 16 000); `timeout_ms` still bounds the wait. Ignored elsewhere |
 //! | `npcap.snaplen` | `262144` | bytes captured per frame (loopback frames reach 65 550 bytes, so 65 535 is too small) |
 //! | `npcap.immediate` | `false` | deliver every frame at once (lowest latency, most CPU) instead of in blocks |
 //! | `npcap.timeout_ms` | `2` | with `immediate = false`: the longest a frame waits in a partly filled block (the latency bound; WinPcap's "delayed write") |
@@ -25,6 +26,7 @@ pub const KEYS: &[&str] = &[
     "library",
     "interfaces",
     "buffer_size",
+    "min_to_copy",
     "snaplen",
     "immediate",
     "timeout_ms",
@@ -45,6 +47,8 @@ pub struct NpcapConfig {
     pub interfaces: Vec<String>,
     /// `npcap.buffer_size`: the kernel capture buffer (ring) in bytes.
     pub buffer_size: usize,
+    /// `npcap.min_to_copy`: Npcap's "minimum to copy" in block mode (Windows only).
+    pub min_to_copy: usize,
     /// `npcap.snaplen`: bytes captured per frame at most.
     pub snaplen: usize,
     /// `npcap.immediate`: deliver every frame at once instead of in blocks.
@@ -64,6 +68,7 @@ impl Default for NpcapConfig {
             library: None,
             interfaces: Vec::new(),
             buffer_size: 64 << 20,
+            min_to_copy: 256 << 10,
             snaplen: 262_144,
             immediate: false,
             timeout_ms: 2,
@@ -98,6 +103,10 @@ impl NpcapConfig {
                     c.buffer_size = parse_bytes(v)
                         .filter(|b| (65536..=(1 << 31) - 1).contains(b))
                         .ok_or_else(|| bad("a size from 64KiB to 2GiB"))?
+                }
+                "min_to_copy" => {
+                    c.min_to_copy =
+                        parse_bytes(v).filter(|b| *b <= 64 << 20).ok_or_else(|| bad("a size from 0 to 64MiB"))?
                 }
                 "snaplen" => c.snaplen = int(1514, 262_144).ok_or_else(|| bad("an integer 1514..=262144"))? as usize,
                 "immediate" => {

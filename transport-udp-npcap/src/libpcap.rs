@@ -108,6 +108,8 @@ struct Api {
     close: unsafe extern "C" fn(*mut Pcap),
     /// `pcap_get_selectable_fd` (Unix; none on Windows): what to wait on.
     waitable: Option<unsafe extern "C" fn(*mut Pcap) -> sys::Waitable>,
+    /// `pcap_setmintocopy` (Npcap and WinPcap only).
+    set_min_to_copy: Option<unsafe extern "C" fn(*mut Pcap, c_int) -> c_int>,
 }
 
 /// A loaded capture library. Lives for the rest of the process.
@@ -216,12 +218,16 @@ impl Library {
             datalink: sym(&lib, "pcap_datalink")?,
             close: sym(&lib, "pcap_close")?,
             waitable: None,
+            set_min_to_copy: None,
         };
         // SAFETY: pcap_lib_version returns a static NUL-terminated string.
         let version = unsafe { cstr((api.lib_version)()) }.unwrap_or_default();
         // Only where the library says it is one that implements the wait (an exported name may
         // be a stub that aborts the process when called, as in Wine's wpcap).
         api.waitable = sys::WAITABLE_FN.filter(|_| sys::waitable_offered(&version)).and_then(|name| opt(&lib, name));
+        // The same rule: only Npcap and WinPcap implement it.
+        api.set_min_to_copy =
+            sys::MIN_TO_COPY_FN.filter(|_| sys::waitable_offered(&version)).and_then(|name| opt(&lib, name));
         Ok(Self { api, path: path.to_string(), version, _lib: lib })
     }
 
@@ -521,6 +527,21 @@ impl Handle {
         // SAFETY: activated handle, errbuf of PCAP_ERRBUF_SIZE.
         if unsafe { (self.lib.api.setnonblock)(self.p.as_ptr(), 1, errbuf.as_mut_ptr()) } != 0 {
             return Err(errbuf_text(&errbuf));
+        }
+        Ok(())
+    }
+
+    /// Npcap's "minimum to copy" (`pcap_setmintocopy`): bytes buffered in the driver before a
+    /// read returns or the capture's event is signalled (block mode). Npcap and WinPcap only.
+    ///
+    /// # Errors
+    /// The library does not offer it (libpcap, Wine's wpcap), or refuses the value.
+    pub fn set_min_to_copy(&mut self, bytes: usize) -> Result<(), String> {
+        let f = self.lib.api.set_min_to_copy.ok_or("the library has no pcap_setmintocopy")?;
+        let bytes = c_int::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large"))?;
+        // SAFETY: activated handle.
+        if unsafe { f(self.p.as_ptr(), bytes) } != 0 {
+            return Err(self.last_error());
         }
         Ok(())
     }

@@ -198,10 +198,13 @@ fn run_size(
         ["reg_os_dropped", "reg_bad_frame", "reg_bad_protobuf", "reg_table_full", "reg_lost_messages", "reg_truncated"]
             .iter()
             .map(|k| format!("{k}={}", windows.iter().filter_map(|v| v[*k].as_u64()).sum::<u64>()))
-            .chain([format!(
-                "(unchanged samples, not decoded: {:.1} % of those received)",
-                median(f("reg_unchanged_pct"))
-            )])
+            .chain([
+                format!(
+                    "(of the kernel drops, {} in the steady-state window)",
+                    windows.iter().filter_map(|v| v["reg_os_dropped_in_window"].as_u64()).sum::<u64>()
+                ),
+                format!("(unchanged samples, not decoded: {:.1} % of those received)", median(f("reg_unchanged_pct"))),
+            ])
             .collect();
     if who != Who::Ecal {
         eprintln!(

@@ -104,6 +104,8 @@ fn main() -> anyhow::Result<()> {
             "remote_entities": entities,
             "remote_processes": node.remote_processes().len(),
             "reg_os_dropped": s1.transport.os_dropped,
+            // Of those, in the steady-state window (the rest were lost in the start-up burst).
+            "reg_os_dropped_in_window": s1.transport.os_dropped - s0.transport.os_dropped,
             "reg_bad_frame": s1.bad_frame,
             "reg_bad_protobuf": s1.bad_protobuf,
             "reg_table_full": s1.registration_table_full,

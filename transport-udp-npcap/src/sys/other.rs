@@ -76,9 +76,19 @@ pub(crate) const NONBLOCKING_READS: bool = true;
 
 /// Non-blocking reads plus our own wait (poll), so a capture thread notices filter changes and
 /// shutdown even when no frame arrives (Linux's ring timeout does not fire on an idle link).
-pub(crate) fn prepare_reads(h: &mut Handle) -> Result<(), String> {
+/// `_min_to_copy` is Npcap's; the ring's block timeout plays its part here.
+pub(crate) fn prepare_reads(h: &mut Handle, _min_to_copy: Option<usize>) -> Result<(), String> {
     h.set_nonblocking()
 }
+
+/// libpcap's ring (TPACKET_V3) is one buffer for all processors: the size asked is the size
+/// configured.
+pub(crate) fn kernel_buffer_size(configured: usize) -> usize {
+    configured
+}
+
+/// No "minimum to copy" in libpcap.
+pub(crate) const MIN_TO_COPY_FN: Option<&str> = None;
 
 /// Waits until the capture has something to read. The ring's own block timeout bounds how long
 /// a frame waits in a partly filled block (`npcap.timeout_ms`), so `_latency` needs no wake-up

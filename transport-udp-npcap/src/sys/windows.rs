@@ -85,10 +85,32 @@ pub(crate) fn open_library(path: &str) -> Result<libloading::Library, libloading
     unsafe { Library::load_with_flags(path, flags) }.map(Into::into)
 }
 
+/// Npcap's kernel buffer for `npcap.buffer_size`: that size per processor (Npcap splits the
+/// buffer into one segment per processor; see [`windows_rules::kernel_buffer_request`]).
+pub(crate) fn kernel_buffer_size(configured: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let request = windows_rules::kernel_buffer_request(configured, cpus);
+    tracing::debug!(configured, cpus, request, "Npcap kernel buffer: the configured size per processor segment");
+    request
+}
+
+/// Npcap's "minimum to copy" setter.
+pub(crate) const MIN_TO_COPY_FN: Option<&str> = Some("pcap_setmintocopy");
+
 /// Non-blocking reads (see the module notes); how the thread waits between them is logged once.
 /// Where the library refuses non-blocking mode, reads block for its read timeout as before
-/// (the waits below then only add at most `npcap.timeout_ms`).
-pub(crate) fn prepare_reads(h: &mut Handle) -> Result<(), String> {
+/// (the waits below then only add at most `npcap.timeout_ms`). In block mode, `min_to_copy`
+/// (`npcap.min_to_copy`) sets how much the driver buffers before it signals the event: fewer
+/// wake-ups under heavy traffic, the wait still bounded by `npcap.timeout_ms`.
+pub(crate) fn prepare_reads(h: &mut Handle, min_to_copy: Option<usize>) -> Result<(), String> {
+    if let Some(bytes) = min_to_copy {
+        match h.set_min_to_copy(bytes) {
+            Ok(()) => tracing::debug!(bytes, "Npcap min to copy set"),
+            Err(e) => {
+                tracing::info!(error = %e, bytes, "cannot set the capture's minimum to copy; the library's default applies")
+            }
+        }
+    }
     if let Err(e) = h.set_nonblocking() {
         tracing::warn!(error = %e, "the capture library refuses non-blocking reads; reading blocking, bounded by its read timeout");
     }

@@ -87,6 +87,27 @@ pub(crate) fn has_capture_event(lib_version: &str) -> bool {
     npcap_version(lib_version).is_some() || lib_version.starts_with("WinPcap version ")
 }
 
+/// The most kernel buffer asked of Npcap per capture handle, whatever the CPU count.
+pub(crate) const MAX_KERNEL_BUFFER: usize = 1 << 30;
+
+/// The kernel buffer to ask of Npcap for `npcap.buffer_size` = `configured` on a machine with
+/// `cpus` logical processors. Npcap's driver splits a handle's buffer into one segment per
+/// processor and drops a frame when the segment of the processor that handles it is full, even
+/// while the others are empty (nmap/npcap#317, nmap/nmap#1968); the frames of one stream tend to
+/// be handled on one processor (receive-side scaling keeps a flow on one queue). So the burst a
+/// user sizes `npcap.buffer_size` for must fit in one segment: the request is `configured` times
+/// the processor count, at most [`MAX_KERNEL_BUFFER`] (never below `configured`). Drivers that
+/// keep one shared queue only take it as a limit.
+pub(crate) fn kernel_buffer_request(configured: usize, cpus: usize) -> usize {
+    configured.saturating_mul(cpus.max(1)).min(MAX_KERNEL_BUFFER).max(configured)
+}
+
+/// Whether this library implements `pcap_setmintocopy` (Npcap and WinPcap do; other wpcap
+/// implementations may export it as a stub that aborts, as Wine's does).
+pub(crate) fn has_min_to_copy(lib_version: &str) -> bool {
+    has_capture_event(lib_version)
+}
+
 pub(crate) const NO_LOOPBACK_DEVICE: &str = "Npcap has no loopback adapter (\\Device\\NPF_Loopback): it was \
      installed without \"Support loopback traffic\"; reinstall Npcap with that option to capture local-mode \
      traffic, or use the socket transport";
@@ -94,6 +115,18 @@ pub(crate) const NO_LOOPBACK_DEVICE: &str = "Npcap has no loopback adapter (\\De
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_buffer_request_gives_each_processor_the_configured_size_within_bounds() {
+        const MIB: usize = 1 << 20;
+        assert_eq!(kernel_buffer_request(64 * MIB, 4), 256 * MIB);
+        assert_eq!(kernel_buffer_request(64 * MIB, 0), 64 * MIB);
+        assert_eq!(kernel_buffer_request(64 * MIB, 64), MAX_KERNEL_BUFFER);
+        assert_eq!(kernel_buffer_request(2047 * MIB, 2), 2047 * MIB, "never below the configured size");
+        assert_eq!(kernel_buffer_request(usize::MAX, 3), usize::MAX);
+        assert!(has_min_to_copy("Npcap version 1.79, based on libpcap version 1.10.4"));
+        assert!(!has_min_to_copy("libpcap version 1.10.3 (wine)"));
+    }
 
     fn dev(name: &str, desc: Option<&str>) -> Device {
         Device { name: name.into(), description: desc.map(Into::into), ipv4: vec![], loopback: false, up: true }

@@ -5,7 +5,7 @@
 //! decoded values that re-encode to themselves.
 
 use crate::fragment::{Outcome, Reassembler, ReassemblyConfig};
-use crate::pb::Sample;
+use crate::pb::{decode_without_payload, locate_payload, Sample};
 use crate::registration::{Acceptance, RemoteTable, MAX_REMOTE_ENTITIES, MAX_REMOTE_PROCESSES};
 use crate::wire::SampleFrame;
 use prost::Message;
@@ -34,15 +34,29 @@ pub fn datagrams(data: &[u8]) {
         max_partial_messages: 8,
         max_buffered_bytes: 2 << 20,
     };
-    let mut r = Reassembler::new(cfg.clone());
+    // As the data channel runs it: a data message's payload reassembled apart when its first
+    // fragment shows where it lies.
+    let mut r = Reassembler::with_splitter(cfg.clone(), |first| locate_payload(first).map(|s| s.payload_range()));
     let t0 = Instant::now();
     let mut now = t0;
     for (ctl, body) in records(data) {
         now += Duration::from_millis(u64::from(ctl >> 2) * 3);
         let sender = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + (ctl & 3)), 14002));
-        if let Outcome::Message(m) = r.on_datagram(now, sender, body) {
-            assert!(m.len() <= cfg.max_message_len, "message of {} bytes above the cap", m.len());
-            sample(&m);
+        match r.on_datagram(now, sender, body) {
+            Outcome::Message(m) => {
+                assert!(m.len() <= cfg.max_message_len, "message of {} bytes above the cap", m.len());
+                sample(&m);
+            }
+            Outcome::Split(m) => {
+                let whole = m.joined();
+                assert!(whole.len() <= cfg.max_message_len, "message of {} bytes above the cap", whole.len());
+                assert_eq!(
+                    locate_payload(&m.head).map(|s| s.payload),
+                    Some((m.head.len(), m.head.len() + m.payload.len()))
+                );
+                sample(&whole);
+            }
+            Outcome::Pending | Outcome::Dropped => {}
         }
         assert!(r.partial_messages() <= cfg.max_partial_messages, "{} partial messages", r.partial_messages());
         assert!(r.buffered_bytes() <= cfg.max_buffered_bytes, "{} bytes buffered", r.buffered_bytes());
@@ -61,6 +75,26 @@ pub fn sample(message: &[u8]) {
         let bytes = s.encode_to_vec();
         let again = Sample::decode(bytes.as_slice()).expect("re-encoded sample decodes");
         assert_eq!(again.encode_to_vec(), bytes);
+    }
+    split_agrees(message);
+}
+
+/// A message split around its payload (as the data channel reassembles it) decodes, parts and
+/// payload apart, exactly as the whole message does, or is refused (then decoded whole).
+fn split_agrees(message: &[u8]) {
+    let Some(span) = locate_payload(message) else { return };
+    let Some(tail) = message.get(span.payload.1..) else { return };
+    let head = &message[..span.payload.0];
+    let whole = Sample::decode(&message[span.body_start..]);
+    match decode_without_payload(head, &span, tail) {
+        None => {}
+        Some(Ok(mut parts)) => {
+            parts.content.as_mut().expect("the split found a content").payload =
+                message[span.payload_range()].to_vec().into();
+            let whole = whole.expect("the whole message decodes where its parts do");
+            assert_eq!(parts.encode_to_vec(), whole.encode_to_vec(), "split and whole decodes differ");
+        }
+        Some(Err(_)) => assert!(whole.is_err(), "the parts fail to decode where the whole message decodes"),
     }
 }
 

@@ -31,6 +31,13 @@ fn from() -> SocketAddr {
     "10.1.2.3:4000".parse().unwrap()
 }
 
+/// A splitter for the tests: a range from a third of the first fragment on, as long as 300
+/// times its first byte (may reach past the message: then the reassembler joins it whole).
+fn test_splitter(first: &[u8]) -> Option<std::ops::Range<usize>> {
+    let a = first.len() / 3;
+    Some(a..a + usize::from(*first.first()?) * 300)
+}
+
 proptest! {
     #[test]
     fn header_emit_then_parse_is_identity(r in repr()) {
@@ -87,6 +94,7 @@ proptest! {
         max in (HEADER_LEN + 1)..9000usize,
         seed in any::<u64>(),
         dup_every in 1usize..6,
+        with_splitter in any::<bool>(),
     ) {
         let msg: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
         let mut dgs: Vec<Vec<u8>> = split(&msg, max, 17).unwrap().map(|p| [&p.header[..], p.body].concat()).collect();
@@ -97,12 +105,27 @@ proptest! {
             x ^= x << 13; x ^= x >> 7; x ^= x << 17;
             dgs.swap(i, (x % (i as u64 + 1)) as usize);
         }
-        let mut r = Reassembler::new(ReassemblyConfig::default());
+        // With a splitter, a message whose first fragment comes first is joined in three parts
+        // around the range it names; joined again they are the message.
+        let mut r = if with_splitter {
+            Reassembler::with_splitter(ReassemblyConfig::default(), test_splitter)
+        } else {
+            Reassembler::new(ReassemblyConfig::default())
+        };
         let now = Instant::now();
         let mut out = Vec::new();
         for d in &dgs {
-            if let Outcome::Message(m) = r.on_datagram(now, from(), d) {
-                out.push(m.into_owned());
+            match r.on_datagram(now, from(), d) {
+                Outcome::Message(m) => out.push(m.into_owned()),
+                Outcome::Split(m) => {
+                    prop_assert!(with_splitter);
+                    // The range the splitter named in the first fragment's body.
+                    let first = &msg[..(max - HEADER_LEN).min(msg.len())];
+                    prop_assert_eq!(Some(m.head.len()..m.head.len() + m.payload.len()), test_splitter(first));
+                    prop_assert!(m.payload.capacity() == m.payload.len(), "the split range's buffer is exact");
+                    out.push(m.joined());
+                }
+                _ => {}
             }
         }
         // A message that fits one datagram is delivered once per copy of that datagram: eCAL
@@ -119,13 +142,14 @@ proptest! {
         }
     }
 
-    /// Arbitrary datagrams (valid headers with random fields) never exceed the configured bounds.
+    /// Arbitrary datagrams (valid headers with random fields) never exceed the configured bounds,
+    /// with or without a splitter.
     #[test]
     fn bounds_hold_under_arbitrary_fragments(
         ops in proptest::collection::vec((repr(), 0usize..3000, any::<u16>()), 1..300)
     ) {
         let cfg = ReassemblyConfig { max_partial_messages: 8, max_buffered_bytes: 100_000, max_message_len: 1 << 20, ..Default::default() };
-        let mut r = Reassembler::new(cfg);
+        let mut r = if ops.len() % 2 == 0 { Reassembler::new(cfg.clone()) } else { Reassembler::with_splitter(cfg.clone(), test_splitter) };
         let t0 = Instant::now();
         for (i, (rep, body_len, port)) in ops.into_iter().enumerate() {
             let mut d = rep.to_bytes().to_vec();

@@ -206,6 +206,42 @@ fn cap3_through_a_node() {
     }
     let refs: Vec<&[u8]> = got.iter().map(|v| &v[..]).collect();
     assert_eq!(sha(&refs), expected("cap3_1MiB_message.pub.json", "wire_1mb").1);
+    // Real eCAL messages took the one-copy path: payload reassembled apart, handed over as is.
+    let st = node.stats().data.reassembly;
+    assert_eq!((st.reassembled, st.split), (3, 3), "{st:?}");
+}
+
+/// A splitter as the node's data channel uses: the payload located in the first fragment.
+fn payload_splitter(first: &[u8]) -> Option<std::ops::Range<usize>> {
+    middleware_core::pb::locate_payload(first).map(|s| s.payload_range())
+}
+
+#[test]
+fn real_ecal_messages_split_around_their_payload_decode_as_whole_ones() {
+    for (file, topic, n) in
+        [("cap2_just_over_one_datagram.pcap", "wire_frag", 3), ("cap3_1MiB_message.pcap", "wire_1mb", 3)]
+    {
+        let r = replay(file);
+        let t0 = Instant::now();
+        let mut rs = Reassembler::with_splitter(ReassemblyConfig::default(), payload_splitter);
+        let mut split = 0;
+        for (_, src, payload) in r.datagrams.iter().filter(|(d, _, _)| d.port() == 14002) {
+            if let Outcome::Split(m) = rs.on_datagram(t0, *src, payload) {
+                let span = middleware_core::pb::locate_payload(&m.head).expect("located again in the head");
+                let mut sample = middleware_core::pb::decode_without_payload(&m.head, &span, &m.tail)
+                    .expect("splittable")
+                    .expect("decodes");
+                let joined = m.joined();
+                let f = SampleFrame::new_checked(&joined[..]).unwrap();
+                let whole = Sample::decode(f.body()).unwrap();
+                sample.content.as_mut().unwrap().payload = m.payload.into();
+                assert_eq!(sample, whole, "{file}");
+                assert_eq!(f.name(), topic);
+                split += 1;
+            }
+        }
+        assert_eq!((split, rs.stats().split), (n, n as u64), "{file}");
+    }
 }
 
 #[test]

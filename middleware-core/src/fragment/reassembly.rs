@@ -21,6 +21,7 @@ use crate::wire::{Datagram, DatagramRepr};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// Reassembly bounds. Defaults are documented on each field.
@@ -54,6 +55,9 @@ pub struct ReassemblyStats {
     pub messages: u64,
     /// Of those, messages that were reassembled from fragments.
     pub reassembled: u64,
+    /// Of those, messages reassembled with a range (a data message's payload) in a buffer of its
+    /// own ([`Reassembler::with_splitter`]).
+    pub split: u64,
     /// Datagrams with a bad header (magic, version, type, length).
     pub malformed: u64,
     /// Info datagrams declaring an impossible or too large message.
@@ -86,23 +90,112 @@ pub struct FragKey {
     pub id: i32,
 }
 
+/// Finds, in the first fragment of a message (its first bytes), the byte range of the message
+/// that should be reassembled into a buffer of its own ([`Reassembler::with_splitter`]).
+pub type Splitter = fn(&[u8]) -> Option<Range<usize>>;
+
+/// A reassembled message held in three parts: the bytes before the range the [`Splitter`] named,
+/// the range itself in a buffer of its own (its first byte at the buffer's start), the bytes after.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SplitMessage {
+    /// The message before the split range.
+    pub head: Vec<u8>,
+    /// The split range (e.g. a data message's payload, handed on without another copy).
+    pub payload: Vec<u8>,
+    /// The message after the split range.
+    pub tail: Vec<u8>,
+}
+
+impl SplitMessage {
+    /// The whole message, joined (a copy; for callers that cannot use the parts).
+    pub fn joined(&self) -> Vec<u8> {
+        [&self.head[..], &self.payload, &self.tail].concat()
+    }
+}
+
 /// What one datagram produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome<'a> {
     /// A complete message: borrowed for a whole datagram, owned when reassembled.
     Message(Cow<'a, [u8]>),
+    /// A complete reassembled message in three parts (only from a reassembler with a
+    /// [`Splitter`], when it found its range in the first fragment).
+    Split(SplitMessage),
     /// Stored; more datagrams are needed.
     Pending,
     /// Dropped; the reason is counted in [`ReassemblyStats`].
     Dropped,
 }
 
+/// Fragments `0..next` joined in order: one buffer, or three around a split range.
+#[derive(Debug)]
+enum Body {
+    Plain(Vec<u8>),
+    Split { head: Vec<u8>, payload: Vec<u8>, tail: Vec<u8>, range: Range<usize> },
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::Plain(Vec::new())
+    }
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Self::Plain(v) => v.len(),
+            Self::Split { head, payload, tail, .. } => head.len() + payload.len() + tail.len(),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            Self::Plain(v) => v.capacity(),
+            Self::Split { head, payload, tail, .. } => head.capacity() + payload.capacity() + tail.capacity(),
+        }
+    }
+
+    /// Capacity after appending `len` bytes (an upper bound).
+    fn capacity_with(&self, len: usize) -> usize {
+        let grown =
+            |v: &Vec<u8>, need: usize| if need > v.capacity() { need.max(v.capacity() * 2) } else { v.capacity() };
+        match self {
+            Self::Plain(v) => grown(v, v.len() + len),
+            Self::Split { head, payload, tail, range } => {
+                let after = (self.len() + len).saturating_sub(range.end);
+                head.capacity() + payload.capacity() + grown(tail, after)
+            }
+        }
+    }
+
+    /// Appends the next bytes of the message: in a split body, each byte goes to the part its
+    /// message offset falls in.
+    fn extend(&mut self, mut bytes: &[u8]) {
+        let at = self.len();
+        match self {
+            Self::Plain(v) => v.extend_from_slice(bytes),
+            Self::Split { head, payload, tail, range } => {
+                let mut at = at;
+                for (part, end) in [(head, range.start), (payload, range.end)] {
+                    if at < end && !bytes.is_empty() {
+                        let n = (end - at).min(bytes.len());
+                        part.extend_from_slice(&bytes[..n]);
+                        bytes = &bytes[n..];
+                        at += n;
+                    }
+                }
+                tail.extend_from_slice(bytes);
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Partial {
     info: Option<(u32, u32)>, // (count, total_len)
-    /// Fragments `0..next` joined in order: in-order arrival costs one copy and, once the info
-    /// datagram announced the total, a single allocation.
-    head: Vec<u8>,
+    /// Fragments `0..next` joined in order: in-order arrival costs one copy and, once the
+    /// total is known, a single allocation (or three, exact, around a split range).
+    head: Body,
     next: u32,
     /// Fragments that arrived ahead of `next`, joined into `head` when their turn comes.
     ahead: BTreeMap<u32, Vec<u8>>,
@@ -112,7 +205,7 @@ struct Partial {
 
 impl Partial {
     fn new(now: Instant) -> Self {
-        Self { info: None, head: Vec::new(), next: 0, ahead: BTreeMap::new(), ahead_bytes: 0, last_touch: now }
+        Self { info: None, head: Body::default(), next: 0, ahead: BTreeMap::new(), ahead_bytes: 0, last_touch: now }
     }
 
     /// Memory this partial holds (what the limits count).
@@ -135,10 +228,7 @@ impl Partial {
     /// Cost after inserting a fragment of `len` bytes at `index` (an upper bound).
     fn cost_with(&self, index: u32, len: usize) -> usize {
         if index == self.next {
-            let need = self.head.len() + len + self.ahead_bytes;
-            let cap =
-                if need > self.head.capacity() { need.max(self.head.capacity() * 2) } else { self.head.capacity() };
-            cap + self.ahead_bytes
+            self.head.capacity_with(len + self.ahead_bytes) + self.ahead_bytes
         } else {
             self.cost() + len
         }
@@ -146,11 +236,11 @@ impl Partial {
 
     fn insert(&mut self, index: u32, body: &[u8]) {
         if index == self.next {
-            self.head.extend_from_slice(body);
+            self.head.extend(body);
             self.next += 1;
             while let Some(f) = self.ahead.remove(&self.next) {
                 self.ahead_bytes -= f.len();
-                self.head.extend_from_slice(&f);
+                self.head.extend(&f);
                 self.next += 1;
             }
         } else {
@@ -171,12 +261,26 @@ pub struct Reassembler {
     /// Recently completed keys, oldest first, with a set for lookup.
     done_order: VecDeque<(FragKey, Instant)>,
     done: HashSet<FragKey>,
+    splitter: Option<Splitter>,
 }
 
 impl Reassembler {
     /// An empty reassembler with the bounds of `config`.
     pub fn new(config: ReassemblyConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// An empty reassembler that joins the byte range `splitter` names in a message's first
+    /// fragment into a buffer of its own ([`Outcome::Split`]), when the first fragment comes
+    /// first (in order, after the info datagram) and the range fits the declared total; any
+    /// other message is joined whole, as by [`new`](Self::new). Same bounds, counted the same.
+    pub fn with_splitter(config: ReassemblyConfig, splitter: Splitter) -> Self {
+        Self::build(config, Some(splitter))
+    }
+
+    fn build(config: ReassemblyConfig, splitter: Option<Splitter>) -> Self {
         Self {
+            splitter,
             config,
             partials: HashMap::new(),
             buffered: 0,
@@ -282,14 +386,48 @@ impl Reassembler {
             return Outcome::Dropped;
         }
         // Reserve the whole message now (counted against the limits): one allocation in total.
-        let reserve = total - p.head.len();
-        if !self.make_room(p.head.len() + reserve + p.ahead_bytes) || p.head.try_reserve_exact(reserve).is_err() {
+        // With a splitter and the first fragment still to come, its layout decides: reserved
+        // when it arrives.
+        if self.splitter.is_none() || p.next > 0 {
+            if !self.reserve(&mut p, total) {
+                self.stats.rejected_too_large += 1;
+                tracing::debug!(sender = %key.sender, id = key.id, total, "message larger than the reassembly budget; dropped");
+                return Outcome::Dropped;
+            }
+        } else if !self.make_room(total.saturating_add(p.ahead_bytes)) {
             self.stats.rejected_too_large += 1;
-            tracing::debug!(sender = %key.sender, id = key.id, total, "message larger than the reassembly budget; dropped");
             return Outcome::Dropped;
         }
         self.put(key, p);
         self.try_complete(key)
+    }
+
+    /// Reserves the rest of `total` in the plain body (counted against the limits).
+    fn reserve(&mut self, p: &mut Partial, total: usize) -> bool {
+        let Body::Plain(v) = &mut p.head else { return true };
+        let reserve = total.saturating_sub(v.len());
+        self.make_room(v.len() + reserve + p.ahead_bytes) && v.try_reserve_exact(reserve).is_ok()
+    }
+
+    /// The first fragment arrived in order: the body takes the splitter's layout (three exact
+    /// buffers) when the range it names fits the declared total, else the plain one, reserved.
+    fn shape_body(&mut self, p: &mut Partial, first: &[u8]) -> bool {
+        let Some((_, total)) = p.info else { return true };
+        let total = total as usize;
+        let range = self.splitter.and_then(|f| f(first)).filter(|r| r.start <= r.end && r.end <= total);
+        let Some(range) = range else { return self.reserve(p, total) };
+        if !self.make_room(total + p.ahead_bytes) {
+            return false;
+        }
+        let (mut head, mut payload, mut tail) = (Vec::new(), Vec::new(), Vec::new());
+        if head.try_reserve_exact(range.start).is_err()
+            || payload.try_reserve_exact(range.len()).is_err()
+            || tail.try_reserve_exact(total - range.end).is_err()
+        {
+            return false;
+        }
+        p.head = Body::Split { head, payload, tail, range };
+        true
     }
 
     fn on_fragment<'a>(&mut self, now: Instant, key: FragKey, index: u32, body: &[u8]) -> Outcome<'a> {
@@ -317,6 +455,11 @@ impl Reassembler {
             self.stats.rejected_fragment += 1;
             tracing::debug!(sender = %key.sender, id = key.id, index, "fragment exceeds declared size");
             self.put(key, p);
+            return Outcome::Dropped;
+        }
+        if index == 0 && p.next == 0 && self.splitter.is_some() && !self.shape_body(&mut p, body) {
+            self.stats.rejected_too_large += 1;
+            tracing::debug!(sender = %key.sender, id = key.id, "message larger than the reassembly budget; dropped");
             return Outcome::Dropped;
         }
         if !self.make_room(p.cost_with(index, body.len())) {
@@ -347,7 +490,13 @@ impl Reassembler {
         }
         self.stats.messages += 1;
         self.stats.reassembled += 1;
-        Outcome::Message(Cow::Owned(p.head))
+        match p.head {
+            Body::Plain(v) => Outcome::Message(Cow::Owned(v)),
+            Body::Split { head, payload, tail, .. } => {
+                self.stats.split += 1;
+                Outcome::Split(SplitMessage { head, payload, tail })
+            }
+        }
     }
 
     /// Removes a partial from the table (and its cost from the total).
@@ -419,6 +568,8 @@ mod tests {
         SocketAddr::from(([10, 77, 0, 1], p))
     }
 
+    const HEADER_LEN_FOR_TESTS: usize = crate::wire::HEADER_LEN;
+
     fn datagrams(msg: &[u8], max: usize, id: i32) -> Vec<Vec<u8>> {
         split(msg, max, id).unwrap().map(|p| [&p.header[..], p.body].concat()).collect()
     }
@@ -430,6 +581,59 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn middle_third(first: &[u8]) -> Option<Range<usize>> {
+        // The range [100, 100 + 3 * 2000): inside the second and third fragments too.
+        (first.len() >= 100).then_some(100..6100)
+    }
+
+    fn split_outcomes(r: &mut Reassembler, now: Instant, dgs: &[&Vec<u8>]) -> Vec<Outcome<'static>> {
+        dgs.iter()
+            .map(|d| match r.on_datagram(now, addr(1), d) {
+                Outcome::Message(m) => Outcome::Message(Cow::Owned(m.into_owned())),
+                Outcome::Split(m) => Outcome::Split(m),
+                Outcome::Pending => Outcome::Pending,
+                Outcome::Dropped => Outcome::Dropped,
+            })
+            .filter(|o| !matches!(o, Outcome::Pending))
+            .collect()
+    }
+
+    #[test]
+    fn a_splitter_range_gets_an_exact_buffer_of_its_own_in_any_order_after_the_info() {
+        let msg: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let dgs = datagrams(&msg, HEADER_LEN_FOR_TESTS + 2000, 5);
+        assert_eq!(dgs.len(), 6, "info + 5 fragments");
+        let now = Instant::now();
+        let want =
+            SplitMessage { head: msg[..100].to_vec(), payload: msg[100..6100].to_vec(), tail: msg[6100..].to_vec() };
+        // In order; and with fragment 0 after later ones (but after the info).
+        for order in [vec![0, 1, 2, 3, 4, 5], vec![0, 3, 2, 1, 5, 4]] {
+            let mut r = Reassembler::with_splitter(ReassemblyConfig::default(), middle_third);
+            let got = split_outcomes(&mut r, now, &order.iter().map(|&i| &dgs[i]).collect::<Vec<_>>());
+            match &got[..] {
+                [Outcome::Split(m)] => {
+                    assert_eq!(m, &want);
+                    assert_eq!(m.payload.capacity(), 6000, "exact");
+                    assert_eq!(m.joined(), msg);
+                }
+                other => panic!("order {order:?}: {other:?}"),
+            }
+            assert_eq!((r.partial_messages(), r.buffered_bytes()), (0, 0));
+        }
+        // Fragment 0 before the info, or a range the splitter does not find: joined whole.
+        for (order, splitter) in
+            [(vec![1, 0, 2, 3, 4, 5], middle_third as Splitter), (vec![0, 1, 2, 3, 4, 5], |_: &[u8]| None)]
+        {
+            let mut r = Reassembler::with_splitter(ReassemblyConfig::default(), splitter);
+            let got = split_outcomes(&mut r, now, &order.iter().map(|&i| &dgs[i]).collect::<Vec<_>>());
+            assert!(matches!(&got[..], [Outcome::Message(m)] if **m == msg[..]), "{order:?}: {got:?}");
+        }
+        // A range past the declared total: joined whole.
+        let mut r = Reassembler::with_splitter(ReassemblyConfig::default(), |_| Some(5000..20_000));
+        let got = split_outcomes(&mut r, now, &dgs.iter().collect::<Vec<_>>());
+        assert!(matches!(&got[..], [Outcome::Message(m)] if **m == msg[..]), "{got:?}");
     }
 
     #[test]

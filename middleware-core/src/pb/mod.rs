@@ -369,3 +369,5 @@ mod tests {
 
 mod data_sample;
 pub use data_sample::{encode_data_message, DataHeader};
+mod payload_span;
+pub use payload_span::{decode_without_payload, locate_payload, PayloadSpan};

@@ -11,11 +11,11 @@ use super::filter::Verdict;
 use super::node::{lock, Received, Shared};
 use super::subscriber::SubShared;
 use super::tap::TappedSample;
-use crate::fragment::{Outcome, Reassembler, ReassemblyStats};
+use crate::fragment::{Outcome, Reassembler, ReassemblyStats, SplitMessage};
 use crate::pb::{CmdType, Sample};
 use crate::transport::{Channel, DatagramSink, TICK};
 use crate::wire::SampleFrame;
-use prost::Message;
+use prost::Message as _;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,13 @@ pub(crate) struct ChannelRx {
 
 impl ChannelRx {
     pub(crate) fn new(shared: Arc<Shared>, channel: Channel) -> Self {
-        let reassembler = Mutex::new(Reassembler::new(shared.config.reassembly.clone()));
+        let config = shared.config.reassembly.clone();
+        // Data messages are reassembled with their payload in a buffer of its own, which the
+        // subscriber is then handed: one copy per payload byte.
+        let reassembler = Mutex::new(match channel {
+            Channel::Data => Reassembler::with_splitter(config, data_payload_range),
+            Channel::Registration => Reassembler::new(config),
+        });
         Self { shared, channel, reassembler, last_expire: Mutex::new(Instant::now()) }
     }
 
@@ -52,11 +58,12 @@ impl DatagramSink for ChannelRx {
         }
         // The message borrows the datagram or is owned: nothing of the reassembler's.
         let outcome = lock(&self.reassembler).on_datagram(now, source, datagram);
-        if let Outcome::Message(m) = outcome {
-            match self.channel {
-                Channel::Registration => sh.on_registration(&m, source, now),
-                Channel::Data => on_data(sh, m, source, now),
-            }
+        match (outcome, self.channel) {
+            (Outcome::Message(m), Channel::Registration) => sh.on_registration(&m, source, now),
+            (Outcome::Message(m), Channel::Data) => on_data(sh, Message::Whole(m), source, now),
+            (Outcome::Split(m), Channel::Data) => on_data(sh, Message::Split(m), source, now),
+            (Outcome::Split(m), Channel::Registration) => sh.on_registration(&m.joined(), source, now),
+            (Outcome::Pending | Outcome::Dropped, _) => {}
         }
     }
 
@@ -87,6 +94,72 @@ pub(crate) enum DataDrop {
     BadTopicId,
 }
 
+/// Payloads of at least this many bytes are reassembled into a buffer of their own.
+const SPLIT_MIN_PAYLOAD: usize = 4096;
+
+/// The data channel's [`crate::fragment::Splitter`]: a data message's payload, found in its
+/// first fragment.
+fn data_payload_range(first: &[u8]) -> Option<std::ops::Range<usize>> {
+    crate::pb::locate_payload(first).map(|s| s.payload_range()).filter(|r| r.len() >= SPLIT_MIN_PAYLOAD)
+}
+
+/// A data message as reassembly hands it over.
+pub(crate) enum Message<'a> {
+    /// In one buffer: borrowed (one datagram) or owned (reassembled).
+    Whole(Cow<'a, [u8]>),
+    /// Reassembled with the payload in a buffer of its own.
+    Split(SplitMessage),
+}
+
+impl Message<'_> {
+    /// The part holding the sample name prefix.
+    fn front(&self) -> &[u8] {
+        match self {
+            Self::Whole(m) => m,
+            Self::Split(m) => &m.head,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Whole(m) => m.len(),
+            Self::Split(m) => m.head.len() + m.payload.len() + m.tail.len(),
+        }
+    }
+}
+
+/// A message's payload: a slice of the reassembled message, or a buffer of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Payload {
+    Shared(bytes::Bytes),
+    Owned(Vec<u8>),
+}
+
+impl Payload {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Shared(b) => b,
+            Self::Owned(v) => v,
+        }
+    }
+
+    /// The payload as the subscriber's `Vec`: an owned one is moved, a slice copied (or moved
+    /// to the front of its buffer, where it is the buffer's only user).
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Self::Shared(b) => Vec::from(b),
+            Self::Owned(v) => v,
+        }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 /// A decoded data sample.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct DataSample {
@@ -94,7 +167,7 @@ pub(crate) struct DataSample {
     pub host_name: String,
     pub clock: i64,
     pub time_us: i64,
-    pub payload: bytes::Bytes,
+    pub payload: Payload,
 }
 
 /// The topic name of a data message (its frame) and where its protobuf body starts, or why it
@@ -116,13 +189,38 @@ pub(crate) fn decode_data(msg: Cow<'_, [u8]>, body_start: usize, topic: &str) ->
         Cow::Borrowed(b) => bytes::Bytes::copy_from_slice(&b[body_start..]),
     };
     let sample = Sample::decode(body).map_err(|_| DataDrop::BadProtobuf)?;
+    checked(sample, topic, None)
+}
+
+/// The data sample of a decoded `Sample`, checked as eCAL checks it; `payload` replaces the
+/// content's (a split message's payload, decoded apart).
+fn checked(sample: Sample, topic: &str, payload: Option<Vec<u8>>) -> Result<DataSample, DataDrop> {
     let t = sample.topic.unwrap_or_default();
     if sample.cmd_type != CmdType::SetSample as i32 || t.topic_name != topic {
         return Err(DataDrop::WrongCmd);
     }
     let publisher_id = t.topic_id.parse::<u64>().map_err(|_| DataDrop::BadTopicId)?;
     let c = sample.content.unwrap_or_default();
-    Ok(DataSample { publisher_id, host_name: t.host_name, clock: c.clock, time_us: c.time, payload: c.payload })
+    let payload = payload.map_or(Payload::Shared(c.payload), Payload::Owned);
+    Ok(DataSample { publisher_id, host_name: t.host_name, clock: c.clock, time_us: c.time, payload })
+}
+
+/// Decodes a data message reassembled with its payload apart ([`data_payload_range`]): the rest
+/// is decoded as prost decodes the whole message, and the payload buffer becomes the sample's
+/// without a copy. A message whose parts are not what the split assumed (a second payload or
+/// content field: hostile or odd input) is joined and decoded whole, as before.
+pub(crate) fn decode_split(m: SplitMessage, topic: &str) -> Result<DataSample, DataDrop> {
+    let span = crate::pb::locate_payload(&m.head).filter(|s| s.payload.0 == m.head.len());
+    let decoded = span.and_then(|span| crate::pb::decode_without_payload(&m.head, &span, &m.tail));
+    match decoded {
+        Some(Ok(sample)) => checked(sample, topic, Some(m.payload)),
+        Some(Err(_)) => Err(DataDrop::BadProtobuf),
+        None => {
+            let whole = m.joined();
+            let (_, body_start) = data_frame(&whole)?;
+            decode_data(Cow::Owned(whole), body_start, topic)
+        }
+    }
 }
 
 /// Runs each subscriber's order filter and hands the message to those that accept it. The
@@ -150,7 +248,7 @@ pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, now: Instant,
             }
         }
         let value: Vec<u8> = if i == last {
-            payload.take().map(Vec::from).unwrap_or_default()
+            payload.take().map(Payload::into_vec).unwrap_or_default()
         } else {
             payload.as_ref().map(|p| p.to_vec()).unwrap_or_default()
         };
@@ -161,10 +259,10 @@ pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, now: Instant,
     }
 }
 
-fn on_data(sh: &Shared, msg: Cow<'_, [u8]>, source: SocketAddr, now: Instant) {
+fn on_data(sh: &Shared, msg: Message<'_>, source: SocketAddr, now: Instant) {
     let c = &sh.data_counters;
     let (subs, body_start, unmatched_name) = {
-        let (topic, body_start) = match data_frame(&msg) {
+        let (topic, body_start) = match data_frame(msg.front()) {
             Ok(t) => t,
             Err(_) => {
                 c.bad_frame.inc();
@@ -190,7 +288,11 @@ fn on_data(sh: &Shared, msg: Cow<'_, [u8]>, source: SocketAddr, now: Instant) {
         (None, Some(n)) => n,
         (None, None) => return,
     };
-    let sample = match decode_data(msg, body_start, topic) {
+    let decoded = match msg {
+        Message::Whole(m) => decode_data(m, body_start, topic),
+        Message::Split(m) => decode_split(m, topic),
+    };
+    let sample = match decoded {
         Ok(s) => s,
         Err(DataDrop::BadFrame) => return c.bad_frame.inc(),
         Err(DataDrop::BadProtobuf) => {
@@ -268,7 +370,7 @@ mod tests {
             host_name: String::new(),
             clock,
             time_us: 0,
-            payload: bytes::Bytes::from(vec![clock as u8; len]),
+            payload: Payload::Shared(bytes::Bytes::from(vec![clock as u8; len])),
         };
         fan_out(&subs, sample(1, 1000), now, true);
         fan_out(&subs, sample(1, 1000), now, true); // duplicate
@@ -316,7 +418,7 @@ mod tests {
                 host_name: String::new(),
                 clock: k,
                 time_us: 0,
-                payload: vec![1u8].into(),
+                payload: Payload::Owned(vec![1u8]),
             };
             fan_out(&[Arc::clone(&a), Arc::clone(&b)], s, now, true);
         }

@@ -31,7 +31,7 @@
 //! | `network.group_mapping` | `v2` | `v2`, `v1` |
 //! | `network.ttl` | `3` | 0..=255 |
 //! | `network.interface` | (route decides) | interface name or IPv4 address |
-//! | `network.multicast_loopback` | `true` | bool: same-host peers hear us |
+//! | `network.multicast_loopback` | `true` | `true`: same-host peers hear our registration always and our data while one of them is registered as a subscriber of our topics (data is not looped back into this host for nobody); `always`: data always too (same-host listeners that do not register); `false`: never |
 //! | `local.group` | `127.255.255.255` | IPv4 broadcast address |
 //! | `local.ttl` | `1` | 0..=255 |
 //! | `ports.registration` | `14000` | 1..=65535 |
@@ -211,8 +211,13 @@ pub struct Config {
     /// `network.interface`: interface (name or IPv4 address) to send and join groups on; `None`
     /// lets the routing table decide.
     pub interface: Option<String>,
-    /// `network.multicast_loopback`: this host's processes hear our multicast.
+    /// `network.multicast_loopback`: this host's processes hear our multicast (`true`:
+    /// registration always, data while a subscriber on this host is registered; `always`: data
+    /// always too; `false`: never).
     pub multicast_loopback: bool,
+    /// `network.multicast_loopback = always`: data is looped back even with no same-host
+    /// subscriber registered (for listeners on this host that do not register).
+    pub multicast_loopback_always: bool,
     /// `local.group`: broadcast address of local mode.
     pub local_group: Ipv4Addr,
     /// `local.ttl`: TTL of local mode's datagrams.
@@ -272,6 +277,7 @@ impl Default for Config {
             network_ttl: 3,
             interface: None,
             multicast_loopback: true,
+            multicast_loopback_always: false,
             local_group: Ipv4Addr::new(127, 255, 255, 255),
             local_ttl: 1,
             registration_port: 14000,
@@ -466,7 +472,12 @@ impl Config {
                 self.interface = (!v.is_empty()).then(|| v.to_string());
             }
             "network.multicast_loopback" => {
-                self.multicast_loopback = parse_bool(value).ok_or_else(|| bad("true or false"))?
+                (self.multicast_loopback, self.multicast_loopback_always) =
+                    if value.trim().eq_ignore_ascii_case("always") {
+                        (true, true)
+                    } else {
+                        (parse_bool(value).ok_or_else(|| bad("true, false or always"))?, false)
+                    }
             }
             "local.group" => self.local_group = ipv4(value).ok_or_else(|| bad("an IPv4 broadcast address"))?,
             "local.ttl" => self.local_ttl = parse_range(value, 0, 255).ok_or_else(|| bad("an integer 0..=255"))?,

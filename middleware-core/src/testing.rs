@@ -109,7 +109,16 @@ impl LoopbackBus {
             }
         })
         .map_err(|e| TransportError::io("spawn loopback receive thread", e))?;
-        Ok(Box::new(LoopbackTransport { bus: self.clone(), port: ep.port, source: src, slot, thread, stats, dropped }))
+        Ok(Box::new(LoopbackTransport {
+            bus: self.clone(),
+            port: ep.port,
+            source: src,
+            slot,
+            thread,
+            stats,
+            dropped,
+            multicast_loopback: AtomicU64::new(u64::MAX),
+        }))
     }
 
     /// Injects raw bytes as if `from` had sent them to `port` (hostile-input tests).
@@ -140,6 +149,9 @@ pub struct LoopbackTransport {
     stats: Arc<Mutex<TransportStats>>,
     /// Datagrams dropped because this transport's channel was full.
     dropped: Arc<AtomicU64>,
+    /// The last [`Transport::set_multicast_loopback`] (0 off, 1 on, `u64::MAX` never set),
+    /// shown in the stats' `details` as `multicast_loopback` (the bus itself delivers to all).
+    multicast_loopback: AtomicU64,
 }
 
 impl Drop for LoopbackTransport {
@@ -179,7 +191,15 @@ impl Transport for LoopbackTransport {
         let mut s = self.stats.lock().expect("poisoned").clone();
         s.details.insert("sink_panics".into(), self.slot.panics());
         s.os_dropped = self.dropped.load(Ordering::Relaxed);
+        let l = self.multicast_loopback.load(Ordering::Relaxed);
+        if l != u64::MAX {
+            s.details.insert("multicast_loopback".into(), l);
+        }
         s
+    }
+
+    fn set_multicast_loopback(&self, on: bool) {
+        self.multicast_loopback.store(u64::from(on), Ordering::Relaxed);
     }
 
     fn close(&self) {

@@ -163,6 +163,13 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// the sink) it does not wait for that thread, whose call ends after it returns. The
     /// transport drops its reference to the sink. Idempotent; dropping the transport closes it.
     fn close(&self);
+    /// Whether this host's other sockets get a copy of what this transport sends to its group
+    /// (multicast loopback; network mode). The node turns it on for the data channel while a
+    /// subscriber on this host is registered for one of its publishers' topics, and off
+    /// otherwise (`network.multicast_loopback = true`): a datagram looped back for nobody costs
+    /// the sending host a second pass through its network stack. Transports without such a
+    /// switch ignore it (the default).
+    fn set_multicast_loopback(&self, _on: bool) {}
 }
 
 /// Opens transports for the channels a node needs.

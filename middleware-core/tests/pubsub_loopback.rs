@@ -686,3 +686,49 @@ fn a_new_process_wakes_a_registration_round_but_new_entities_of_a_known_one_do_n
     }
     drop(pubs);
 }
+
+#[test]
+fn data_multicast_loopback_is_on_only_while_a_same_host_subscriber_is_registered() {
+    let mut cfg = config();
+    cfg.set("mode", "network").unwrap();
+    cfg.set("host_name", "ha").unwrap();
+    let mut other_host = cfg.clone();
+    other_host.set("host_name", "hb").unwrap();
+    let bus = LoopbackBus::new();
+    let a = node(&bus, cfg.clone());
+    let b = node(&bus, other_host);
+    let publ = a.publisher::<Raw>("looped").unwrap();
+    let remote = b.subscriber::<Raw>("looped").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    let looped = |n: &Node| n.stats().data.transport.details.get("multicast_loopback").copied();
+    // Only a subscriber on another host: sent without loopback.
+    assert!(publ.send(&[1]).unwrap());
+    assert_eq!(looped(&a), Some(0));
+    assert_eq!(remote.recv_timeout(WAIT).unwrap().value, vec![1]);
+    // A subscriber on this host (another node of host "ha"): loopback on for the next send.
+    let c = node(&bus, cfg);
+    let local = c.subscriber::<Raw>("looped").unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while publ.connections().0 == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(publ.send(&[2]).unwrap());
+    assert_eq!(looped(&a), Some(1));
+    assert_eq!(local.recv_timeout(WAIT).unwrap().value, vec![2]);
+    // It unregisters: off again.
+    drop((local, c));
+    while publ.connections().0 > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(publ.send(&[3]).unwrap());
+    assert_eq!(looped(&a), Some(0));
+    // `always`: on without any same-host subscriber.
+    let mut always = config();
+    always.set("mode", "network").unwrap();
+    always.set("network.multicast_loopback", "always").unwrap();
+    let d = node(&bus, always);
+    let p2 = d.publisher::<Raw>("looped").unwrap();
+    assert!(p2.wait_for_subscriber(WAIT));
+    assert!(p2.send(&[4]).unwrap());
+    assert_eq!(looped(&d), Some(1));
+}

@@ -26,13 +26,15 @@ pub struct Routes {
 }
 
 impl Routes {
-    fn wanted(&self, d: SocketAddrV4) -> bool {
-        read(&self.destinations).contains(d.ip()) && read(&self.ports).contains_key(&d.port())
-    }
-
-    /// The sink for `port` (a reference taken under the lock, used after it is released).
-    fn sink(&self, port: u16) -> Option<Arc<SinkSlot>> {
-        read(&self.ports).get(&port).cloned()
+    /// A copy of the routes for one capture thread, which takes a new one when `generation`
+    /// changes: no lock per datagram. A port removed meanwhile may still get a datagram or a
+    /// tick from a thread's older copy, until the thread's next pass: its slot is closed by
+    /// then, so nothing reaches the sink.
+    fn snapshot(&self) -> RouteSnapshot {
+        RouteSnapshot {
+            destinations: read(&self.destinations).clone(),
+            ports: read(&self.ports).iter().map(|(p, s)| (*p, Arc::clone(s))).collect(),
+        }
     }
 
     /// The BPF filter expression for the destinations and ports routed now (UDP to those groups and
@@ -51,6 +53,23 @@ pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A capture thread's copy of [`Routes`] (a handful of entries: linear search).
+#[derive(Default)]
+struct RouteSnapshot {
+    destinations: Vec<Ipv4Addr>,
+    ports: Vec<(u16, Arc<SinkSlot>)>,
+}
+
+impl RouteSnapshot {
+    fn sink(&self, port: u16) -> Option<&Arc<SinkSlot>> {
+        self.ports.iter().find(|(p, _)| *p == port).map(|(_, s)| s)
+    }
+
+    fn wanted(&self, d: SocketAddrV4) -> bool {
+        self.destinations.contains(d.ip()) && self.sink(d.port()).is_some()
+    }
 }
 
 /// One frame as captured, before decoding: what a recorder writes to a pcapng file.
@@ -251,6 +270,7 @@ fn run(
     // Routes may change between the handle's first filter and this thread's start: compare
     // against a value no generation has, so the first pass always installs the current filter.
     let mut generation = u64::MAX;
+    let mut snapshot = RouteSnapshot::default();
     let mut last_stats = Instant::now();
     let (mut filter_updates, mut read_errors) = (0u64, 0u64);
     // pcap's counters are 32-bit and wrap (4 G frames is hours at line rate): widen them.
@@ -261,6 +281,7 @@ fn run(
         let g = routes.generation.load(Ordering::Acquire);
         if g != generation {
             generation = g;
+            snapshot = routes.snapshot();
             match cap.set_filter(&routes.filter()) {
                 Ok(()) => filter_updates += 1,
                 Err(e) => tracing::warn!(%device, error = %e, "updating the capture filter failed"),
@@ -281,10 +302,10 @@ fn run(
                 demux.on_frame(
                     now,
                     pkt.data,
-                    |d| routes.wanted(d),
+                    |d| snapshot.wanted(d),
                     |d| {
-                        // The sink runs with no lock held (the route lookup's is released).
-                        if let Some(sink) = routes.sink(d.destination.port()) {
+                        // The sink runs with no lock held (the routes are this thread's copy).
+                        if let Some(sink) = snapshot.sink(d.destination.port()) {
                             sink.with(|s| s.datagram(d.payload, d.source, now));
                         }
                     },
@@ -347,8 +368,7 @@ fn run(
         let now = Instant::now();
         if now.saturating_duration_since(last_tick) >= TICK {
             last_tick = now;
-            let sinks: Vec<Arc<SinkSlot>> = read_lock_values(routes);
-            for s in sinks {
+            for (_, s) in &snapshot.ports {
                 s.with(|s| s.tick(now));
             }
         }
@@ -369,10 +389,6 @@ fn run(
     let mut s = stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     s.demux = demux.stats();
     s.ip = demux.ip_stats();
-}
-
-fn read_lock_values(routes: &Routes) -> Vec<Arc<SinkSlot>> {
-    read(&routes.ports).values().cloned().collect()
 }
 
 #[cfg(test)]

@@ -329,6 +329,7 @@ impl TransportFactory for NpcapFactory {
             sender,
             mode: ep.mode,
             group: ep.group,
+            multicast_loopback: ep.multicast_loopback,
             receiving: Mutex::new(false),
         };
         if !ep.receive_on_demand {
@@ -405,6 +406,8 @@ pub struct NpcapTransport {
     mode: Mode,
     /// The endpoint's base group, joined when receiving starts (network mode).
     group: Ipv4Addr,
+    /// `network.multicast_loopback`: whether the send socket's loopback may be on at all.
+    multicast_loopback: bool,
     /// Whether the capture routes this port's datagrams to the sink yet (`receive_on_demand`).
     receiving: Mutex<bool>,
 }
@@ -460,6 +463,10 @@ impl NpcapTransport {
 impl Transport for NpcapTransport {
     fn name(&self) -> &'static str {
         "npcap"
+    }
+
+    fn set_multicast_loopback(&self, on: bool) {
+        self.sender.set_multicast_loopback(on && self.multicast_loopback);
     }
 
     fn send(&self, header: &[u8], body: &[u8]) -> Result<(), TransportError> {

@@ -139,6 +139,8 @@ pub struct UdpSender {
     send_errors: AtomicU64,
     last_send_error_log: Mutex<Option<std::time::Instant>>,
     send_timeout: Duration,
+    /// Network mode: multicast loopback can be switched.
+    network: bool,
 }
 
 impl UdpSender {
@@ -154,7 +156,21 @@ impl UdpSender {
             send_errors: AtomicU64::new(0),
             last_send_error_log: Mutex::new(None),
             send_timeout: ep.send_timeout,
+            network: ep.mode == Mode::Network,
         })
+    }
+
+    /// Turns multicast loopback on the send socket on or off (a system call; network mode only,
+    /// a no-op in local mode, whose broadcast is not affected). A refusal is logged, and sending
+    /// goes on with the socket's current setting.
+    pub fn set_multicast_loopback(&self, on: bool) {
+        if !self.network {
+            return;
+        }
+        match self.tx.set_multicast_loop_v4(on) {
+            Ok(()) => tracing::debug!(on, "multicast loopback of the send socket"),
+            Err(e) => tracing::warn!(error = %e, on, "cannot change IP_MULTICAST_LOOP on the send socket"),
+        }
     }
 
     /// The local port datagrams are sent from (a system call: callers cache it).
@@ -377,6 +393,11 @@ impl Transport for UdpSocketTransport {
 
     fn send(&self, header: &[u8], body: &[u8]) -> Result<(), TransportError> {
         self.tx.send(header, body)
+    }
+
+    fn set_multicast_loopback(&self, on: bool) {
+        // Never on where the configuration says no loopback at all.
+        self.tx.set_multicast_loopback(on && self.endpoint.multicast_loopback);
     }
 
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError> {

@@ -99,6 +99,10 @@ impl Shared {
                 tracing::info!(topic = %p.topic, local, external, "publisher connections changed");
             }
         }
+        // Whether any publisher here has a subscriber on this host: the data channel's
+        // multicast loopback follows it (applied by the next send, not here: no call out).
+        let any_local = pubs.values().any(|p| p.connections_local.load(Ordering::Relaxed) > 0);
+        self.same_host_subscribers.store(any_local, Ordering::Release);
     }
 
     /// One reassembled registration message.

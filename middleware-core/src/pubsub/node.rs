@@ -117,6 +117,9 @@ pub(crate) struct Shared {
     pub process_state: Mutex<ProcessState>,
     /// The clock of publishers' send-rate ticks (`data_frequency`): µs since this instant.
     pub epoch: std::time::Instant,
+    /// A subscriber on this host is registered for a topic of one of our publishers: the data
+    /// channel's multicast loopback should be on (set by registration, applied by senders).
+    pub same_host_subscribers: AtomicBool,
 }
 
 impl Shared {
@@ -134,6 +137,8 @@ pub(crate) struct Inner {
     data_rx: Arc<ChannelRx>,
     next_message_id: AtomicU32,
     choice: TransportChoice,
+    /// The data channel's multicast loopback as last set: 0 not yet, 1 off, 2 on.
+    data_loopback: std::sync::atomic::AtomicU8,
 }
 
 impl std::ops::Deref for Inner {
@@ -249,6 +254,7 @@ impl Node {
             wake: (Mutex::new(false), Condvar::new()),
             process_state: Mutex::new(ProcessState::default()),
             epoch: std::time::Instant::now(),
+            same_host_subscribers: AtomicBool::new(false),
             tap: tap.clone(),
             config,
         });
@@ -286,6 +292,7 @@ impl Node {
             data_rx,
             next_message_id: AtomicU32::new(seed as u32),
             choice,
+            data_loopback: std::sync::atomic::AtomicU8::new(0),
         });
         tracing::info!(
             host = %inner.identity.host_name,
@@ -466,6 +473,27 @@ impl Drop for Node {
 
 impl Inner {
     /// Frames `message` and sends it through `t`, stopping at the first datagram that fails.
+    /// Before a data send: the data channel's multicast loopback follows whether a same-host
+    /// subscriber is registered (`network.multicast_loopback = true`; `always` keeps it on). A
+    /// system call only when it changes, made by the sending thread with no lock held.
+    ///
+    /// One thread applies a change at a time (it moves the state to "busy" first; others send
+    /// meanwhile with the socket as it is), and the state records what it applied, so a change
+    /// of the wish while it was applying is applied by the next send.
+    pub(crate) fn apply_data_loopback(&self) {
+        const BUSY: u8 = 3;
+        let want = self.config.multicast_loopback_always || self.same_host_subscribers.load(Ordering::Acquire);
+        let code = if want { 2 } else { 1 };
+        let current = self.data_loopback.load(Ordering::Acquire);
+        if current == code || current == BUSY {
+            return;
+        }
+        if self.data_loopback.compare_exchange(current, BUSY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.data.set_multicast_loopback(want);
+            self.data_loopback.store(code, Ordering::Release);
+        }
+    }
+
     pub(crate) fn send_message(&self, t: &dyn Transport, message: &[u8]) -> Result<(), NodeError> {
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed) as i32;
         let pieces = split(message, self.config.max_datagram_size, id).ok_or(NodeError::TooLarge(message.len()))?;

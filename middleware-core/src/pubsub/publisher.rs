@@ -156,6 +156,7 @@ impl<C: Codec> Publisher<C> {
             hash: (s.entity_id ^ ((clock as u64) << 1)) as i64,
         };
         encode_data_message(&mut buf, &header, plen, |out| C::encode(value, out));
+        self.node.apply_data_loopback();
         let result = self.node.send_message(&*self.node.data, &buf);
         s.give_back(buf);
         match result {

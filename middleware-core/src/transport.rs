@@ -161,7 +161,7 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Stops receiving. When it returns, the sink is not called again and no call to it is in
     /// progress on another thread; called from the transport's own receive thread (from inside
     /// the sink) it does not wait for that thread, whose call ends after it returns. The
-    /// transport drops its reference to the sink. Idempotent; dropping the transport closes it.
+    /// sink is released with the transport. Idempotent; dropping the transport closes it.
     fn close(&self);
     /// Whether this host's other sockets get a copy of what this transport sends to its group
     /// (multicast loopback; network mode). The node turns it on for the data channel while a

@@ -546,11 +546,10 @@ impl Transport for NpcapTransport {
         if removed.is_some() {
             self.shared.routes.generation.fetch_add(1, Ordering::Release);
         }
-        // Detached before the lock is released (a later `start_receiving` sees it closed); the
-        // sink is dropped and in-progress calls waited for after it is released.
-        let sink = self.slot.detach();
+        // Detached before the lock is released (a later `start_receiving` sees it closed);
+        // in-progress calls are waited for after it is released.
+        self.slot.detach();
         drop(receiving);
-        drop(sink);
         // No call into the sink after this returns (except the capture thread's own, when
         // that thread is the one closing).
         self.slot.close();

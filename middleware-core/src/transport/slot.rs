@@ -3,7 +3,7 @@
 //! in progress afterwards) and a [`ReceiveThread`] (stops and joins, except from itself).
 
 use super::DatagramSink;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{JoinHandle, ThreadId};
 
@@ -29,25 +29,29 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// The longest [`SinkSlot::close`] waits for calls in progress on other threads.
 pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-#[derive(Default)]
-struct SlotState {
-    sink: Option<Arc<dyn DatagramSink>>,
-    /// Threads inside a call to the sink right now.
-    active: Vec<ThreadId>,
-    /// `close` callers waiting for `active` to empty.
-    closing: usize,
+thread_local! {
+    /// The slots this thread is inside a call of right now (their addresses), so that
+    /// [`SinkSlot::close`] from inside a call does not wait for itself.
+    static INSIDE: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where a transport's receive thread(s) hand datagrams to the core.
 ///
-/// [`SinkSlot::with`] takes a reference to the sink under a short lock and calls it with no lock
-/// held; a panic that escapes the sink is caught, counted ([`SinkSlot::panics`]) and logged, and
-/// the receive thread goes on. [`SinkSlot::close`] detaches the sink and waits for calls in
-/// progress on other threads (never for the calling thread's own: a sink may close its own
-/// transport, e.g. a callback dropping its node).
-#[derive(Default)]
+/// [`SinkSlot::with`] calls the sink with no lock taken at all (two atomic counter updates per
+/// call: this runs per datagram); a panic that escapes the sink is caught, counted
+/// ([`SinkSlot::panics`]) and logged, and the receive thread goes on. [`SinkSlot::close`] stops
+/// further calls and waits for calls in progress on other threads (never for the calling
+/// thread's own: a sink may close its own transport, e.g. a callback dropping its node). The
+/// sink itself is released with the slot.
 pub struct SinkSlot {
-    state: Mutex<SlotState>,
+    sink: Arc<dyn DatagramSink>,
+    /// Cleared by `detach` / `close`: no call starts afterwards.
+    open: AtomicBool,
+    /// Calls in progress (all threads).
+    active: AtomicUsize,
+    /// `close` callers waiting; calls ending then wake them through `idle`.
+    closing: AtomicUsize,
+    wait: Mutex<()>,
     idle: Condvar,
     panics: AtomicU64,
 }
@@ -62,36 +66,39 @@ impl SinkSlot {
     /// A slot holding `sink`, open.
     pub fn new(sink: Arc<dyn DatagramSink>) -> Self {
         Self {
-            state: Mutex::new(SlotState { sink: Some(sink), ..SlotState::default() }),
+            sink,
+            open: AtomicBool::new(true),
+            active: AtomicUsize::new(0),
+            closing: AtomicUsize::new(0),
+            wait: Mutex::new(()),
             idle: Condvar::new(),
             panics: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
-        // Nothing panics while holding it; recover anyway rather than cascade.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn addr(&self) -> usize {
+        std::ptr::from_ref(self) as usize
     }
 
     /// Calls `f` with the sink unless the slot is closed; false when closed.
     pub fn with(&self, f: impl FnOnce(&dyn DatagramSink)) -> bool {
-        let me = current_thread_id();
-        let sink = {
-            let mut st = self.lock();
-            let Some(sink) = st.sink.clone() else { return false };
-            st.active.push(me);
-            sink
-        };
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&*sink)));
-        drop(sink);
-        let mut st = self.lock();
-        if let Some(i) = st.active.iter().position(|t| *t == me) {
-            st.active.swap_remove(i);
+        // Counted in before the flag is read, and `close` clears the flag before it reads the
+        // count (both sequentially consistent): either this call sees the slot closed and does
+        // not start, or `close` sees it in progress and waits for it.
+        self.active.fetch_add(1, Ordering::SeqCst);
+        if !self.open.load(Ordering::SeqCst) {
+            self.leave();
+            return false;
         }
-        if st.closing > 0 {
-            self.idle.notify_all();
-        }
-        drop(st);
+        INSIDE.with(|v| v.borrow_mut().push(self.addr()));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&*self.sink)));
+        INSIDE.with(|v| {
+            let mut v = v.borrow_mut();
+            if let Some(i) = v.iter().rposition(|a| *a == self.addr()) {
+                v.remove(i);
+            }
+        });
+        self.leave();
         if let Err(p) = result {
             let n = self.panics.fetch_add(1, Ordering::Relaxed) + 1;
             let what = panic_message(&*p);
@@ -104,17 +111,26 @@ impl SinkSlot {
         true
     }
 
-    /// Detaches the sink (its reference is dropped) and waits until no other thread is inside
-    /// a call to it, for [`CLOSE_WAIT`] at most: a sink call that takes longer (a callback
-    /// blocked for good, or two callbacks on two threads each closing the other's transport)
-    /// makes it give up waiting, logged at error level, rather than hang. Idempotent.
+    fn leave(&self) {
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        if self.closing.load(Ordering::SeqCst) > 0 {
+            // Under the waiters' lock, so a `close` between its check and its wait is not missed.
+            let _g = self.wait.lock().unwrap_or_else(PoisonError::into_inner);
+            self.idle.notify_all();
+        }
+    }
+
+    /// Stops further calls and waits until no other thread is inside a call to the sink, for
+    /// [`CLOSE_WAIT`] at most: a sink call that takes longer (a callback blocked for good, or
+    /// two callbacks on two threads each closing the other's transport) makes it give up
+    /// waiting, logged at error level, rather than hang. Idempotent.
     pub fn close(&self) {
-        let me = current_thread_id();
-        let mut st = self.lock();
-        let sink = st.sink.take();
-        st.closing += 1;
+        self.open.store(false, Ordering::SeqCst);
+        let own = INSIDE.with(|v| v.borrow().iter().filter(|a| **a == self.addr()).count());
+        let mut g = self.wait.lock().unwrap_or_else(PoisonError::into_inner);
+        self.closing.fetch_add(1, Ordering::SeqCst);
         let deadline = std::time::Instant::now() + CLOSE_WAIT;
-        while st.active.iter().any(|t| *t != me) {
+        while self.active.load(Ordering::SeqCst) > own {
             let now = std::time::Instant::now();
             if now >= deadline {
                 tracing::error!(
@@ -123,22 +139,20 @@ impl SinkSlot {
                 );
                 break;
             }
-            st = self.idle.wait_timeout(st, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+            g = self.idle.wait_timeout(g, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
         }
-        st.closing -= 1;
-        drop(st);
-        drop(sink);
+        self.closing.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Detaches the sink without waiting for calls in progress, and returns it (for the caller
-    /// to drop outside its own locks); [`SinkSlot::close`] then waits.
-    pub fn detach(&self) -> Option<Arc<dyn DatagramSink>> {
-        self.lock().sink.take()
+    /// Stops further calls without waiting for calls in progress; [`SinkSlot::close`] then
+    /// waits.
+    pub fn detach(&self) {
+        self.open.store(false, Ordering::SeqCst);
     }
 
-    /// The sink has been detached or closed: the transport should stop receiving.
+    /// The slot has been detached or closed: the transport should stop receiving.
     pub fn is_closed(&self) -> bool {
-        self.lock().sink.is_none()
+        !self.open.load(Ordering::SeqCst)
     }
 
     /// Panics that escaped the sink (a defect of the receive path; user callback panics are
@@ -220,7 +234,8 @@ mod tests {
         slot.close();
         assert!(!slot.with(|s| s.datagram(b"late", addr(), Instant::now())), "closed: no call");
         assert_eq!(sink.0.load(Ordering::SeqCst), 2);
-        assert_eq!(Arc::strong_count(&sink), 1, "close dropped the slot's reference");
+        drop(slot);
+        assert_eq!(Arc::strong_count(&sink), 1, "the slot's reference goes with the slot");
     }
 
     #[test]

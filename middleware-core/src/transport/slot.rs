@@ -290,6 +290,56 @@ mod tests {
     }
 
     #[test]
+    fn no_call_is_in_progress_or_starts_once_close_returns_under_contention() {
+        struct Late {
+            closed: AtomicBool,
+            calls: AtomicU64,
+            late: AtomicU64,
+        }
+        impl DatagramSink for Late {
+            fn datagram(&self, _d: &[u8], _s: SocketAddr, _n: Instant) {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                std::hint::spin_loop();
+                if self.closed.load(Ordering::SeqCst) {
+                    self.late.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            fn tick(&self, _n: Instant) {}
+        }
+        for round in 0..20 {
+            let sink =
+                Arc::new(Late { closed: AtomicBool::new(false), calls: AtomicU64::new(0), late: AtomicU64::new(0) });
+            let slot = Arc::new(SinkSlot::new(sink.clone()));
+            let stop = Arc::new(AtomicBool::new(false));
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let (slot, stop) = (Arc::clone(&slot), Arc::clone(&stop));
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::SeqCst) {
+                            slot.with(|s| s.datagram(b"x", addr(), Instant::now()));
+                        }
+                    })
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while sink.calls.load(Ordering::SeqCst) < 1000 && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            slot.close();
+            // From here on, a call that sees this flag started after close returned.
+            sink.closed.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+            stop.store(true, Ordering::SeqCst);
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert!(sink.calls.load(Ordering::SeqCst) >= 1000, "round {round}: the threads never ran");
+            assert_eq!(sink.late.load(Ordering::SeqCst), 0, "round {round}: a call ran after close returned");
+            assert!(slot.is_closed() && !slot.with(|_| {}));
+        }
+    }
+
+    #[test]
     fn a_receive_thread_stopped_from_itself_does_not_join_itself() {
         let holder: Arc<Mutex<Option<Arc<ReceiveThread>>>> = Arc::default();
         let h2 = Arc::clone(&holder);

@@ -126,12 +126,18 @@ impl Partial {
     }
 
     fn insert(&mut self, start: usize, end: usize, more: bool, bytes: &[u8]) {
-        if self.buf.len() < end {
-            // Exact growth keeps the capacity (what the limits count) at the datagram's size.
-            self.buf.reserve_exact(end - self.buf.len());
-            self.buf.resize(end, 0);
+        if start == self.buf.len() {
+            // The next bytes in order (the usual case): appended, no zero fill first.
+            self.buf.reserve_exact(bytes.len());
+            self.buf.extend_from_slice(bytes);
+        } else {
+            if self.buf.len() < end {
+                // Exact growth keeps the capacity (what the limits count) at the datagram's size.
+                self.buf.reserve_exact(end - self.buf.len());
+                self.buf.resize(end, 0);
+            }
+            self.buf[start..end].copy_from_slice(bytes);
         }
-        self.buf[start..end].copy_from_slice(bytes);
         if !more {
             self.total = Some(end);
         }
@@ -227,6 +233,36 @@ impl IpReassembler {
             return None;
         }
         let key = IpKey { src: p.src, dst: p.dst, protocol: p.protocol, id: p.identification };
+        // The common case, a further fragment of a datagram in progress that fits and needs no
+        // eviction: updated in place (one lookup; no removal and re-insertion per fragment).
+        if let Some(part) = self.partials.get_mut(&key) {
+            match part.fit(start, end, p.more_fragments, p.payload) {
+                Fit::Duplicate => {
+                    self.stats.duplicates += 1;
+                    return None;
+                }
+                Fit::New
+                    if self.buffered + end.saturating_sub(part.buf.capacity()) <= self.config.max_buffered_bytes =>
+                {
+                    let before = part.buf.capacity();
+                    part.touched = now;
+                    part.insert(start, end, p.more_fragments, p.payload);
+                    self.buffered = self.buffered + part.buf.capacity() - before;
+                    if !part.complete() {
+                        return None;
+                    }
+                    let part = self.partials.remove(&key).expect("present");
+                    self.buffered -= part.buf.capacity();
+                    self.stats.completed += 1;
+                    let total = part.total.expect("complete");
+                    let mut buf = part.buf;
+                    buf.truncate(total);
+                    return Some(Cow::Owned(buf));
+                }
+                // A conflict, or growth past the byte limit: the general path below.
+                Fit::New | Fit::Conflict => {}
+            }
+        }
         let mut part = match self.partials.remove(&key) {
             Some(old) => {
                 self.buffered -= old.buf.capacity();

@@ -99,22 +99,59 @@ fn split_agrees(message: &[u8]) {
 }
 
 /// Registration samples (protobuf) into the remote table, as this host in network and local
-/// mode: never a panic, the table bounded.
+/// mode: never a panic, the table bounded. Each record is applied to two tables: one decodes and
+/// applies every sample, the other takes the node's fast path (a sample whose fingerprint matches
+/// the last one applied is only refreshed); both must end every step in the same state, and the
+/// fingerprint maps hold at most one entry per table entry.
 pub fn registration(data: &[u8]) {
-    let mut table = RemoteTable::default();
+    let Some((&mode, data)) = data.split_first() else { return };
+    let accept = if mode & 1 == 0 {
+        Acceptance { host_name: "here".into(), process_id: 1, network_mode: true, loopback: false }
+    } else {
+        Acceptance { host_name: "here".into(), process_id: 1, network_mode: false, loopback: true }
+    };
+    let mut plain = RemoteTable::default();
+    let mut fast = RemoteTable::default();
     let t0 = Instant::now();
-    let accept = [
-        Acceptance { host_name: "here".into(), process_id: 1, network_mode: true, loopback: false },
-        Acceptance { host_name: "here".into(), process_id: 1, network_mode: false, loopback: true },
-    ];
     for (i, (ctl, body)) in records(data).enumerate() {
-        if let Ok(s) = Sample::decode(body) {
-            let _ = table.on_sample(t0 + Duration::from_millis(i as u64), &s, &accept[usize::from(ctl & 1)]);
+        // Records flagged by the control byte arrive twice in a row, as eCAL resends them.
+        for _ in 0..=(ctl & 1) {
+            let now = t0 + Duration::from_millis(i as u64);
+            let decoded = Sample::decode(body);
+            let want = decoded.as_ref().ok().map(|s| plain.on_sample(now, s, &accept));
+            let fp = fast.fingerprint(body);
+            let got = match fast.refresh_unchanged(now, fp) {
+                Some(change) => Some(Ok(change)),
+                None => decoded.as_ref().ok().map(|s| fast.on_sample_fingerprinted(now, s, &accept, Some(fp))),
+            };
+            assert_eq!(got, want, "the fast path answers as decoding does");
+            assert_same(&plain, &fast);
+            let (fingerprints, fingerprint_of) = fast.fingerprint_entries();
+            assert!(fingerprint_of <= fast.entities().count() + fast.processes().count());
+            assert!(fingerprints <= fingerprint_of, "{fingerprints} fingerprints for {fingerprint_of} entries");
         }
     }
-    assert!(table.entities().count() <= MAX_REMOTE_ENTITIES && table.processes().count() <= MAX_REMOTE_PROCESSES);
-    table.expire(t0 + Duration::from_secs(3600), Duration::from_secs(10));
-    assert_eq!((table.entities().count(), table.processes().count()), (0, 0), "everything expires");
+    for table in [&mut plain, &mut fast] {
+        assert!(table.entities().count() <= MAX_REMOTE_ENTITIES && table.processes().count() <= MAX_REMOTE_PROCESSES);
+        table.expire(t0 + Duration::from_secs(3600), Duration::from_secs(10));
+        assert_eq!((table.entities().count(), table.processes().count()), (0, 0), "everything expires");
+        assert_eq!(table.fingerprint_entries(), (0, 0), "fingerprints expire with their entries");
+    }
+}
+
+fn assert_same(a: &RemoteTable, b: &RemoteTable) {
+    let entities = |t: &RemoteTable| {
+        let mut v: Vec<_> = t.entities().cloned().collect();
+        v.sort_by_key(|e| e.entity_id);
+        v
+    };
+    let processes = |t: &RemoteTable| {
+        let mut v: Vec<_> = t.processes().cloned().collect();
+        v.sort_by(|x, y| (&x.host_name, x.process_id).cmp(&(&y.host_name, y.process_id)));
+        v
+    };
+    assert!(entities(a) == entities(b), "entities differ");
+    assert!(processes(a) == processes(b), "processes differ");
 }
 
 #[cfg(test)]

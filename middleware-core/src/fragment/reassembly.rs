@@ -168,6 +168,19 @@ impl Body {
         }
     }
 
+    /// Makes room for `len` more bytes in one step, growing as [`Self::capacity_with`] says, so
+    /// that the appends that follow do not grow the buffers again.
+    fn reserve(&mut self, len: usize) {
+        let at = self.len();
+        match self {
+            Self::Plain(v) => v.reserve(len),
+            Self::Split { tail, range, .. } => {
+                let after = (at + len).saturating_sub(range.end);
+                tail.reserve(after.saturating_sub(tail.len()));
+            }
+        }
+    }
+
     /// Appends the next bytes of the message: in a split body, each byte goes to the part its
     /// message offset falls in.
     fn extend(&mut self, mut bytes: &[u8]) {
@@ -236,6 +249,16 @@ impl Partial {
 
     fn insert(&mut self, index: u32, body: &[u8]) {
         if index == self.next {
+            // Everything this fragment lets through is reserved at once: growing once per
+            // joined fragment could double the buffer several times, past what the limits
+            // were told (`cost_with`).
+            let mut joining = body.len();
+            let mut i = index + 1;
+            while let Some(f) = self.ahead.get(&i) {
+                joining += f.len();
+                i += 1;
+            }
+            self.head.reserve(joining);
             self.head.extend(body);
             self.next += 1;
             while let Some(f) = self.ahead.remove(&self.next) {
@@ -634,6 +657,27 @@ mod tests {
         let mut r = Reassembler::with_splitter(ReassemblyConfig::default(), |_| Some(5000..20_000));
         let got = split_outcomes(&mut r, now, &dgs.iter().collect::<Vec<_>>());
         assert!(matches!(&got[..], [Outcome::Message(m)] if **m == msg[..]), "{got:?}");
+    }
+
+    #[test]
+    fn joining_waiting_fragments_grows_the_buffer_once_and_stays_within_the_byte_limit() {
+        // No info: the total is unknown, so the plain buffer grows as fragments join. Fragment 1
+        // arriving last joins 1 + 6 000 + 6 000 bytes behind 10 000 at once; appending them one
+        // by one would double 10 001 -> 20 002 -> 40 004 bytes of capacity, past the limit.
+        let cfg = ReassemblyConfig { max_buffered_bytes: 34_001, ..Default::default() };
+        let mut r = Reassembler::new(cfg);
+        let now = Instant::now();
+        let frag = |index: u32, len: usize| {
+            let mut d = DatagramRepr::Fragment { id: 9, index, len: len as u32 }.to_bytes().to_vec();
+            d.extend(std::iter::repeat_n(index as u8, len));
+            d
+        };
+        for (index, len) in [(0, 10_000), (2, 6_000), (3, 6_000), (1, 1)] {
+            assert!(matches!(r.on_datagram(now, addr(1), &frag(index, len)), Outcome::Pending), "fragment {index}");
+            assert!(r.buffered_bytes() <= 34_001, "after fragment {index}: {} bytes", r.buffered_bytes());
+        }
+        assert_eq!(r.partial_messages(), 1);
+        assert_eq!(r.stats().evicted + r.stats().rejected_fragment, 0);
     }
 
     #[test]

@@ -42,6 +42,10 @@ fn varint(b: &[u8], mut at: usize) -> Option<(u64, usize)> {
     for shift in (0..70).step_by(7) {
         let byte = *b.get(at)?;
         at += 1;
+        if shift == 63 && byte > 1 {
+            // A tenth byte may carry only the top bit; prost rejects the rest, and so do we.
+            return None;
+        }
         v |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Some((v, at));
@@ -224,5 +228,19 @@ mod tests {
         let mut group = no_content.clone();
         group.extend_from_slice(&[0x0b, 0x0c]);
         assert_eq!(locate_payload(&group), None);
+    }
+
+    #[test]
+    fn a_ten_byte_varint_overflowing_64_bits_is_refused_as_prost_refuses_it() {
+        let mut ok = vec![0xff; 9];
+        ok.push(0x01);
+        assert_eq!(varint(&ok, 0), Some((u64::MAX, 10)));
+        assert!(prost::encoding::decode_varint(&mut &ok[..]).is_ok());
+        for last in [0x02u8, 0x7f] {
+            let mut bad = vec![0xff; 9];
+            bad.push(last);
+            assert_eq!(varint(&bad, 0), None, "tenth byte {last:#x}");
+            assert!(prost::encoding::decode_varint(&mut &bad[..]).is_err());
+        }
     }
 }

@@ -472,7 +472,6 @@ impl Drop for Node {
 }
 
 impl Inner {
-    /// Frames `message` and sends it through `t`, stopping at the first datagram that fails.
     /// Before a data send: the data channel's multicast loopback follows whether a same-host
     /// subscriber is registered (`network.multicast_loopback = true`; `always` keeps it on). A
     /// system call only when it changes, made by the sending thread with no lock held.
@@ -489,11 +488,21 @@ impl Inner {
             return;
         }
         if self.data_loopback.compare_exchange(current, BUSY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            // Leaves "busy" however the call ends: what it applied, or (should a transport
+            // panic) the state before, so that the next send tries again.
+            struct Leave<'a>(&'a std::sync::atomic::AtomicU8, u8);
+            impl Drop for Leave<'_> {
+                fn drop(&mut self) {
+                    self.0.store(self.1, Ordering::Release);
+                }
+            }
+            let mut leave = Leave(&self.data_loopback, current);
             self.data.set_multicast_loopback(want);
-            self.data_loopback.store(code, Ordering::Release);
+            leave.1 = code;
         }
     }
 
+    /// Frames `message` and sends it through `t`, stopping at the first datagram that fails.
     pub(crate) fn send_message(&self, t: &dyn Transport, message: &[u8]) -> Result<(), NodeError> {
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed) as i32;
         let pieces = split(message, self.config.max_datagram_size, id).ok_or(NodeError::TooLarge(message.len()))?;

@@ -657,6 +657,11 @@ impl RemoteTable {
     pub fn processes(&self) -> impl Iterator<Item = &RemoteProcess> {
         self.processes.values()
     }
+
+    /// Sizes of the two fingerprint maps (for the fuzz targets' bound checks).
+    pub(crate) fn fingerprint_entries(&self) -> (usize, usize) {
+        (self.fingerprints.len(), self.fingerprint_of.len())
+    }
 }
 
 #[cfg(test)]

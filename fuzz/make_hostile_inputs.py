@@ -63,3 +63,13 @@ ip = bytes([0x45, 0, 0xFF, 0xFF, 0, 1, 0x20, 0, 64, 17, 0, 0, 10, 0, 0, 1, 239, 
 write("frames", "ipv4_total_len_ffff", bytes([0]) + rec(0, eth + b"\x08\x00" + ip + b"\x00" * 8))
 write("frames", "vlan_chain", bytes([0]) + rec(0, eth + b"\x81\x00\x00\x01" * 40 + b"\x08\x00" + ip[:10]))
 print("written under", root)
+
+# Direct placement (first record: shape byte, message; then one record per frame: control byte
+# = what happens to it, body[0] = an argument): every fragment swapped, repeated, lost,
+# overlapped or flipped; a message whose 65 507-byte datagrams are cut into 45 fragments each.
+msg = bytes((i * 7 + 3) & 0xFF for i in range(60000))
+write("direct_placement", "mangled_small_datagrams",
+      rec(5, msg[:20000]) + b"".join(rec(i % 6, bytes([i * 37 & 0xFF])) for i in range(200)))
+write("direct_placement", "mangled_large_datagrams",
+      rec(255, msg) + b"".join(rec((0, 0, 2, 4, 0, 5, 1, 0, 3)[i % 9], bytes([i])) for i in range(120)))
+write("direct_placement", "in_order_large", rec(255, msg))

@@ -158,4 +158,4 @@ pub use pubsub::{
     Codec, Node, NodeError, NodeOptions, NodeStats, Proto, ProtoType, Publisher, Raw, Received, Subscriber, Tap,
     TappedSample, Text, TransportChoice,
 };
-pub use transport::{DatagramSink, Transport, TransportError, TransportFactory};
+pub use transport::{DatagramLease, DatagramSink, Transport, TransportError, TransportFactory};

@@ -2,6 +2,7 @@
 //! everything else happen above, once, for every transport.
 
 use crate::config::{Config, Mode};
+pub use crate::fragment::DatagramLease;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -141,6 +142,33 @@ pub trait DatagramSink: Send + Sync {
     fn datagram(&self, datagram: &[u8], source: SocketAddr, now: Instant);
     /// Housekeeping: at least every [`TICK`].
     fn tick(&self, now: Instant);
+
+    /// A datagram of `len` bytes arriving in pieces, in order (the UDP payload of an IPv4
+    /// datagram cut into fragments), whose first bytes `first` are here: a sink that can write
+    /// it straight to where its bytes end up returns a lease, saving the transport a buffer and
+    /// a copy. The transport then [pushes](DatagramLease::push) each next piece into it as it
+    /// arrives (no call into the sink) and ends with [`finish_datagram`](Self::finish_datagram)
+    /// once nothing remains, or [`abort_datagram`](Self::abort_datagram) when a piece comes out
+    /// of order, to go on the buffered way and call [`datagram`](Self::datagram) at the end.
+    /// Default: `None`, always the buffered way.
+    fn begin_datagram(&self, first: &[u8], len: usize, source: SocketAddr, now: Instant) -> Option<DatagramLease> {
+        let _ = (first, len, source, now);
+        None
+    }
+
+    /// Hands back a lease from [`begin_datagram`](Self::begin_datagram) whose datagram is
+    /// complete: what [`datagram`](Self::datagram) does with a whole datagram happens now.
+    fn finish_datagram(&self, lease: DatagramLease, now: Instant) {
+        let _ = (lease, now);
+    }
+
+    /// Hands back an unfinished lease. With `out`, the datagram's bytes so far are appended to
+    /// it so the transport can go on the buffered way; returns whether they were (`false`: the
+    /// datagram is lost, already counted by the sink).
+    fn abort_datagram(&self, lease: DatagramLease, out: Option<&mut Vec<u8>>) -> bool {
+        let _ = (lease, out);
+        false
+    }
 }
 
 /// The longest a transport lets pass between two [`DatagramSink::tick`] calls.

@@ -142,6 +142,90 @@ proptest! {
         }
     }
 
+    /// Datagrams written through leases (in pieces, as IPv4 fragments arrive), some handed back
+    /// part-way and finished the buffered way, some held while later datagrams arrive, in any
+    /// order with duplicates: the same message, once, as when every datagram is buffered, and
+    /// nothing left behind.
+    #[test]
+    fn leased_datagrams_reassemble_as_buffered_ones(
+        len in 0usize..100_000,
+        max in (HEADER_LEN + 1)..9000usize,
+        seed in any::<u64>(),
+        dup_every in 2usize..8,
+        with_splitter in any::<bool>(),
+    ) {
+        let msg: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        let mut dgs: Vec<Vec<u8>> = split(&msg, max, 17).unwrap().map(|p| [&p.header[..], p.body].concat()).collect();
+        let fragmented = dgs.len() > 1;
+        let extra: Vec<Vec<u8>> = dgs.iter().step_by(dup_every).cloned().collect();
+        dgs.extend(extra);
+        let mut x = seed | 1;
+        let mut rnd = move |n: usize| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x % n.max(1) as u64) as usize };
+        // Mostly in order (as on the wire), with a few swaps.
+        for _ in 0..rnd(4) {
+            let (i, j) = (rnd(dgs.len()), rnd(dgs.len()));
+            dgs.swap(i, j);
+        }
+        let mut r = if with_splitter {
+            Reassembler::with_splitter(ReassemblyConfig::default(), test_splitter)
+        } else {
+            Reassembler::new(ReassemblyConfig::default())
+        };
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let take = |o: Outcome<'_>, out: &mut Vec<Vec<u8>>| match o {
+            Outcome::Message(m) => out.push(m.into_owned()),
+            Outcome::Split(m) => out.push(m.joined()),
+            _ => {}
+        };
+        let mut held = None;
+        for d in &dgs {
+            // The first piece: at least the header, as the first IPv4 fragment holds it.
+            let first = (HEADER_LEN + rnd(1500)).min(d.len());
+            match rnd(4) {
+                0 => take(r.on_datagram(now, from(), d), &mut out),
+                mode => match r.begin_lease(now, from(), &d[..first], d.len()) {
+                    None => take(r.on_datagram(now, from(), d), &mut out),
+                    Some(mut lease) => {
+                        let mut at = first;
+                        let cut = if mode == 2 { first + rnd(d.len() - first) } else { d.len() };
+                        while at < cut {
+                            let n = (1 + rnd(1480)).min(cut - at);
+                            prop_assert_eq!(lease.push(&d[at..at + n]), n);
+                            at += n;
+                        }
+                        match mode {
+                            1 => take(r.finish_lease(now, lease), &mut out),
+                            2 => {
+                                let mut so_far = Vec::new();
+                                prop_assert!(r.abort_lease(lease, Some(&mut so_far)));
+                                prop_assert_eq!(&so_far[..], &d[..cut]);
+                                so_far.extend_from_slice(&d[cut..]);
+                                take(r.on_datagram(now, from(), &so_far), &mut out);
+                            }
+                            _ => {
+                                // Held while the next datagram arrives, then finished.
+                                if let Some(l) = held.take() {
+                                    take(r.finish_lease(now, l), &mut out);
+                                }
+                                held = Some(lease);
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        if let Some(l) = held.take() {
+            take(r.finish_lease(now, l), &mut out);
+        }
+        prop_assert!(!out.is_empty());
+        prop_assert!(out.iter().all(|m| *m == msg));
+        if fragmented {
+            prop_assert_eq!(out.len(), 1);
+            prop_assert_eq!((r.partial_messages(), r.buffered_bytes()), (0, 0));
+        }
+    }
+
     /// Arbitrary datagrams (valid headers with random fields) never exceed the configured bounds,
     /// with or without a splitter.
     #[test]
@@ -158,7 +242,20 @@ proptest! {
                 d.resize(HEADER_LEN + body_len, 0xab);
             }
             let from = SocketAddr::from(([10, 0, 0, 1], port % 3));
-            let _ = r.on_datagram(t0 + Duration::from_millis(i as u64), from, &d);
+            let now = t0 + Duration::from_millis(i as u64);
+            // Some through leases: finished, handed back, or dropped unfinished.
+            let first = (HEADER_LEN + usize::from(port >> 8)).min(d.len());
+            match (port >> 4) % 4 {
+                0 => { let _ = r.on_datagram(now, from, &d); }
+                how => if let Some(mut l) = r.begin_lease(now, from, &d[..first], d.len()) {
+                    l.push(&d[first..]);
+                    match how {
+                        1 => { let _ = r.finish_lease(now, l); }
+                        2 => { let _ = r.abort_lease(l, None); }
+                        _ => drop(l),
+                    }
+                },
+            }
             prop_assert!(r.partial_messages() <= 8);
             prop_assert!(r.buffered_bytes() <= 100_000);
         }

@@ -2,14 +2,14 @@
 //! the sink of the channel bound to its port, on that thread (no queue, no thread hop).
 
 use crate::config::NpcapConfig;
-use crate::demux::{Demux, DemuxStats};
+use crate::demux::{Delivery, Demux, DemuxStats, Route};
 use crate::filter::bpf;
 use crate::frame::LinkType;
 use crate::ip_reassembly::IpReassemblyStats;
 use crate::libpcap::{Direction, Handle, Library, LiveOptions, OpenError};
 use middleware_core::transport::{ReceiveThread, SinkSlot, TransportError, TICK};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -69,6 +69,54 @@ impl RouteSnapshot {
 
     fn wanted(&self, d: SocketAddrV4) -> bool {
         self.destinations.contains(d.ip()) && self.sink(d.port()).is_some()
+    }
+}
+
+/// The routes as the demultiplexer uses them, for the frames read at `now`. Sinks run with no
+/// lock held (the routes are the thread's copy); a closed slot drops what it is handed (a lease
+/// with it: its receiver forgets it when its partial message expires).
+struct Routing<'a> {
+    snapshot: &'a RouteSnapshot,
+    now: Instant,
+}
+
+impl Route for Routing<'_> {
+    fn wanted(&self, destination: SocketAddrV4) -> bool {
+        self.snapshot.wanted(destination)
+    }
+
+    fn deliver(&mut self, d: Delivery<'_>) {
+        if let Some(sink) = self.snapshot.sink(d.destination.port()) {
+            sink.with(|s| s.datagram(d.payload, d.source, self.now));
+        }
+    }
+
+    fn begin(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddrV4,
+        first: &[u8],
+        len: usize,
+        now: Instant,
+    ) -> Option<middleware_core::DatagramLease> {
+        let sink = self.snapshot.sink(destination.port())?;
+        let mut lease = None;
+        sink.with(|s| lease = s.begin_datagram(first, len, source, now));
+        lease
+    }
+
+    fn finish(&mut self, destination: SocketAddrV4, lease: middleware_core::DatagramLease, now: Instant) {
+        if let Some(sink) = self.snapshot.sink(destination.port()) {
+            sink.with(|s| s.finish_datagram(lease, now));
+        }
+    }
+
+    fn abort(&mut self, destination: SocketAddrV4, lease: middleware_core::DatagramLease, out: &mut Vec<u8>) -> bool {
+        let mut kept = false;
+        if let Some(sink) = self.snapshot.sink(destination.port()) {
+            sink.with(|s| kept = s.abort_datagram(lease, Some(out)));
+        }
+        kept
     }
 }
 
@@ -299,17 +347,7 @@ fn run(
                         data: pkt.data,
                     });
                 }
-                demux.on_frame(
-                    now,
-                    pkt.data,
-                    |d| snapshot.wanted(d),
-                    |d| {
-                        // The sink runs with no lock held (the routes are this thread's copy).
-                        if let Some(sink) = snapshot.sink(d.destination.port()) {
-                            sink.with(|s| s.datagram(d.payload, d.source, now));
-                        }
-                    },
-                );
+                demux.on_frame_to(now, pkt.data, &mut Routing { snapshot: &snapshot, now });
             })
         };
         // A panic in the frame path (a defect: sinks catch their own) must not end capturing

@@ -1,12 +1,24 @@
 //! Frames -> UDP payloads for the ports and destinations we listen on: link decode, IPv4
 //! reassembly, UDP header, demultiplexing. Pure: the capture glue and the offline replay tests
 //! drive the same code.
+//!
+//! **Direct placement.** A fragmented UDP datagram whose first IPv4 fragment comes first is
+//! offered to its receiver ([`Route::begin`], the core's `DatagramSink::begin_datagram`): when the
+//! receiver can place it, each next fragment in order is pushed from the ring straight to where
+//! the eCAL message is assembled, and no IPv4 reassembly buffer is used. Anything else (a
+//! fragment out of order, a duplicate, an overlap, the identification reused, a malformed
+//! fragment) hands the lease back with the bytes so far and goes on through [`IpReassembler`]
+//! with its policy and bounds (counted as `stream_fallbacks`). Streams are bounded like partial
+//! datagrams: at most `max_datagrams` and `max_buffered_bytes` declared bytes (the oldest evicted
+//! beyond), each at most `timeout` old.
 
-use crate::frame::{decode, parse_udp, FrameError, LinkType};
-use crate::ip_reassembly::{IpReassembler, IpReassemblyConfig, IpReassemblyStats};
+use crate::frame::{decode, parse_udp, FrameError, Ipv4Packet, LinkType};
+use crate::ip_reassembly::{IpKey, IpReassembler, IpReassemblyConfig, IpReassemblyStats, MAX_DATAGRAM_PAYLOAD};
+use middleware_core::DatagramLease;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const UDP: u8 = 17;
 
@@ -30,6 +42,79 @@ pub struct DemuxStats {
     pub delivered: u64,
     /// UDP payload bytes handed on.
     pub delivered_bytes: u64,
+    /// Fragmented UDP datagrams placed directly (their fragments pushed from the ring into the
+    /// receiver's buffer, in order); counted in `delivered` too.
+    pub streamed: u64,
+    /// Directly placed datagrams that went back to IPv4 reassembly part-way (a fragment out of
+    /// order, duplicated, overlapping or malformed).
+    pub stream_fallbacks: u64,
+    /// Directly placed datagrams dropped unfinished after the reassembly timeout.
+    pub streams_expired: u64,
+    /// Directly placed datagrams dropped unfinished, oldest first, to stay within the bounds.
+    pub streams_evicted: u64,
+}
+
+impl DemuxStats {
+    /// Directly placed datagrams that never completed.
+    pub fn lost_streams(&self) -> u64 {
+        self.streams_expired + self.streams_evicted
+    }
+}
+
+/// Where the demultiplexer hands what it decodes: the capture thread's routes to the channels'
+/// sinks, or a test's.
+pub trait Route {
+    /// Whether anyone listens at `destination`.
+    fn wanted(&self, destination: SocketAddrV4) -> bool;
+    /// A complete UDP datagram for a wanted destination.
+    fn deliver(&mut self, d: Delivery<'_>);
+    /// A fragmented datagram for a wanted destination, of `len` UDP payload bytes, `first` of
+    /// them here: a lease to push the rest into, or `None` for the buffered way. Default: `None`.
+    fn begin(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddrV4,
+        first: &[u8],
+        len: usize,
+        now: Instant,
+    ) -> Option<DatagramLease> {
+        let _ = (source, destination, first, len, now);
+        None
+    }
+    /// A lease whose datagram is complete.
+    fn finish(&mut self, destination: SocketAddrV4, lease: DatagramLease, now: Instant) {
+        let _ = (destination, lease, now);
+    }
+    /// An unfinished lease, its bytes so far appended to `out` (returns whether they were).
+    fn abort(&mut self, destination: SocketAddrV4, lease: DatagramLease, out: &mut Vec<u8>) -> bool {
+        let _ = (destination, lease, out);
+        false
+    }
+}
+
+/// A [`Route`] of two closures, without direct placement.
+struct Closures<W, D>(W, D);
+
+impl<W: Fn(SocketAddrV4) -> bool, D: FnMut(Delivery<'_>)> Route for Closures<W, D> {
+    fn wanted(&self, destination: SocketAddrV4) -> bool {
+        (self.0)(destination)
+    }
+    fn deliver(&mut self, d: Delivery<'_>) {
+        (self.1)(d);
+    }
+}
+
+/// A fragmented datagram being placed directly.
+#[derive(Debug)]
+struct Stream {
+    lease: DatagramLease,
+    destination: SocketAddrV4,
+    udp_header: [u8; 8],
+    /// IP payload bytes in all, as the UDP header says.
+    udp_len: usize,
+    /// IP payload offset of the next fragment expected.
+    next: usize,
+    created: Instant,
 }
 
 /// One delivered datagram.
@@ -48,13 +133,26 @@ pub struct Delivery<'a> {
 pub struct Demux {
     link: LinkType,
     ip: IpReassembler,
+    ip_config: IpReassemblyConfig,
     stats: DemuxStats,
+    streams: HashMap<IpKey, Stream>,
+    /// Declared bytes of the streams in progress.
+    stream_bytes: usize,
+    last_stream_expire: Option<Instant>,
 }
 
 impl Demux {
     /// A pipeline for frames of link type `link`, with IPv4 reassembly bounded by `config`.
     pub fn new(link: LinkType, config: IpReassemblyConfig) -> Self {
-        Self { link, ip: IpReassembler::new(config), stats: DemuxStats::default() }
+        Self {
+            link,
+            ip: IpReassembler::new(config.clone()),
+            ip_config: config,
+            stats: DemuxStats::default(),
+            streams: HashMap::new(),
+            stream_bytes: 0,
+            last_stream_expire: None,
+        }
     }
 
     /// A snapshot of the decode counters.
@@ -67,25 +165,48 @@ impl Demux {
         self.ip.stats()
     }
 
-    /// IPv4 datagrams with fragments still missing.
+    /// IPv4 datagrams with fragments still missing (buffered or being placed directly).
     pub fn partial_ip_datagrams(&self) -> usize {
-        self.ip.partial_datagrams()
+        self.ip.partial_datagrams() + self.streams.len()
     }
 
-    /// Runs expiry of partial IP datagrams (also done while frames arrive).
+    /// Runs expiry of partial IP datagrams (also done while frames arrive). A stream dropped
+    /// here drops its lease: the receiver counts its partial message lost when it expires.
     pub fn expire(&mut self, now: Instant) {
         self.ip.expire(now);
+        self.last_stream_expire = Some(now);
+        let timeout = self.ip_config.timeout;
+        let before = self.streams.len();
+        let mut freed = 0;
+        self.streams.retain(|_, st| {
+            let keep = now.saturating_duration_since(st.created) < timeout;
+            if !keep {
+                freed += st.udp_len;
+            }
+            keep
+        });
+        let n = before - self.streams.len();
+        if n > 0 {
+            self.stream_bytes -= freed;
+            self.stats.streams_expired += n as u64;
+            tracing::debug!(count = n, "directly placed datagrams expired unfinished");
+        }
     }
 
     /// Decodes one captured frame. `wanted(destination)` says whether anyone listens there;
-    /// `deliver` gets each complete UDP datagram that is wanted.
+    /// `deliver` gets each complete UDP datagram that is wanted. No direct placement.
     pub fn on_frame(
         &mut self,
         now: Instant,
         frame: &[u8],
         wanted: impl Fn(SocketAddrV4) -> bool,
-        mut deliver: impl FnMut(Delivery<'_>),
+        deliver: impl FnMut(Delivery<'_>),
     ) {
+        self.on_frame_to(now, frame, &mut Closures(wanted, deliver));
+    }
+
+    /// Decodes one captured frame and hands what it completes, or begins, to `route`.
+    pub fn on_frame_to(&mut self, now: Instant, frame: &[u8], route: &mut impl Route) {
         self.stats.frames += 1;
         let packet = match decode(self.link, frame) {
             Ok(p) => p,
@@ -104,14 +225,17 @@ impl Demux {
             return;
         }
         let (src, dst) = (packet.src, packet.dst);
+        if packet.is_fragment() && self.place(now, &packet, route) {
+            return;
+        }
         let Some(ip_payload) = self.ip.push(now, &packet) else { return };
         match parse_udp(&ip_payload) {
             Ok(udp) => {
                 let destination = SocketAddrV4::new(dst, udp.dst_port);
-                if wanted(destination) {
+                if route.wanted(destination) {
                     self.stats.delivered += 1;
                     self.stats.delivered_bytes += udp.payload.len() as u64;
-                    deliver(Delivery {
+                    route.deliver(Delivery {
                         source: SocketAddr::V4(SocketAddrV4::new(src, udp.src_port)),
                         destination,
                         payload: udp.payload,
@@ -128,5 +252,221 @@ impl Demux {
         if let Cow::Owned(buf) = ip_payload {
             self.ip.recycle(buf);
         }
+    }
+
+    /// Direct placement of a fragment: true when it was taken (pushed into a stream, or began
+    /// one); false when it goes to IPv4 reassembly (a stream it broke was handed back first).
+    fn place(&mut self, now: Instant, p: &Ipv4Packet<'_>, route: &mut impl Route) -> bool {
+        if self.last_stream_expire.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100)) {
+            self.expire(now);
+        }
+        let key = IpKey { src: p.src, dst: p.dst, protocol: p.protocol, id: p.identification };
+        let (start, len) = (p.offset, p.payload.len());
+        let end = start + len;
+        let well_formed = end <= MAX_DATAGRAM_PAYLOAD && (!p.more_fragments || (len > 0 && len % 8 == 0));
+        if let Some(st) = self.streams.get_mut(&key) {
+            // The next fragment in order, ending where the UDP header says it ends (or before,
+            // with more to come): pushed where it belongs, no buffer in between.
+            let continues =
+                well_formed && start == st.next && if p.more_fragments { end < st.udp_len } else { end >= st.udp_len };
+            if continues {
+                self.ip.note_fragment();
+                st.lease.push(p.payload);
+                st.next = end;
+                if !p.more_fragments {
+                    let st = self.streams.remove(&key).expect("present");
+                    self.stream_bytes -= st.udp_len;
+                    self.stats.delivered += 1;
+                    self.stats.delivered_bytes += (st.udp_len - 8) as u64;
+                    self.stats.streamed += 1;
+                    route.finish(st.destination, st.lease, now);
+                }
+                return true;
+            }
+            // Back to the buffered way, with the bytes so far as one fragment at offset 0.
+            let st = self.streams.remove(&key).expect("present");
+            self.stream_bytes -= st.udp_len;
+            self.stats.stream_fallbacks += 1;
+            tracing::trace!(src = %p.src, id = p.identification, start, expected = st.next, "IPv4 fragment out of order; buffered reassembly");
+            let mut buf = self.ip.take_buffer();
+            buf.extend_from_slice(&st.udp_header);
+            if route.abort(st.destination, st.lease, &mut buf) && buf.len() == st.next {
+                let prefix = Ipv4Packet { offset: 0, more_fragments: true, payload: &buf, ..*p };
+                let _ = self.ip.push(now, &prefix);
+            }
+            self.ip.recycle(buf);
+            return false;
+        }
+        // A first fragment of a datagram not seen before, for a destination listened on.
+        if start != 0 || !p.more_fragments || !well_formed || len < 8 || self.ip.contains(&key) {
+            return false;
+        }
+        let Ok(udp) = parse_header(p.payload) else { return false };
+        let destination = SocketAddrV4::new(p.dst, udp.1);
+        if udp.2 <= len || !route.wanted(destination) {
+            return false;
+        }
+        let udp_len = udp.2;
+        if udp_len > self.ip_config.max_buffered_bytes {
+            return false;
+        }
+        let source = SocketAddr::V4(SocketAddrV4::new(p.src, udp.0));
+        let Some(lease) = route.begin(source, destination, &p.payload[8..], udp_len - 8, now) else { return false };
+        // Room for it: the oldest streams go (their leases dropped; their receiver counts the
+        // partial messages lost when they expire there).
+        while self.streams.len() >= self.ip_config.max_datagrams.max(1)
+            || self.stream_bytes + udp_len > self.ip_config.max_buffered_bytes
+        {
+            let Some(oldest) = self.streams.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k) else { break };
+            let st = self.streams.remove(&oldest).expect("present");
+            self.stream_bytes -= st.udp_len;
+            self.stats.streams_evicted += 1;
+            tracing::debug!(src = %oldest.src, id = oldest.id, "directly placed datagram evicted unfinished");
+        }
+        let udp_header: [u8; 8] = p.payload[..8].try_into().expect("length checked");
+        self.ip.note_fragment();
+        self.stream_bytes += udp_len;
+        self.streams.insert(key, Stream { lease, destination, udp_header, udp_len, next: end, created: now });
+        true
+    }
+}
+
+/// Source port, destination port and length from a UDP header (the first 8 bytes of `b`).
+fn parse_header(b: &[u8]) -> Result<(u16, u16, usize), FrameError> {
+    if b.len() < 8 {
+        return Err(FrameError::Truncated);
+    }
+    let len = usize::from(u16::from_be_bytes([b[4], b[5]]));
+    if len < 8 {
+        return Err(FrameError::BadIpv4);
+    }
+    Ok((u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]]), len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::{ecal_frames, EcalRoute};
+    use middleware_core::wire::MAX_DATAGRAM_LEN;
+
+    fn message(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + 7) as u8).collect()
+    }
+
+    /// Runs `frames` through a demux into an eCAL reassembler, placing directly or not.
+    fn run(frames: &[Vec<u8>], direct: bool, cfg: IpReassemblyConfig) -> (Demux, EcalRoute) {
+        let mut demux = Demux::new(LinkType::Ethernet, cfg);
+        let mut route = EcalRoute::new(direct);
+        let now = Instant::now();
+        for f in frames {
+            demux.on_frame_to(now, f, &mut route);
+        }
+        (demux, route)
+    }
+
+    #[test]
+    fn in_order_fragments_go_from_the_frame_to_the_message_buffer() {
+        // 1 MiB: an info datagram and 17 fragment datagrams: 16 of 65 507 bytes (45 frames each)
+        // and one of 872 bytes (one frame, handed on where it lies).
+        let msg = message(1 << 20);
+        let frames = ecal_frames(&msg, MAX_DATAGRAM_LEN, 3, 1, 40_000);
+        let (demux, route) = run(&frames, true, IpReassemblyConfig::default());
+        assert_eq!(route.messages, vec![msg.clone()]);
+        let st = demux.stats();
+        assert_eq!((st.streamed, st.stream_fallbacks, st.delivered), (16, 0, 18));
+        assert_eq!(route.ecal.stats().leased, 16);
+        assert_eq!(demux.ip_stats().completed, 0, "no IPv4 reassembly buffer used");
+        assert_eq!(demux.ip_stats().fragments, frames.len() as u64 - 2, "every fragment counted (not the info and the last)");
+        assert_eq!(
+            (demux.partial_ip_datagrams(), route.ecal.partial_messages(), route.ecal.buffered_bytes()),
+            (0, 0, 0)
+        );
+        // A whole message of 60 000 bytes: one UDP datagram of 41 fragments, placed directly.
+        let small = message(60_000);
+        let (demux, route) = run(&ecal_frames(&small, MAX_DATAGRAM_LEN, 4, 1, 40_000), true, Default::default());
+        assert_eq!(route.messages, vec![small]);
+        assert_eq!((demux.stats().streamed, route.ecal.stats().leased), (1, 1));
+    }
+
+    #[test]
+    fn fragments_out_of_order_duplicated_or_overlapping_fall_back_and_still_deliver() {
+        let msg = message(200_000);
+        let frames = ecal_frames(&msg, MAX_DATAGRAM_LEN, 3, 1, 40_000);
+        // Swapped neighbours inside the second UDP datagram (frames 1..=45 are the first).
+        let mut swapped = frames.clone();
+        swapped.swap(50, 51);
+        // A repeated fragment inside the third.
+        let mut repeated = frames.clone();
+        repeated.insert(100, frames[99].clone());
+        // Reversed: no datagram's first fragment comes first, nothing is streamed.
+        let mut reversed = frames.clone();
+        reversed.reverse();
+        for (name, set, streamed, fallbacks) in
+            [("swapped", swapped, 3, 1), ("repeated", repeated, 3, 1), ("reversed", reversed, 0, 0)]
+        {
+            let (demux, route) = run(&set, true, IpReassemblyConfig::default());
+            let (buffered_demux, buffered) = run(&set, false, IpReassemblyConfig::default());
+            assert_eq!(route.messages, vec![msg.clone()], "{name}");
+            assert_eq!(buffered.messages, route.messages, "{name}");
+            let st = demux.stats();
+            assert_eq!((st.streamed, st.stream_fallbacks), (streamed, fallbacks), "{name}");
+            assert_eq!(st.delivered, buffered_demux.stats().delivered, "{name}");
+            assert_eq!(demux.ip_stats().duplicates, buffered_demux.ip_stats().duplicates, "{name}");
+            assert_eq!(route.ecal.stats().lease_aborted, fallbacks, "{name}");
+            assert_eq!((route.ecal.partial_messages(), route.ecal.buffered_bytes()), (0, 0), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_identification_reused_while_a_datagram_streams_starts_the_new_one() {
+        // Message 1's first UDP datagram loses its last fragment; message 2 reuses the same IP
+        // identifications: it is delivered whole, and message 1 never is.
+        let (m1, m2) = (message(100_000), message(90_000));
+        let mut a = ecal_frames(&m1, MAX_DATAGRAM_LEN, 1, 500, 40_000);
+        a.remove(45); // the last frame of the first fragment datagram (frame 0 is the info)
+        let b = ecal_frames(&m2, MAX_DATAGRAM_LEN, 2, 500, 40_000);
+        let set: Vec<Vec<u8>> = a.into_iter().chain(b).collect();
+        let (mut demux, mut route) = run(&set, true, IpReassemblyConfig::default());
+        let (_, buffered) = run(&set, false, IpReassemblyConfig::default());
+        assert_eq!(route.messages, vec![m2]);
+        assert_eq!(buffered.messages, route.messages);
+        assert!(demux.ip_stats().conflicts >= 1);
+        // Message 1's partial state goes with the timeout, counted.
+        let later = Instant::now() + Duration::from_secs(60);
+        demux.expire(later);
+        route.ecal.expire(later);
+        assert_eq!((demux.partial_ip_datagrams(), route.ecal.partial_messages()), (0, 0));
+        assert!(route.ecal.stats().expired >= 1);
+    }
+
+    #[test]
+    fn streams_are_bounded_in_number_and_bytes_and_expire() {
+        // First fragments only, of 10 UDP datagrams of 65 515 bytes: at most 4 streams at once.
+        let msg = message(600_000);
+        let frames = ecal_frames(&msg, MAX_DATAGRAM_LEN, 9, 1, 40_000);
+        let firsts: Vec<Vec<u8>> = frames.iter().skip(1).step_by(45).take(10).cloned().collect();
+        let cfg = IpReassemblyConfig { max_datagrams: 4, ..Default::default() };
+        let (mut demux, route) = run(&firsts, true, cfg);
+        // Only the first datagram is the next fragment in order: the others go buffered.
+        assert_eq!(demux.stats().streamed, 0);
+        assert_eq!(route.ecal.stats().leased, 1);
+        assert!(demux.partial_ip_datagrams() <= 8);
+        demux.expire(Instant::now() + Duration::from_secs(60));
+        assert_eq!(demux.partial_ip_datagrams(), 0);
+        assert_eq!(demux.stats().streams_expired, 1);
+        // Whole messages (each its own lease): the oldest streams are evicted beyond 4, and
+        // beyond the byte bound.
+        let whole: Vec<Vec<u8>> = (0..10u16)
+            .map(|k| ecal_frames(&message(60_000), MAX_DATAGRAM_LEN, 0, 1000 + k, 40_000)[0].clone())
+            .collect();
+        let (demux, route) = run(&whole, true, cfg_bytes(4, 1 << 30));
+        assert_eq!((demux.stats().streams_evicted, demux.partial_ip_datagrams()), (6, 4));
+        assert_eq!(route.ecal.stats().leased, 10);
+        let (demux, _) = run(&whole, true, cfg_bytes(100, 130_000));
+        assert_eq!((demux.stats().streams_evicted, demux.partial_ip_datagrams()), (8, 2));
+    }
+
+    fn cfg_bytes(max_datagrams: usize, max_buffered_bytes: usize) -> IpReassemblyConfig {
+        IpReassemblyConfig { max_datagrams, max_buffered_bytes, ..Default::default() }
     }
 }

@@ -202,6 +202,22 @@ impl IpReassembler {
         self.buffered
     }
 
+    /// Whether fragments of the datagram `key` are held.
+    pub fn contains(&self, key: &IpKey) -> bool {
+        self.partials.contains_key(key)
+    }
+
+    /// An empty buffer, from the pool when one is there (give it back with
+    /// [`recycle`](Self::recycle)).
+    pub fn take_buffer(&mut self) -> Vec<u8> {
+        self.pool.pop().unwrap_or_default()
+    }
+
+    /// Counts a fragment that went past this reassembler (placed directly).
+    pub(crate) fn note_fragment(&mut self) {
+        self.stats.fragments += 1;
+    }
+
     /// Hands a completed datagram's buffer back for reuse.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
         if self.pool.len() < POOL && buf.capacity() >= 2048 && buf.capacity() <= MAX_DATAGRAM_PAYLOAD * 2 {

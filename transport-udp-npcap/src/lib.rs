@@ -50,7 +50,9 @@
 //! did not decode (`frames_malformed`, `frames_not_ipv4`, `frames_not_udp`, `udp_malformed`),
 //! UDP for ports or groups nobody here listens to (`udp_unwanted`, normal), IPv4 reassembly
 //! (`ip_fragments`, `ip_completed`, `ip_duplicates`, and datagrams lost: `ip_conflicts`,
-//! `ip_expired`, `ip_evicted`, `ip_malformed`), kernel filter updates, read errors, panics
+//! `ip_expired`, `ip_evicted`, `ip_malformed`), direct placement of fragmented datagrams
+//! (`ip_streamed`, `ip_stream_fallbacks` to reassembly part-way, and lost unfinished:
+//! `ip_streams_expired`, `ip_streams_evicted`; see [`demux`]), kernel filter updates, read errors, panics
 //! caught (`capture_panics`, `sink_panics`: defects), and the self-check: `self_heard` (this
 //! node's own registration datagrams the capture heard), `capture_deaf` (1 while a capture that
 //! should hear them does not: a capture on the wrong device, a filter, a driver; see
@@ -392,6 +394,29 @@ impl DatagramSink for Counting {
     fn tick(&self, now: std::time::Instant) {
         self.inner.tick(now);
     }
+
+    fn begin_datagram(
+        &self,
+        first: &[u8],
+        len: usize,
+        source: std::net::SocketAddr,
+        now: std::time::Instant,
+    ) -> Option<middleware_core::DatagramLease> {
+        if self.hearing.checked() {
+            self.hearing.on_datagram(source);
+        }
+        self.inner.begin_datagram(first, len, source, now)
+    }
+
+    fn finish_datagram(&self, lease: middleware_core::DatagramLease, now: std::time::Instant) {
+        self.datagrams.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(lease.datagram_len() as u64, Ordering::Relaxed);
+        self.inner.finish_datagram(lease, now);
+    }
+
+    fn abort_datagram(&self, lease: middleware_core::DatagramLease, out: Option<&mut Vec<u8>>) -> bool {
+        self.inner.abort_datagram(lease, out)
+    }
 }
 
 /// One channel: receives from the shared capture (its sink is called on the capture threads),
@@ -514,6 +539,10 @@ impl Transport for NpcapTransport {
             add("ip_malformed", d.ip.malformed);
             add("ip_expired", d.ip.expired);
             add("ip_evicted", d.ip.evicted);
+            add("ip_streamed", d.demux.streamed);
+            add("ip_stream_fallbacks", d.demux.stream_fallbacks);
+            add("ip_streams_expired", d.demux.streams_expired);
+            add("ip_streams_evicted", d.demux.streams_evicted);
             add("filter_updates", d.filter_updates);
             add("read_errors", d.read_errors);
             add("capture_panics", d.panics);

@@ -17,6 +17,7 @@ const TARGETS: &[(&str, Body)] = &[
     ("registration", middleware_core::fuzzing::registration),
     ("frames", transport_udp_npcap::fuzzing::frames),
     ("ip_fragments", transport_udp_npcap::fuzzing::ip_fragments),
+    ("direct_placement", transport_udp_npcap::fuzzing::direct_placement),
 ];
 
 fn workspace() -> PathBuf {

@@ -8,7 +8,7 @@ use crate::project_root;
 use anyhow::{bail, Context};
 use std::process::Command;
 
-pub const TARGETS: &[&str] = &["datagrams", "sample", "registration", "frames", "ip_fragments"];
+pub const TARGETS: &[&str] = &["datagrams", "sample", "registration", "frames", "ip_fragments", "direct_placement"];
 
 /// `stat::number_of_executed_units: N` from libFuzzer's final statistics.
 pub fn executions(stderr: &str) -> Option<u64> {

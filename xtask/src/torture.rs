@@ -248,7 +248,14 @@ fn drop_reasons(sub: &Value) -> u64 {
     let d = &sub["stats"]["data"];
     let r = &d["reassembly"];
     let t = &d["transport"];
-    let details = ["kernel_ip_reasm_fails", "ip_expired", "ip_evicted", "ip_conflicts"];
+    let details = [
+        "kernel_ip_reasm_fails",
+        "ip_expired",
+        "ip_evicted",
+        "ip_conflicts",
+        "ip_streams_expired",
+        "ip_streams_evicted",
+    ];
     u(&r["expired"])
         + u(&r["evicted"])
         + u(&r["size_mismatch"])

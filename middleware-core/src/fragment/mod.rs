@@ -4,5 +4,7 @@
 pub mod reassembly;
 pub mod split;
 
-pub use reassembly::{FragKey, Outcome, Reassembler, ReassemblyConfig, ReassemblyStats, SplitMessage, Splitter};
+pub use reassembly::{
+    DatagramLease, FragKey, Outcome, Reassembler, ReassemblyConfig, ReassemblyStats, SplitMessage, Splitter,
+};
 pub use split::{fragment_count, split, Piece};

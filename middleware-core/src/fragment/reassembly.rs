@@ -13,11 +13,17 @@
 //! * limits: a declared total above `max_message_len`, a fragment count that cannot describe the
 //!   total, a fragment index at or above the count are rejected before anything is allocated;
 //!   when a new partial message would exceed `max_partial_messages` or `max_buffered_bytes`,
-//!   the least recently touched partial messages are evicted. Every drop is counted.
+//!   the least recently touched partial messages are evicted. Every drop is counted;
+//! * a datagram arriving in pieces (a capture transport's IPv4 fragments) may be written
+//!   straight into its message's buffer through a [`DatagramLease`] when it is a whole message or
+//!   the next fragment in order: same checks, same limits (the lent buffer stays counted), and
+//!   "first copy wins" holds (a copy of the lent fragment arriving meanwhile is a duplicate).
+//!   A lease handed back unfinished leaves the partial message as it was before it.
 //!
 //! Time is a parameter: nothing here reads a clock.
 
-use crate::wire::{Datagram, DatagramRepr};
+use crate::wire::datagram::{MAGIC, VERSION};
+use crate::wire::{Datagram, DatagramRepr, HEADER_LEN};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -72,6 +78,12 @@ pub struct ReassemblyStats {
     pub evicted: u64,
     /// Completed messages whose size differed from the declared total.
     pub size_mismatch: u64,
+    /// Datagrams written straight into their message's buffer as their pieces arrived
+    /// ([`Reassembler::begin_lease`]).
+    pub leased: u64,
+    /// Leases handed back unfinished (pieces out of order, a conflict, expiry): the datagram
+    /// went on through the buffered path, or was lost with its partial message.
+    pub lease_aborted: u64,
 }
 
 impl ReassemblyStats {
@@ -181,6 +193,30 @@ impl Body {
         }
     }
 
+    /// Drops the bytes from message offset `len` on (from a lease handed back unfinished).
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Self::Plain(v) => v.truncate(len),
+            Self::Split { head, payload, tail, range } => {
+                head.truncate(len.min(range.start));
+                payload.truncate(len.clamp(range.start, range.end) - range.start);
+                tail.truncate(len.saturating_sub(range.end));
+            }
+        }
+    }
+
+    /// Appends the message bytes from offset `from` on to `out`.
+    fn copy_from(&self, from: usize, out: &mut Vec<u8>) {
+        match self {
+            Self::Plain(v) => out.extend_from_slice(v.get(from..).unwrap_or_default()),
+            Self::Split { head, payload, tail, range } => {
+                for (part, start) in [(head, 0), (payload, range.start), (tail, range.end)] {
+                    out.extend_from_slice(part.get(from.saturating_sub(start)..).unwrap_or_default());
+                }
+            }
+        }
+    }
+
     /// Appends the next bytes of the message: in a split body, each byte goes to the part its
     /// message offset falls in.
     fn extend(&mut self, mut bytes: &[u8]) {
@@ -214,20 +250,34 @@ struct Partial {
     ahead: BTreeMap<u32, Vec<u8>>,
     ahead_bytes: usize,
     last_touch: Instant,
+    /// While fragment `next` is written through a [`DatagramLease`]: the lease's number. `head`
+    /// is then empty; the lease holds it.
+    leased: Option<u64>,
+    /// The capacity of the body the lease holds (counted against the limits meanwhile).
+    leased_cost: usize,
 }
 
 impl Partial {
     fn new(now: Instant) -> Self {
-        Self { info: None, head: Body::default(), next: 0, ahead: BTreeMap::new(), ahead_bytes: 0, last_touch: now }
+        Self {
+            info: None,
+            head: Body::default(),
+            next: 0,
+            ahead: BTreeMap::new(),
+            ahead_bytes: 0,
+            last_touch: now,
+            leased: None,
+            leased_cost: 0,
+        }
     }
 
     /// Memory this partial holds (what the limits count).
     fn cost(&self) -> usize {
-        self.head.capacity() + self.ahead_bytes
+        self.head.capacity() + self.ahead_bytes + self.leased_cost
     }
 
     fn has(&self, index: u32) -> bool {
-        index < self.next || self.ahead.contains_key(&index)
+        index < self.next || self.ahead.contains_key(&index) || (self.leased.is_some() && index == self.next)
     }
 
     fn fragment_count(&self) -> usize {
@@ -247,29 +297,95 @@ impl Partial {
         }
     }
 
+    /// Bytes of the fragments waiting right after fragment `index`.
+    fn joining_after(&self, index: u32) -> usize {
+        let mut joining = 0;
+        let mut i = index + 1;
+        while let Some(f) = self.ahead.get(&i) {
+            joining += f.len();
+            i += 1;
+        }
+        joining
+    }
+
+    /// Fragment `next` is in `head`: it and the fragments waiting behind it are joined.
+    fn advance(&mut self) {
+        self.next += 1;
+        while let Some(f) = self.ahead.remove(&self.next) {
+            self.ahead_bytes -= f.len();
+            self.head.extend(&f);
+            self.next += 1;
+        }
+    }
+
     fn insert(&mut self, index: u32, body: &[u8]) {
         if index == self.next {
             // Everything this fragment lets through is reserved at once: growing once per
             // joined fragment could double the buffer several times, past what the limits
             // were told (`cost_with`).
-            let mut joining = body.len();
-            let mut i = index + 1;
-            while let Some(f) = self.ahead.get(&i) {
-                joining += f.len();
-                i += 1;
-            }
-            self.head.reserve(joining);
+            self.head.reserve(body.len() + self.joining_after(index));
             self.head.extend(body);
-            self.next += 1;
-            while let Some(f) = self.ahead.remove(&self.next) {
-                self.ahead_bytes -= f.len();
-                self.head.extend(&f);
-                self.next += 1;
-            }
+            self.advance();
         } else {
             self.ahead_bytes += body.len();
             self.ahead.insert(index, body.to_vec());
         }
+    }
+}
+
+/// A datagram written into its message's buffer as its pieces arrive (the IPv4 fragments of a
+/// UDP datagram, in order), from [`Reassembler::begin_lease`]: one copy from where the pieces
+/// lie to where the message is handed on. It holds the message's buffer while it is out, room
+/// reserved for exactly the datagram's declared body: nothing pushed can land outside it.
+/// Hand it back with [`Reassembler::finish_lease`] once [`remaining`](Self::remaining) is 0, or
+/// [`Reassembler::abort_lease`].
+#[derive(Debug)]
+pub struct DatagramLease {
+    sender: SocketAddr,
+    len: usize,
+    kind: LeaseKind,
+    header: [u8; HEADER_LEN],
+    body: Body,
+    /// The body's length when the lease began: earlier fragments' bytes lie before it.
+    start: usize,
+    remaining: usize,
+}
+
+#[derive(Debug)]
+enum LeaseKind {
+    /// A whole message (type 3): its buffer is the lease's own.
+    Whole,
+    /// Fragment `index` of message `id`, lease number `number`.
+    Fragment { id: i32, index: u32, number: u64 },
+    /// The reassembler dropped the datagram (counted): pushes are discarded.
+    Discard,
+}
+
+impl DatagramLease {
+    /// Body bytes still to come.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// The datagram's sender.
+    pub fn sender(&self) -> SocketAddr {
+        self.sender
+    }
+
+    /// The datagram's length, as given to [`Reassembler::begin_lease`].
+    pub fn datagram_len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends the datagram's next bytes; bytes beyond its declared body are ignored (as a
+    /// datagram's trailing bytes are). Returns how many were taken.
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.remaining);
+        if !matches!(self.kind, LeaseKind::Discard) {
+            self.body.extend(&bytes[..n]);
+        }
+        self.remaining -= n;
+        n
     }
 }
 
@@ -285,6 +401,8 @@ pub struct Reassembler {
     done_order: VecDeque<(FragKey, Instant)>,
     done: HashSet<FragKey>,
     splitter: Option<Splitter>,
+    /// Number of the last lease handed out.
+    leases: u64,
 }
 
 impl Reassembler {
@@ -311,6 +429,7 @@ impl Reassembler {
             last_expire: None,
             done_order: VecDeque::new(),
             done: HashSet::new(),
+            leases: 0,
         }
     }
 
@@ -411,7 +530,13 @@ impl Reassembler {
         // Reserve the whole message now (counted against the limits): one allocation in total.
         // With a splitter and the first fragment still to come, its layout decides: reserved
         // when it arrives.
-        if self.splitter.is_none() || p.next > 0 {
+        if p.leased.is_some() {
+            // The lease holds the body; the fragments after it reserve as they come.
+            if !self.make_room(p.cost()) {
+                self.stats.rejected_too_large += 1;
+                return Outcome::Dropped;
+            }
+        } else if self.splitter.is_none() || p.next > 0 {
             if !self.reserve(&mut p, total) {
                 self.stats.rejected_too_large += 1;
                 tracing::debug!(sender = %key.sender, id = key.id, total, "message larger than the reassembly budget; dropped");
@@ -519,6 +644,186 @@ impl Reassembler {
                 self.stats.split += 1;
                 Outcome::Split(SplitMessage { head, payload, tail })
             }
+        }
+    }
+
+    /// Begins a datagram of `len` bytes from `sender` whose first `first.len()` bytes have
+    /// arrived (the UDP payload in a datagram's first IPv4 fragment): when it is a whole message,
+    /// or the next fragment in order of a message in progress, the lease writes it straight into
+    /// the message's buffer (after the same checks and within the same limits as
+    /// [`on_datagram`](Self::on_datagram)), and the datagram's first bytes are pushed already.
+    /// `None` when the datagram must go the buffered way (`on_datagram` once it is whole):
+    /// another type, a header that does not fit `len`, a fragment out of order, or one already
+    /// being written. Costs one call; the pushes that follow take no lock of the caller's.
+    pub fn begin_lease(&mut self, now: Instant, sender: SocketAddr, first: &[u8], len: usize) -> Option<DatagramLease> {
+        if self.last_expire.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100)) {
+            self.expire(now);
+        }
+        if first.len() < HEADER_LEN || first[..4] != MAGIC || first[4] != VERSION || first.len() > len {
+            return None;
+        }
+        let header: [u8; HEADER_LEN] = first[..HEADER_LEN].try_into().expect("length checked");
+        let repr = DatagramRepr::parse(&Datagram::new_unchecked(&header[..])).ok()?;
+        let lease = |kind, body: Body, body_len: u32| {
+            let start = body.len();
+            let mut l =
+                DatagramLease { sender, len, kind, header, body, start, remaining: usize::try_from(body_len).ok()? };
+            l.push(&first[HEADER_LEN..]);
+            Some(l)
+        };
+        match repr {
+            DatagramRepr::Whole { len: body_len } if HEADER_LEN + body_len as usize <= len => {
+                let body_len = body_len as usize;
+                let range = self.splitter.and_then(|f| f(&first[HEADER_LEN..])).filter(|r| r.end <= body_len);
+                let body = match range {
+                    Some(range) => Body::Split {
+                        head: Vec::with_capacity(range.start),
+                        payload: Vec::with_capacity(range.len()),
+                        tail: Vec::with_capacity(body_len - range.end),
+                        range,
+                    },
+                    None => Body::Plain(Vec::with_capacity(body_len)),
+                };
+                self.stats.leased += 1;
+                lease(LeaseKind::Whole, body, body_len as u32)
+            }
+            DatagramRepr::Fragment { id, index, len: body_len } if HEADER_LEN + body_len as usize <= len => {
+                let key = FragKey { sender, id };
+                if self.done.contains(&key) {
+                    return None;
+                }
+                let existing = self.take(&key);
+                let existed = existing.is_some();
+                let mut p = existing.unwrap_or_else(|| Partial::new(now));
+                let body_len = body_len as usize;
+                let fits = match p.info {
+                    Some((count, total)) => index < count && p.payload_bytes() + body_len <= total as usize,
+                    None => p.payload_bytes() + body_len <= self.config.max_message_len,
+                };
+                if !fits || index != p.next || p.leased.is_some() {
+                    // The buffered way decides (and counts) what is wrong with it.
+                    if existed {
+                        self.put(key, p);
+                    }
+                    return None;
+                }
+                p.last_touch = now;
+                let body_of_first = &first[HEADER_LEN..];
+                if index == 0 && self.splitter.is_some() && !self.shape_body(&mut p, body_of_first) {
+                    self.stats.rejected_too_large += 1;
+                    tracing::debug!(%sender, id, "message larger than the reassembly budget; dropped");
+                    return lease(LeaseKind::Discard, Body::default(), body_len as u32);
+                }
+                if !self.make_room(p.cost_with(index, body_len)) {
+                    self.stats.rejected_fragment += 1;
+                    return lease(LeaseKind::Discard, Body::default(), body_len as u32);
+                }
+                p.head.reserve(body_len + p.joining_after(index));
+                self.leases += 1;
+                let number = self.leases;
+                let body = std::mem::take(&mut p.head);
+                p.leased = Some(number);
+                p.leased_cost = body.capacity();
+                self.put(key, p);
+                self.stats.leased += 1;
+                lease(LeaseKind::Fragment { id, index, number }, body, body_len as u32)
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes back a lease whose datagram is complete ([`DatagramLease::remaining`] is 0): as
+    /// [`on_datagram`](Self::on_datagram) with the whole datagram would have, it completes the
+    /// message or stores the fragment. An unfinished lease is aborted.
+    pub fn finish_lease(&mut self, now: Instant, lease: DatagramLease) -> Outcome<'static> {
+        if lease.remaining > 0 {
+            self.abort_lease(lease, None);
+            return Outcome::Dropped;
+        }
+        match lease.kind {
+            LeaseKind::Discard => Outcome::Dropped,
+            LeaseKind::Whole => {
+                self.stats.messages += 1;
+                match lease.body {
+                    Body::Plain(v) => Outcome::Message(Cow::Owned(v)),
+                    Body::Split { head, payload, tail, .. } => {
+                        self.stats.split += 1;
+                        Outcome::Split(SplitMessage { head, payload, tail })
+                    }
+                }
+            }
+            LeaseKind::Fragment { id, index, number } => {
+                let key = FragKey { sender: lease.sender, id };
+                // Gone meanwhile (expired, evicted, or replaced: counted then).
+                let Some(mut p) = self.take(&key) else { return Outcome::Dropped };
+                if p.leased != Some(number) {
+                    self.put(key, p);
+                    return Outcome::Dropped;
+                }
+                p.leased = None;
+                p.leased_cost = 0;
+                p.head = lease.body;
+                p.last_touch = now;
+                // The info may have come while the lease was out: the fragment must fit it.
+                if let Some((count, total)) = p.info {
+                    if index >= count || p.payload_bytes() > total as usize {
+                        self.stats.rejected_fragment += 1;
+                        p.head.truncate(lease.start);
+                        self.put(key, p);
+                        return Outcome::Dropped;
+                    }
+                }
+                let joining = p.joining_after(index);
+                p.head.reserve(joining);
+                p.advance();
+                self.put(key, p);
+                self.trim();
+                self.try_complete(key)
+            }
+        }
+    }
+
+    /// Takes back an unfinished lease. With `out`, the datagram's bytes received so far (its
+    /// header and the body pushed) are appended to it, for the buffered way to go on from;
+    /// returns whether they were (not for a datagram the reassembler had already dropped).
+    pub fn abort_lease(&mut self, lease: DatagramLease, out: Option<&mut Vec<u8>>) -> bool {
+        self.stats.lease_aborted += 1;
+        if let LeaseKind::Discard = lease.kind {
+            return false;
+        }
+        if let Some(out) = out {
+            out.extend_from_slice(&lease.header);
+            lease.body.copy_from(lease.start, out);
+        }
+        if let LeaseKind::Fragment { id, number, .. } = lease.kind {
+            let key = FragKey { sender: lease.sender, id };
+            if let Some(mut p) = self.take(&key) {
+                if p.leased == Some(number) {
+                    let mut body = lease.body;
+                    body.truncate(lease.start);
+                    p.head = body;
+                    p.leased = None;
+                    p.leased_cost = 0;
+                    // Begun by this lease alone: nothing to keep (the buffered way starts it
+                    // again when the datagram completes).
+                    if p.next == 0 && p.ahead.is_empty() && p.info.is_none() {
+                        return true;
+                    }
+                }
+                self.put(key, p);
+            }
+        }
+        true
+    }
+
+    /// Evicts the least recently touched partials while the bytes held exceed the limit.
+    fn trim(&mut self) {
+        while self.buffered > self.config.max_buffered_bytes {
+            let Some(oldest) = self.partials.iter().min_by_key(|(_, p)| p.last_touch).map(|(k, _)| *k) else {
+                break;
+            };
+            self.take(&oldest);
+            self.stats.evicted += 1;
         }
     }
 
@@ -678,6 +983,145 @@ mod tests {
         }
         assert_eq!(r.partial_messages(), 1);
         assert_eq!(r.stats().evicted + r.stats().rejected_fragment, 0);
+    }
+
+    /// Writes datagram `d` through a lease in pieces of 1480 bytes (the first one at most
+    /// `first`), then finishes it.
+    fn leased<'a>(r: &mut Reassembler, now: Instant, d: &[u8], first: usize) -> Option<Outcome<'a>> {
+        let first = first.min(d.len());
+        let mut l = r.begin_lease(now, addr(1), &d[..first], d.len())?;
+        for piece in d[first..].chunks(1480) {
+            assert_eq!(l.push(piece), piece.len());
+        }
+        assert_eq!(l.remaining(), 0);
+        Some(r.finish_lease(now, l))
+    }
+
+    #[test]
+    fn leases_write_in_order_fragments_and_whole_messages_into_their_buffers() {
+        let msg: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let dgs = datagrams(&msg, HEADER_LEN_FOR_TESTS + 2000, 5);
+        let now = Instant::now();
+        let mut r = Reassembler::with_splitter(ReassemblyConfig::default(), middle_third);
+        // The info goes the buffered way (it is not a fragment or a whole message).
+        assert_eq!(r.begin_lease(now, addr(1), &dgs[0], dgs[0].len()).map(|_| ()), None);
+        assert!(matches!(r.on_datagram(now, addr(1), &dgs[0]), Outcome::Pending));
+        let mut got = Vec::new();
+        for d in &dgs[1..] {
+            match leased(&mut r, now, d, 300).expect("in order: leased") {
+                Outcome::Pending => {}
+                o => got.push(o),
+            }
+        }
+        match &got[..] {
+            [Outcome::Split(m)] => {
+                assert_eq!(m.joined(), msg);
+                assert_eq!(m.payload.capacity(), 6000, "the split layout, exact, as buffered");
+            }
+            other => panic!("{other:?}"),
+        }
+        let st = r.stats();
+        assert_eq!((st.leased, st.lease_aborted, st.messages, st.split), (5, 0, 1, 1));
+        assert_eq!((r.partial_messages(), r.buffered_bytes()), (0, 0));
+        // A late copy of a fragment of the delivered message: not leased, a duplicate.
+        assert!(r.begin_lease(now, addr(1), &dgs[3][..100], dgs[3].len()).is_none());
+        // A whole message: its own buffer, split as the splitter says.
+        let whole = datagrams(&msg, msg.len() + HEADER_LEN_FOR_TESTS, 0);
+        assert_eq!(whole.len(), 1);
+        match leased(&mut r, now, &whole[0], 1000) {
+            Some(Outcome::Split(m)) => assert_eq!(m.joined(), msg),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn leases_refuse_what_the_buffered_way_must_judge() {
+        let msg = vec![7u8; 9000];
+        let dgs = datagrams(&msg, HEADER_LEN_FOR_TESTS + 2000, 5);
+        let now = Instant::now();
+        let mut r = Reassembler::new(ReassemblyConfig::default());
+        let begin = |r: &mut Reassembler, d: &[u8], first: usize, len: usize| {
+            r.begin_lease(now, addr(1), &d[..first.min(d.len())], len).is_some()
+        };
+        // Out of order (fragment 2 before 0 and 1); a header cut short; a bad magic; a
+        // declared body longer than the datagram; first bytes longer than the datagram.
+        assert!(!begin(&mut r, &dgs[3], 100, dgs[3].len()));
+        assert!(!begin(&mut r, &dgs[1], 20, dgs[1].len()));
+        let mut bad = dgs[1].clone();
+        bad[0] = b'X';
+        assert!(!begin(&mut r, &bad, 100, bad.len()));
+        assert!(!begin(&mut r, &dgs[1], 100, dgs[1].len() - 1));
+        assert!(!begin(&mut r, &dgs[1], 100, 50));
+        assert_eq!(r.partial_messages(), 0, "nothing left behind by refusals");
+        // A fragment already lent: a second lease is refused, a buffered copy is a duplicate.
+        let mut l = r.begin_lease(now, addr(1), &dgs[1][..100], dgs[1].len()).unwrap();
+        assert!(!begin(&mut r, &dgs[1], 100, dgs[1].len()));
+        assert!(matches!(r.on_datagram(now, addr(1), &dgs[1]), Outcome::Pending));
+        assert_eq!(r.stats().duplicates, 1);
+        l.push(&dgs[1][100..]);
+        assert!(matches!(r.finish_lease(now, l), Outcome::Pending));
+        for d in [&dgs[0], &dgs[2], &dgs[3], &dgs[4], &dgs[5]] {
+            let _ = r.on_datagram(now, addr(1), d);
+        }
+        assert_eq!(r.stats().messages, 1);
+    }
+
+    #[test]
+    fn an_aborted_lease_leaves_the_partial_message_as_it_was() {
+        let msg: Vec<u8> = (0..9000u32).map(|i| i as u8).collect();
+        let dgs = datagrams(&msg, HEADER_LEN_FOR_TESTS + 2000, 5);
+        let now = Instant::now();
+        let mut r = Reassembler::new(ReassemblyConfig::default());
+        for d in &dgs[..2] {
+            let _ = r.on_datagram(now, addr(1), d);
+        }
+        let before = r.buffered_bytes();
+        let mut l = r.begin_lease(now, addr(1), &dgs[2][..500], dgs[2].len()).unwrap();
+        l.push(&dgs[2][500..1500]);
+        let mut so_far = Vec::new();
+        assert!(r.abort_lease(l, Some(&mut so_far)));
+        assert_eq!(so_far, dgs[2][..1500]);
+        assert_eq!(r.buffered_bytes(), before);
+        // The buffered way goes on from the bytes so far and completes the message.
+        so_far.extend_from_slice(&dgs[2][1500..]);
+        let mut out = feed(&mut r, now, addr(1), &[so_far]);
+        out.extend(feed(&mut r, now, addr(1), &dgs[3..]));
+        assert_eq!(out, vec![msg]);
+        assert_eq!(r.stats().lease_aborted, 1);
+        // A lease that begins a message alone and is handed back leaves nothing behind.
+        let other = datagrams(&[1u8; 5000], HEADER_LEN_FOR_TESTS + 2000, 6);
+        let l = r.begin_lease(now, addr(1), &other[1][..100], other[1].len()).unwrap();
+        assert!(r.abort_lease(l, None));
+        assert_eq!((r.partial_messages(), r.buffered_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_lease_outlived_by_its_partial_message_delivers_nothing_and_holds_nothing() {
+        let msg = vec![3u8; 9000];
+        let dgs = datagrams(&msg, HEADER_LEN_FOR_TESTS + 2000, 5);
+        let t0 = Instant::now();
+        let cfg = ReassemblyConfig::default();
+        let timeout = cfg.timeout;
+        let mut r = Reassembler::new(cfg);
+        let _ = r.on_datagram(t0, addr(1), &dgs[0]);
+        let mut l = r.begin_lease(t0, addr(1), &dgs[1][..100], dgs[1].len()).unwrap();
+        assert!(r.buffered_bytes() >= 9000, "the lent buffer stays counted: {}", r.buffered_bytes());
+        r.expire(t0 + timeout);
+        assert_eq!((r.partial_messages(), r.buffered_bytes(), r.stats().expired), (0, 0, 1));
+        l.push(&dgs[1][100..]);
+        let later = t0 + timeout + Duration::from_millis(1);
+        assert!(matches!(r.finish_lease(later, l), Outcome::Dropped));
+        assert_eq!((r.partial_messages(), r.buffered_bytes()), (0, 0));
+        // The info arriving while a lease is out declares fewer bytes: the lent fragment is
+        // rejected when it comes back.
+        let mut r = Reassembler::new(ReassemblyConfig::default());
+        let _ = r.on_datagram(t0, addr(1), &dgs[1]);
+        let mut l = r.begin_lease(t0, addr(1), &dgs[2][..100], dgs[2].len()).unwrap();
+        let info = DatagramRepr::FragmentInfo { id: 5, count: 2, total_len: 3000 }.to_bytes();
+        let _ = r.on_datagram(t0, addr(1), &info);
+        l.push(&dgs[2][100..]);
+        assert!(matches!(r.finish_lease(t0, l), Outcome::Dropped));
+        assert_eq!(r.stats().rejected_fragment, 1);
     }
 
     #[test]

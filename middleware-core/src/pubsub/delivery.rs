@@ -13,7 +13,7 @@ use super::subscriber::SubShared;
 use super::tap::TappedSample;
 use crate::fragment::{Outcome, Reassembler, ReassemblyStats, SplitMessage};
 use crate::pb::{CmdType, Sample};
-use crate::transport::{Channel, DatagramSink, TICK};
+use crate::transport::{Channel, DatagramLease, DatagramSink, TICK};
 use crate::wire::SampleFrame;
 use prost::Message as _;
 use std::borrow::Cow;
@@ -47,6 +47,20 @@ impl ChannelRx {
     }
 }
 
+impl ChannelRx {
+    /// What reassembly produced, handed on (no lock held).
+    fn handle(&self, outcome: Outcome<'_>, source: SocketAddr, now: Instant) {
+        let sh = &self.shared;
+        match (outcome, self.channel) {
+            (Outcome::Message(m), Channel::Registration) => sh.on_registration(&m, source, now),
+            (Outcome::Message(m), Channel::Data) => on_data(sh, Message::Whole(m), source, now),
+            (Outcome::Split(m), Channel::Data) => on_data(sh, Message::Split(m), source, now),
+            (Outcome::Split(m), Channel::Registration) => sh.on_registration(&m.joined(), source, now),
+            (Outcome::Pending | Outcome::Dropped, _) => {}
+        }
+    }
+}
+
 impl DatagramSink for ChannelRx {
     fn datagram(&self, datagram: &[u8], source: SocketAddr, now: Instant) {
         let sh = &self.shared;
@@ -58,13 +72,25 @@ impl DatagramSink for ChannelRx {
         }
         // The message borrows the datagram or is owned: nothing of the reassembler's.
         let outcome = lock(&self.reassembler).on_datagram(now, source, datagram);
-        match (outcome, self.channel) {
-            (Outcome::Message(m), Channel::Registration) => sh.on_registration(&m, source, now),
-            (Outcome::Message(m), Channel::Data) => on_data(sh, Message::Whole(m), source, now),
-            (Outcome::Split(m), Channel::Data) => on_data(sh, Message::Split(m), source, now),
-            (Outcome::Split(m), Channel::Registration) => sh.on_registration(&m.joined(), source, now),
-            (Outcome::Pending | Outcome::Dropped, _) => {}
+        self.handle(outcome, source, now);
+    }
+
+    fn begin_datagram(&self, first: &[u8], len: usize, source: SocketAddr, now: Instant) -> Option<DatagramLease> {
+        // A tap records every datagram as it came: the buffered way.
+        if self.shared.closed() || self.shared.tap.is_some() {
+            return None;
         }
+        lock(&self.reassembler).begin_lease(now, source, first, len)
+    }
+
+    fn finish_datagram(&self, lease: DatagramLease, now: Instant) {
+        let source = lease.sender();
+        let outcome = lock(&self.reassembler).finish_lease(now, lease);
+        self.handle(outcome, source, now);
+    }
+
+    fn abort_datagram(&self, lease: DatagramLease, out: Option<&mut Vec<u8>>) -> bool {
+        lock(&self.reassembler).abort_lease(lease, out)
     }
 
     fn tick(&self, now: Instant) {

@@ -102,12 +102,6 @@ pub(crate) fn kernel_buffer_request(configured: usize, cpus: usize) -> usize {
     configured.saturating_mul(cpus.max(1)).min(MAX_KERNEL_BUFFER).max(configured)
 }
 
-/// Whether this library implements `pcap_setmintocopy` (Npcap and WinPcap do; other wpcap
-/// implementations may export it as a stub that aborts, as Wine's does).
-pub(crate) fn has_min_to_copy(lib_version: &str) -> bool {
-    has_capture_event(lib_version)
-}
-
 pub(crate) const NO_LOOPBACK_DEVICE: &str = "Npcap has no loopback adapter (\\Device\\NPF_Loopback): it was \
      installed without \"Support loopback traffic\"; reinstall Npcap with that option to capture local-mode \
      traffic, or use the socket transport";
@@ -124,8 +118,6 @@ mod tests {
         assert_eq!(kernel_buffer_request(64 * MIB, 64), MAX_KERNEL_BUFFER);
         assert_eq!(kernel_buffer_request(2047 * MIB, 2), 2047 * MIB, "never below the configured size");
         assert_eq!(kernel_buffer_request(usize::MAX, 3), usize::MAX);
-        assert!(has_min_to_copy("Npcap version 1.79, based on libpcap version 1.10.4"));
-        assert!(!has_min_to_copy("libpcap version 1.10.3 (wine)"));
     }
 
     fn dev(name: &str, desc: Option<&str>) -> Device {

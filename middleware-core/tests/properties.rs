@@ -179,6 +179,7 @@ proptest! {
             _ => {}
         };
         let mut held = None;
+        let mut taken = 0;
         for d in &dgs {
             // The first piece: at least the header, as the first IPv4 fragment holds it.
             let first = (HEADER_LEN + rnd(1500)).min(d.len());
@@ -187,6 +188,7 @@ proptest! {
                 mode => match r.begin_lease(now, from(), &d[..first], d.len()) {
                     None => take(r.on_datagram(now, from(), d), &mut out),
                     Some(mut lease) => {
+                        taken += 1;
                         let mut at = first;
                         let cut = if mode == 2 { first + rnd(d.len() - first) } else { d.len() };
                         while at < cut {
@@ -220,6 +222,7 @@ proptest! {
         }
         prop_assert!(!out.is_empty());
         prop_assert!(out.iter().all(|m| *m == msg));
+        prop_assert_eq!(r.stats().leased, taken, "every lease taken is counted");
         if fragmented {
             prop_assert_eq!(out.len(), 1);
             prop_assert_eq!((r.partial_messages(), r.buffered_bytes()), (0, 0));

@@ -72,12 +72,11 @@ impl RouteSnapshot {
     }
 }
 
-/// The routes as the demultiplexer uses them, for the frames read at `now`. Sinks run with no
-/// lock held (the routes are the thread's copy); a closed slot drops what it is handed (a lease
-/// with it: its receiver forgets it when its partial message expires).
+/// The routes as the demultiplexer uses them. Sinks run with no lock held (the routes are the
+/// thread's copy); a closed slot drops what it is handed (a lease with it: its receiver is
+/// closed too).
 struct Routing<'a> {
     snapshot: &'a RouteSnapshot,
-    now: Instant,
 }
 
 impl Route for Routing<'_> {
@@ -85,9 +84,9 @@ impl Route for Routing<'_> {
         self.snapshot.wanted(destination)
     }
 
-    fn deliver(&mut self, d: Delivery<'_>) {
+    fn deliver(&mut self, d: Delivery<'_>, now: Instant) {
         if let Some(sink) = self.snapshot.sink(d.destination.port()) {
-            sink.with(|s| s.datagram(d.payload, d.source, self.now));
+            sink.with(|s| s.datagram(d.payload, d.source, now));
         }
     }
 
@@ -117,6 +116,14 @@ impl Route for Routing<'_> {
             sink.with(|s| kept = s.abort_datagram(lease, Some(out)));
         }
         kept
+    }
+
+    fn release(&mut self, destination: SocketAddrV4, lease: middleware_core::DatagramLease) {
+        if let Some(sink) = self.snapshot.sink(destination.port()) {
+            sink.with(|s| {
+                s.abort_datagram(lease, None);
+            });
+        }
     }
 }
 
@@ -347,7 +354,7 @@ fn run(
                         data: pkt.data,
                     });
                 }
-                demux.on_frame_to(now, pkt.data, &mut Routing { snapshot: &snapshot, now });
+                demux.on_frame_to(now, pkt.data, &mut Routing { snapshot: &snapshot });
             })
         };
         // A panic in the frame path (a defect: sinks catch their own) must not end capturing
@@ -392,7 +399,7 @@ fn run(
             Ok(0)
         };
         match r {
-            Ok(0) => demux.expire(Instant::now()),
+            Ok(0) => demux.expire_to(Instant::now(), &mut Routing { snapshot: &snapshot }),
             Ok(_) => {}
             Err(_) if stop.load(Ordering::Relaxed) => break,
             Err(e) => {

@@ -8,9 +8,12 @@
 //! the eCAL message is assembled, and no IPv4 reassembly buffer is used. Anything else (a
 //! fragment out of order, a duplicate, an overlap, the identification reused, a malformed
 //! fragment) hands the lease back with the bytes so far and goes on through [`IpReassembler`]
-//! with its policy and bounds (counted as `stream_fallbacks`). Streams are bounded like partial
-//! datagrams: at most `max_datagrams` and `max_buffered_bytes` declared bytes (the oldest evicted
-//! beyond), each at most `timeout` old.
+//! with its policy and bounds (counted as `stream_fallbacks`); a datagram the receiver had
+//! already dropped (counted there) is swallowed to its end instead. Streams have bounds of their
+//! own, beside the IPv4 reassembler's and the same values: at most `max_datagrams` streams and
+//! `max_buffered_bytes` declared UDP bytes (the oldest given up beyond), each at most `timeout`
+//! old; a stream given up hands its lease back (`Route::release`), unfinished. The buffers the
+//! leases hold are the receiver's, counted against its own limits.
 
 use crate::frame::{decode, parse_udp, FrameError, Ipv4Packet, LinkType};
 use crate::ip_reassembly::{IpKey, IpReassembler, IpReassemblyConfig, IpReassemblyStats, MAX_DATAGRAM_PAYLOAD};
@@ -66,8 +69,8 @@ impl DemuxStats {
 pub trait Route {
     /// Whether anyone listens at `destination`.
     fn wanted(&self, destination: SocketAddrV4) -> bool;
-    /// A complete UDP datagram for a wanted destination.
-    fn deliver(&mut self, d: Delivery<'_>);
+    /// A complete UDP datagram for a wanted destination, read at `now`.
+    fn deliver(&mut self, d: Delivery<'_>, now: Instant);
     /// A fragmented datagram for a wanted destination, of `len` UDP payload bytes, `first` of
     /// them here: a lease to push the rest into, or `None` for the buffered way. Default: `None`.
     fn begin(
@@ -90,6 +93,12 @@ pub trait Route {
         let _ = (destination, lease, out);
         false
     }
+    /// An unfinished lease whose datagram is given up (expired or evicted here): handed back so
+    /// the receiver's partial message is as before it (a copy from elsewhere can still complete
+    /// it).
+    fn release(&mut self, destination: SocketAddrV4, lease: DatagramLease) {
+        let _ = (destination, lease);
+    }
 }
 
 /// A [`Route`] of two closures, without direct placement.
@@ -99,7 +108,7 @@ impl<W: Fn(SocketAddrV4) -> bool, D: FnMut(Delivery<'_>)> Route for Closures<W, 
     fn wanted(&self, destination: SocketAddrV4) -> bool {
         (self.0)(destination)
     }
-    fn deliver(&mut self, d: Delivery<'_>) {
+    fn deliver(&mut self, d: Delivery<'_>, _: Instant) {
         (self.1)(d);
     }
 }
@@ -107,7 +116,8 @@ impl<W: Fn(SocketAddrV4) -> bool, D: FnMut(Delivery<'_>)> Route for Closures<W, 
 /// A fragmented datagram being placed directly.
 #[derive(Debug)]
 struct Stream {
-    lease: DatagramLease,
+    /// `None`: the receiver dropped the datagram (counted there); its fragments are swallowed.
+    lease: Option<DatagramLease>,
     destination: SocketAddrV4,
     udp_header: [u8; 8],
     /// IP payload bytes in all, as the UDP header says.
@@ -139,6 +149,8 @@ pub struct Demux {
     /// Declared bytes of the streams in progress.
     stream_bytes: usize,
     last_stream_expire: Option<Instant>,
+    /// Leases of streams given up, to hand back at the next chance (a route is needed).
+    released: Vec<(SocketAddrV4, DatagramLease)>,
 }
 
 impl Demux {
@@ -152,6 +164,7 @@ impl Demux {
             streams: HashMap::new(),
             stream_bytes: 0,
             last_stream_expire: None,
+            released: Vec::new(),
         }
     }
 
@@ -170,26 +183,53 @@ impl Demux {
         self.ip.partial_datagrams() + self.streams.len()
     }
 
-    /// Runs expiry of partial IP datagrams (also done while frames arrive). A stream dropped
-    /// here drops its lease: the receiver counts its partial message lost when it expires.
-    pub fn expire(&mut self, now: Instant) {
+    /// Runs expiry of partial IP datagrams (also done while frames arrive), and hands the
+    /// leases of expired streams back through `route`.
+    pub fn expire_to(&mut self, now: Instant, route: &mut impl Route) {
+        self.expire_streams(now);
         self.ip.expire(now);
+        self.hand_back(route);
+    }
+
+    /// [`expire_to`](Self::expire_to) without a route: the leases of expired streams are
+    /// dropped (their receiver forgets the partial messages when they expire there).
+    pub fn expire(&mut self, now: Instant) {
+        self.expire_streams(now);
+        self.ip.expire(now);
+        self.released.clear();
+    }
+
+    fn expire_streams(&mut self, now: Instant) {
         self.last_stream_expire = Some(now);
         let timeout = self.ip_config.timeout;
-        let before = self.streams.len();
-        let mut freed = 0;
-        self.streams.retain(|_, st| {
-            let keep = now.saturating_duration_since(st.created) < timeout;
-            if !keep {
-                freed += st.udp_len;
+        let old: Vec<IpKey> = self
+            .streams
+            .iter()
+            .filter(|(_, st)| now.saturating_duration_since(st.created) >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &old {
+            self.give_up(k);
+            self.stats.streams_expired += 1;
+        }
+        if !old.is_empty() {
+            tracing::debug!(count = old.len(), "directly placed datagrams expired unfinished");
+        }
+    }
+
+    /// Ends a stream unfinished; its lease is handed back at the next chance.
+    fn give_up(&mut self, key: &IpKey) {
+        if let Some(st) = self.streams.remove(key) {
+            self.stream_bytes -= st.udp_len;
+            if let Some(lease) = st.lease {
+                self.released.push((st.destination, lease));
             }
-            keep
-        });
-        let n = before - self.streams.len();
-        if n > 0 {
-            self.stream_bytes -= freed;
-            self.stats.streams_expired += n as u64;
-            tracing::debug!(count = n, "directly placed datagrams expired unfinished");
+        }
+    }
+
+    fn hand_back(&mut self, route: &mut impl Route) {
+        for (destination, lease) in self.released.drain(..) {
+            route.release(destination, lease);
         }
     }
 
@@ -207,6 +247,9 @@ impl Demux {
 
     /// Decodes one captured frame and hands what it completes, or begins, to `route`.
     pub fn on_frame_to(&mut self, now: Instant, frame: &[u8], route: &mut impl Route) {
+        if !self.released.is_empty() {
+            self.hand_back(route);
+        }
         self.stats.frames += 1;
         let packet = match decode(self.link, frame) {
             Ok(p) => p,
@@ -235,11 +278,14 @@ impl Demux {
                 if route.wanted(destination) {
                     self.stats.delivered += 1;
                     self.stats.delivered_bytes += udp.payload.len() as u64;
-                    route.deliver(Delivery {
-                        source: SocketAddr::V4(SocketAddrV4::new(src, udp.src_port)),
-                        destination,
-                        payload: udp.payload,
-                    });
+                    route.deliver(
+                        Delivery {
+                            source: SocketAddr::V4(SocketAddrV4::new(src, udp.src_port)),
+                            destination,
+                            payload: udp.payload,
+                        },
+                        now,
+                    );
                 } else {
                     self.stats.udp_unwanted += 1;
                 }
@@ -269,9 +315,18 @@ impl Demux {
             // with more to come): pushed where it belongs, no buffer in between.
             let continues =
                 well_formed && start == st.next && if p.more_fragments { end < st.udp_len } else { end >= st.udp_len };
+            if st.lease.is_none() {
+                // A datagram its receiver dropped: swallowed to its end.
+                if continues && !p.more_fragments {
+                    self.give_up(&key);
+                }
+                return true;
+            }
             if continues {
                 self.ip.note_fragment();
-                st.lease.push(p.payload);
+                if let Some(lease) = st.lease.as_mut() {
+                    lease.push(p.payload);
+                }
                 st.next = end;
                 if !p.more_fragments {
                     let st = self.streams.remove(&key).expect("present");
@@ -279,20 +334,29 @@ impl Demux {
                     self.stats.delivered += 1;
                     self.stats.delivered_bytes += (st.udp_len - 8) as u64;
                     self.stats.streamed += 1;
-                    route.finish(st.destination, st.lease, now);
+                    if let Some(lease) = st.lease {
+                        route.finish(st.destination, lease, now);
+                    }
                 }
                 return true;
             }
-            // Back to the buffered way, with the bytes so far as one fragment at offset 0.
-            let st = self.streams.remove(&key).expect("present");
-            self.stream_bytes -= st.udp_len;
+            // Back to the buffered way, with the bytes so far as one fragment at offset 0 (as
+            // old as the stream: the timeout still counts from the first fragment).
             self.stats.stream_fallbacks += 1;
             tracing::trace!(src = %p.src, id = p.identification, start, expected = st.next, "IPv4 fragment out of order; buffered reassembly");
+            let (destination, next, created, udp_header) = (st.destination, st.next, st.created, st.udp_header);
+            let lease = st.lease.take().expect("checked above");
             let mut buf = self.ip.take_buffer();
-            buf.extend_from_slice(&st.udp_header);
-            if route.abort(st.destination, st.lease, &mut buf) && buf.len() == st.next {
-                let prefix = Ipv4Packet { offset: 0, more_fragments: true, payload: &buf, ..*p };
-                let _ = self.ip.push(now, &prefix);
+            buf.extend_from_slice(&udp_header);
+            if !route.abort(destination, lease, &mut buf) {
+                // The receiver had dropped it: the rest is swallowed (the stream stays, leaseless).
+                self.ip.recycle(buf);
+                return true;
+            }
+            let st = self.streams.remove(&key).expect("present");
+            self.stream_bytes -= st.udp_len;
+            if buf.len() == next {
+                self.ip.push_prefix(created, &Ipv4Packet { offset: 0, more_fragments: true, payload: &buf, ..*p });
             }
             self.ip.recycle(buf);
             return false;
@@ -318,15 +382,15 @@ impl Demux {
             || self.stream_bytes + udp_len > self.ip_config.max_buffered_bytes
         {
             let Some(oldest) = self.streams.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k) else { break };
-            let st = self.streams.remove(&oldest).expect("present");
-            self.stream_bytes -= st.udp_len;
+            self.give_up(&oldest);
             self.stats.streams_evicted += 1;
             tracing::debug!(src = %oldest.src, id = oldest.id, "directly placed datagram evicted unfinished");
         }
         let udp_header: [u8; 8] = p.payload[..8].try_into().expect("length checked");
         self.ip.note_fragment();
         self.stream_bytes += udp_len;
-        self.streams.insert(key, Stream { lease, destination, udp_header, udp_len, next: end, created: now });
+        self.streams
+            .insert(key, Stream { lease: Some(lease), destination, udp_header, udp_len, next: end, created: now });
         true
     }
 }
@@ -376,7 +440,11 @@ mod tests {
         assert_eq!((st.streamed, st.stream_fallbacks, st.delivered), (16, 0, 18));
         assert_eq!(route.ecal.stats().leased, 16);
         assert_eq!(demux.ip_stats().completed, 0, "no IPv4 reassembly buffer used");
-        assert_eq!(demux.ip_stats().fragments, frames.len() as u64 - 2, "every fragment counted (not the info and the last)");
+        assert_eq!(
+            demux.ip_stats().fragments,
+            frames.len() as u64 - 2,
+            "every fragment counted (not the info and the last)"
+        );
         assert_eq!(
             (demux.partial_ip_datagrams(), route.ecal.partial_messages(), route.ecal.buffered_bytes()),
             (0, 0, 0)
@@ -441,7 +509,8 @@ mod tests {
 
     #[test]
     fn streams_are_bounded_in_number_and_bytes_and_expire() {
-        // First fragments only, of 10 UDP datagrams of 65 515 bytes: at most 4 streams at once.
+        // First fragments only, of 10 UDP datagrams of one message: only the first is the next
+        // fragment in order (a stream); the others go to IPv4 reassembly (at most 4 partial).
         let msg = message(600_000);
         let frames = ecal_frames(&msg, MAX_DATAGRAM_LEN, 9, 1, 40_000);
         let firsts: Vec<Vec<u8>> = frames.iter().skip(1).step_by(45).take(10).cloned().collect();
@@ -450,7 +519,7 @@ mod tests {
         // Only the first datagram is the next fragment in order: the others go buffered.
         assert_eq!(demux.stats().streamed, 0);
         assert_eq!(route.ecal.stats().leased, 1);
-        assert!(demux.partial_ip_datagrams() <= 8);
+        assert_eq!(demux.partial_ip_datagrams(), 1 + 4);
         demux.expire(Instant::now() + Duration::from_secs(60));
         assert_eq!(demux.partial_ip_datagrams(), 0);
         assert_eq!(demux.stats().streams_expired, 1);

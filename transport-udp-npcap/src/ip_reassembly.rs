@@ -213,6 +213,14 @@ impl IpReassembler {
         self.pool.pop().unwrap_or_default()
     }
 
+    /// The bytes of a datagram so far, from its first fragment on (placed directly until a
+    /// fragment came out of order), as one fragment at offset 0 that arrived at `first_seen`:
+    /// its fragments were counted as they came, and its timeout runs from the first.
+    pub(crate) fn push_prefix(&mut self, first_seen: Instant, p: &Ipv4Packet<'_>) {
+        let _ = self.push(first_seen, p);
+        self.stats.fragments -= 1;
+    }
+
     /// Counts a fragment that went past this reassembler (placed directly).
     pub(crate) fn note_fragment(&mut self) {
         self.stats.fragments += 1;

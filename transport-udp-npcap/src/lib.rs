@@ -402,13 +402,13 @@ impl DatagramSink for Counting {
         source: std::net::SocketAddr,
         now: std::time::Instant,
     ) -> Option<middleware_core::DatagramLease> {
-        if self.hearing.checked() {
-            self.hearing.on_datagram(source);
-        }
         self.inner.begin_datagram(first, len, source, now)
     }
 
     fn finish_datagram(&self, lease: middleware_core::DatagramLease, now: std::time::Instant) {
+        if self.hearing.checked() {
+            self.hearing.on_datagram(lease.sender());
+        }
         self.datagrams.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(lease.datagram_len() as u64, Ordering::Relaxed);
         self.inner.finish_datagram(lease, now);

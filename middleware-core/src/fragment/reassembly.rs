@@ -28,6 +28,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Reassembly bounds. Defaults are documented on each field.
@@ -251,10 +253,10 @@ struct Partial {
     ahead_bytes: usize,
     last_touch: Instant,
     /// While fragment `next` is written through a [`DatagramLease`]: the lease's number. `head`
-    /// is then empty; the lease holds it.
+    /// is then empty; the lease holds it (its capacity counted as lent, see [`Reassembler`]).
     leased: Option<u64>,
-    /// The capacity of the body the lease holds (counted against the limits meanwhile).
-    leased_cost: usize,
+    /// Message bytes the lease stands for meanwhile: fragments `0..next` and the lent one.
+    leased_bytes: usize,
 }
 
 impl Partial {
@@ -267,13 +269,13 @@ impl Partial {
             ahead_bytes: 0,
             last_touch: now,
             leased: None,
-            leased_cost: 0,
+            leased_bytes: 0,
         }
     }
 
     /// Memory this partial holds (what the limits count).
     fn cost(&self) -> usize {
-        self.head.capacity() + self.ahead_bytes + self.leased_cost
+        self.head.capacity() + self.ahead_bytes
     }
 
     fn has(&self, index: u32) -> bool {
@@ -285,7 +287,7 @@ impl Partial {
     }
 
     fn payload_bytes(&self) -> usize {
-        self.head.len() + self.ahead_bytes
+        self.head.len() + self.ahead_bytes + self.leased_bytes
     }
 
     /// Cost after inserting a fragment of `len` bytes at `index` (an upper bound).
@@ -349,7 +351,22 @@ pub struct DatagramLease {
     /// The body's length when the lease began: earlier fragments' bytes lie before it.
     start: usize,
     remaining: usize,
+    /// The lending reassembler's count of lent bytes, and this lease's part of it: given back
+    /// when the lease is, or when it is dropped (however it ends, the bytes stay counted
+    /// against the reassembler's limits while they exist).
+    lent: Arc<AtomicUsize>,
+    counted: usize,
 }
+
+impl Drop for DatagramLease {
+    fn drop(&mut self) {
+        self.lent.fetch_sub(self.counted, Ordering::Relaxed);
+    }
+}
+
+/// Lease numbers, unique in the process (a lease can only be taken back by the partial message
+/// it was lent from, whichever reassembler it reaches).
+static LEASES: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug)]
 enum LeaseKind {
@@ -401,8 +418,9 @@ pub struct Reassembler {
     done_order: VecDeque<(FragKey, Instant)>,
     done: HashSet<FragKey>,
     splitter: Option<Splitter>,
-    /// Number of the last lease handed out.
-    leases: u64,
+    /// Capacity of the buffers out on leases (counted against `max_buffered_bytes` with
+    /// `buffered`, until each lease is given back or dropped).
+    lent: Arc<AtomicUsize>,
 }
 
 impl Reassembler {
@@ -429,7 +447,7 @@ impl Reassembler {
             last_expire: None,
             done_order: VecDeque::new(),
             done: HashSet::new(),
-            leases: 0,
+            lent: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -459,9 +477,13 @@ impl Reassembler {
         self.partials.len()
     }
 
-    /// Fragment bytes held now.
+    /// Fragment bytes held now, those in buffers out on leases included.
     pub fn buffered_bytes(&self) -> usize {
-        self.buffered
+        self.buffered + self.lent()
+    }
+
+    fn lent(&self) -> usize {
+        self.lent.load(Ordering::Relaxed)
     }
 
     /// Feeds one UDP payload received from `sender` at `now`.
@@ -626,7 +648,7 @@ impl Reassembler {
         let Some((count, total)) = p.info else {
             return Outcome::Pending;
         };
-        if p.fragment_count() < count as usize {
+        if p.fragment_count() < count as usize || p.leased.is_some() {
             return Outcome::Pending;
         }
         let p = self.take(&key).expect("present");
@@ -653,8 +675,8 @@ impl Reassembler {
     /// the message's buffer (after the same checks and within the same limits as
     /// [`on_datagram`](Self::on_datagram)), and the datagram's first bytes are pushed already.
     /// `None` when the datagram must go the buffered way (`on_datagram` once it is whole):
-    /// another type, a header that does not fit `len`, a fragment out of order, or one already
-    /// being written. Costs one call; the pushes that follow take no lock of the caller's.
+    /// another type, a header that does not describe exactly `len` bytes, a fragment out of
+    /// order, or one already being written. One call; the pushes that follow need none.
     pub fn begin_lease(&mut self, now: Instant, sender: SocketAddr, first: &[u8], len: usize) -> Option<DatagramLease> {
         if self.last_expire.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100)) {
             self.expire(now);
@@ -664,17 +686,29 @@ impl Reassembler {
         }
         let header: [u8; HEADER_LEN] = first[..HEADER_LEN].try_into().expect("length checked");
         let repr = DatagramRepr::parse(&Datagram::new_unchecked(&header[..])).ok()?;
-        let lease = |kind, body: Body, body_len: u32| {
+        let lent = Arc::clone(&self.lent);
+        let lease = |kind, body: Body, body_len: usize| {
+            let counted = body.capacity();
+            lent.fetch_add(counted, Ordering::Relaxed);
             let start = body.len();
-            let mut l =
-                DatagramLease { sender, len, kind, header, body, start, remaining: usize::try_from(body_len).ok()? };
+            let mut l = DatagramLease { sender, len, kind, header, body, start, remaining: body_len, lent, counted };
             l.push(&first[HEADER_LEN..]);
-            Some(l)
+            l
         };
         match repr {
-            DatagramRepr::Whole { len: body_len } if HEADER_LEN + body_len as usize <= len => {
+            // Exactly the declared body: a datagram with bytes after it goes the buffered way
+            // (the bytes so far could not be handed back whole otherwise).
+            DatagramRepr::Whole { len: body_len } if HEADER_LEN + body_len as usize == len => {
                 let body_len = body_len as usize;
-                let range = self.splitter.and_then(|f| f(&first[HEADER_LEN..])).filter(|r| r.end <= body_len);
+                // Within the limits, lent buffers included; else the buffered way (which needs
+                // no buffer of the reassembler's for a whole message).
+                if self.buffered + self.lent() + body_len > self.config.max_buffered_bytes {
+                    return None;
+                }
+                let range = self
+                    .splitter
+                    .and_then(|f| f(&first[HEADER_LEN..]))
+                    .filter(|r| r.start <= r.end && r.end <= body_len);
                 let body = match range {
                     Some(range) => Body::Split {
                         head: Vec::with_capacity(range.start),
@@ -685,9 +719,9 @@ impl Reassembler {
                     None => Body::Plain(Vec::with_capacity(body_len)),
                 };
                 self.stats.leased += 1;
-                lease(LeaseKind::Whole, body, body_len as u32)
+                Some(lease(LeaseKind::Whole, body, body_len))
             }
-            DatagramRepr::Fragment { id, index, len: body_len } if HEADER_LEN + body_len as usize <= len => {
+            DatagramRepr::Fragment { id, index, len: body_len } if HEADER_LEN + body_len as usize == len => {
                 let key = FragKey { sender, id };
                 if self.done.contains(&key) {
                     return None;
@@ -708,25 +742,23 @@ impl Reassembler {
                     return None;
                 }
                 p.last_touch = now;
-                let body_of_first = &first[HEADER_LEN..];
-                if index == 0 && self.splitter.is_some() && !self.shape_body(&mut p, body_of_first) {
+                if index == 0 && self.splitter.is_some() && !self.shape_body(&mut p, &first[HEADER_LEN..]) {
                     self.stats.rejected_too_large += 1;
                     tracing::debug!(%sender, id, "message larger than the reassembly budget; dropped");
-                    return lease(LeaseKind::Discard, Body::default(), body_len as u32);
+                    return Some(lease(LeaseKind::Discard, Body::default(), body_len));
                 }
                 if !self.make_room(p.cost_with(index, body_len)) {
                     self.stats.rejected_fragment += 1;
-                    return lease(LeaseKind::Discard, Body::default(), body_len as u32);
+                    return Some(lease(LeaseKind::Discard, Body::default(), body_len));
                 }
                 p.head.reserve(body_len + p.joining_after(index));
-                self.leases += 1;
-                let number = self.leases;
+                let number = LEASES.fetch_add(1, Ordering::Relaxed) + 1;
                 let body = std::mem::take(&mut p.head);
                 p.leased = Some(number);
-                p.leased_cost = body.capacity();
+                p.leased_bytes = body.len() + body_len;
                 self.put(key, p);
                 self.stats.leased += 1;
-                lease(LeaseKind::Fragment { id, index, number }, body, body_len as u32)
+                Some(lease(LeaseKind::Fragment { id, index, number }, body, body_len))
             }
             _ => None,
         }
@@ -735,16 +767,17 @@ impl Reassembler {
     /// Takes back a lease whose datagram is complete ([`DatagramLease::remaining`] is 0): as
     /// [`on_datagram`](Self::on_datagram) with the whole datagram would have, it completes the
     /// message or stores the fragment. An unfinished lease is aborted.
-    pub fn finish_lease(&mut self, now: Instant, lease: DatagramLease) -> Outcome<'static> {
+    pub fn finish_lease(&mut self, now: Instant, mut lease: DatagramLease) -> Outcome<'static> {
         if lease.remaining > 0 {
             self.abort_lease(lease, None);
             return Outcome::Dropped;
         }
+        let body = std::mem::take(&mut lease.body);
         match lease.kind {
             LeaseKind::Discard => Outcome::Dropped,
             LeaseKind::Whole => {
                 self.stats.messages += 1;
-                match lease.body {
+                match body {
                     Body::Plain(v) => Outcome::Message(Cow::Owned(v)),
                     Body::Split { head, payload, tail, .. } => {
                         self.stats.split += 1;
@@ -756,19 +789,22 @@ impl Reassembler {
                 let key = FragKey { sender: lease.sender, id };
                 // Gone meanwhile (expired, evicted, or replaced: counted then).
                 let Some(mut p) = self.take(&key) else { return Outcome::Dropped };
-                if p.leased != Some(number) {
+                if p.leased != Some(number) || p.next != index {
                     self.put(key, p);
                     return Outcome::Dropped;
                 }
                 p.leased = None;
-                p.leased_cost = 0;
-                p.head = lease.body;
+                p.leased_bytes = 0;
+                p.head = body;
                 p.last_touch = now;
+                let start = lease.start;
+                // The body is counted in the partial again, no longer as lent.
+                drop(lease);
                 // The info may have come while the lease was out: the fragment must fit it.
                 if let Some((count, total)) = p.info {
                     if index >= count || p.payload_bytes() > total as usize {
                         self.stats.rejected_fragment += 1;
-                        p.head.truncate(lease.start);
+                        p.head.truncate(start);
                         self.put(key, p);
                         return Outcome::Dropped;
                     }
@@ -786,7 +822,8 @@ impl Reassembler {
     /// Takes back an unfinished lease. With `out`, the datagram's bytes received so far (its
     /// header and the body pushed) are appended to it, for the buffered way to go on from;
     /// returns whether they were (not for a datagram the reassembler had already dropped).
-    pub fn abort_lease(&mut self, lease: DatagramLease, out: Option<&mut Vec<u8>>) -> bool {
+    /// The partial message is left as it was before the lease.
+    pub fn abort_lease(&mut self, mut lease: DatagramLease, out: Option<&mut Vec<u8>>) -> bool {
         self.stats.lease_aborted += 1;
         if let LeaseKind::Discard = lease.kind {
             return false;
@@ -795,15 +832,15 @@ impl Reassembler {
             out.extend_from_slice(&lease.header);
             lease.body.copy_from(lease.start, out);
         }
-        if let LeaseKind::Fragment { id, number, .. } = lease.kind {
+        if let LeaseKind::Fragment { id, index, number } = lease.kind {
             let key = FragKey { sender: lease.sender, id };
             if let Some(mut p) = self.take(&key) {
-                if p.leased == Some(number) {
-                    let mut body = lease.body;
+                if p.leased == Some(number) && p.next == index {
+                    let mut body = std::mem::take(&mut lease.body);
                     body.truncate(lease.start);
                     p.head = body;
                     p.leased = None;
-                    p.leased_cost = 0;
+                    p.leased_bytes = 0;
                     // Begun by this lease alone: nothing to keep (the buffered way starts it
                     // again when the datagram completes).
                     if p.next == 0 && p.ahead.is_empty() && p.info.is_none() {
@@ -818,7 +855,7 @@ impl Reassembler {
 
     /// Evicts the least recently touched partials while the bytes held exceed the limit.
     fn trim(&mut self) {
-        while self.buffered > self.config.max_buffered_bytes {
+        while self.buffered + self.lent() > self.config.max_buffered_bytes {
             let Some(oldest) = self.partials.iter().min_by_key(|(_, p)| p.last_touch).map(|(k, _)| *k) else {
                 break;
             };
@@ -846,7 +883,7 @@ impl Reassembler {
             return false;
         }
         while self.partials.len() >= self.config.max_partial_messages.max(1)
-            || self.buffered + extra > self.config.max_buffered_bytes
+            || self.buffered + self.lent() + extra > self.config.max_buffered_bytes
         {
             let Some(oldest) = self.partials.iter().min_by_key(|(_, p)| p.last_touch).map(|(k, _)| *k) else {
                 break;
@@ -855,7 +892,8 @@ impl Reassembler {
             self.stats.evicted += 1;
             tracing::debug!(sender = %oldest.sender, id = oldest.id, "evicted partial message to stay within limits");
         }
-        true
+        // Buffers out on leases cannot be evicted: no room while they fill it.
+        self.buffered + self.lent() + extra <= self.config.max_buffered_bytes
     }
 
     /// Drops partial messages untouched for longer than the timeout.
@@ -1107,13 +1145,23 @@ mod tests {
         let mut l = r.begin_lease(t0, addr(1), &dgs[1][..100], dgs[1].len()).unwrap();
         assert!(r.buffered_bytes() >= 9000, "the lent buffer stays counted: {}", r.buffered_bytes());
         r.expire(t0 + timeout);
-        assert_eq!((r.partial_messages(), r.buffered_bytes(), r.stats().expired), (0, 0, 1));
+        // The partial message is gone; its buffer, out on the lease, is still counted.
+        assert_eq!((r.partial_messages(), r.stats().expired), (0, 1));
+        assert!(r.buffered_bytes() >= 9000, "{}", r.buffered_bytes());
         l.push(&dgs[1][100..]);
         let later = t0 + timeout + Duration::from_millis(1);
         assert!(matches!(r.finish_lease(later, l), Outcome::Dropped));
         assert_eq!((r.partial_messages(), r.buffered_bytes()), (0, 0));
-        // The info arriving while a lease is out declares fewer bytes: the lent fragment is
-        // rejected when it comes back.
+        // A lease dropped without being handed back gives its bytes back too.
+        let mut r = Reassembler::new(ReassemblyConfig::default());
+        let l = r.begin_lease(t0, addr(1), &dgs[1][..100], dgs[1].len()).unwrap();
+        assert!(r.buffered_bytes() > 0);
+        drop(l);
+        r.expire(t0 + timeout);
+        assert_eq!((r.partial_messages(), r.buffered_bytes()), (0, 0));
+        // The info arriving while a lease is out declares fewer bytes than the fragments held,
+        // the lent one included: the message is dropped, as it would be had the lent fragment
+        // come the buffered way, and the lease comes back to nothing.
         let mut r = Reassembler::new(ReassemblyConfig::default());
         let _ = r.on_datagram(t0, addr(1), &dgs[1]);
         let mut l = r.begin_lease(t0, addr(1), &dgs[2][..100], dgs[2].len()).unwrap();
@@ -1121,7 +1169,7 @@ mod tests {
         let _ = r.on_datagram(t0, addr(1), &info);
         l.push(&dgs[2][100..]);
         assert!(matches!(r.finish_lease(t0, l), Outcome::Dropped));
-        assert_eq!(r.stats().rejected_fragment, 1);
+        assert_eq!((r.stats().size_mismatch, r.partial_messages(), r.buffered_bytes()), (1, 0, 0));
     }
 
     #[test]

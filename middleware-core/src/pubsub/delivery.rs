@@ -84,6 +84,9 @@ impl DatagramSink for ChannelRx {
     }
 
     fn finish_datagram(&self, lease: DatagramLease, now: Instant) {
+        if self.shared.closed() {
+            return;
+        }
         let source = lease.sender();
         let outcome = lock(&self.reassembler).finish_lease(now, lease);
         self.handle(outcome, source, now);

@@ -38,6 +38,17 @@ fn test_splitter(first: &[u8]) -> Option<std::ops::Range<usize>> {
     Some(a..a + usize::from(*first.first()?) * 300)
 }
 
+/// A message of `len` bytes, its datagrams of at most `max` bytes (message id 17) followed by a
+/// copy of every `dup_every`-th one, and whether it took more than one datagram.
+fn message_and_datagrams(len: usize, max: usize, dup_every: usize) -> (Vec<u8>, Vec<Vec<u8>>, bool) {
+    let msg: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+    let mut dgs: Vec<Vec<u8>> = split(&msg, max, 17).unwrap().map(|p| [&p.header[..], p.body].concat()).collect();
+    let fragmented = dgs.len() > 1;
+    let extra: Vec<Vec<u8>> = dgs.iter().step_by(dup_every).cloned().collect();
+    dgs.extend(extra);
+    (msg, dgs, fragmented)
+}
+
 proptest! {
     #[test]
     fn header_emit_then_parse_is_identity(r in repr()) {
@@ -96,10 +107,7 @@ proptest! {
         dup_every in 1usize..6,
         with_splitter in any::<bool>(),
     ) {
-        let msg: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-        let mut dgs: Vec<Vec<u8>> = split(&msg, max, 17).unwrap().map(|p| [&p.header[..], p.body].concat()).collect();
-        let extra: Vec<Vec<u8>> = dgs.iter().step_by(dup_every).cloned().collect();
-        dgs.extend(extra);
+        let (msg, mut dgs, fragmented) = message_and_datagrams(len, max, dup_every);
         let mut x = seed | 1;
         for i in (1..dgs.len()).rev() {
             x ^= x << 13; x ^= x >> 7; x ^= x << 17;
@@ -132,7 +140,7 @@ proptest! {
         // (and the subscriber's clock filter above) deduplicates those; fragments are deduplicated here.
         prop_assert!(!out.is_empty());
         prop_assert!(out.iter().all(|m| *m == msg));
-        if split(&msg, max, 17).unwrap().count() > 1 {
+        if fragmented {
             // Late duplicates of a completed message are recognised and dropped.
             prop_assert_eq!(out.len(), 1);
             prop_assert_eq!(r.partial_messages(), 0);
@@ -154,11 +162,7 @@ proptest! {
         dup_every in 2usize..8,
         with_splitter in any::<bool>(),
     ) {
-        let msg: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-        let mut dgs: Vec<Vec<u8>> = split(&msg, max, 17).unwrap().map(|p| [&p.header[..], p.body].concat()).collect();
-        let fragmented = dgs.len() > 1;
-        let extra: Vec<Vec<u8>> = dgs.iter().step_by(dup_every).cloned().collect();
-        dgs.extend(extra);
+        let (msg, mut dgs, fragmented) = message_and_datagrams(len, max, dup_every);
         let mut x = seed | 1;
         let mut rnd = move |n: usize| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x % n.max(1) as u64) as usize };
         // Mostly in order (as on the wire), with a few swaps.

@@ -15,7 +15,7 @@
 //! old; a stream given up hands its lease back (`Route::release`), unfinished. The buffers the
 //! leases hold are the receiver's, counted against its own limits.
 
-use crate::frame::{decode, parse_udp, FrameError, Ipv4Packet, LinkType};
+use crate::frame::{decode, parse_udp, parse_udp_header, FrameError, Ipv4Packet, LinkType};
 use crate::ip_reassembly::{IpKey, IpReassembler, IpReassemblyConfig, IpReassemblyStats, MAX_DATAGRAM_PAYLOAD};
 use middleware_core::DatagramLease;
 use std::borrow::Cow;
@@ -55,13 +55,6 @@ pub struct DemuxStats {
     pub streams_expired: u64,
     /// Directly placed datagrams dropped unfinished, oldest first, to stay within the bounds.
     pub streams_evicted: u64,
-}
-
-impl DemuxStats {
-    /// Directly placed datagrams that never completed.
-    pub fn lost_streams(&self) -> u64 {
-        self.streams_expired + self.streams_evicted
-    }
 }
 
 /// Where the demultiplexer hands what it decodes: the capture thread's routes to the channels'
@@ -304,7 +297,8 @@ impl Demux {
     /// one); false when it goes to IPv4 reassembly (a stream it broke was handed back first).
     fn place(&mut self, now: Instant, p: &Ipv4Packet<'_>, route: &mut impl Route) -> bool {
         if self.last_stream_expire.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100)) {
-            self.expire(now);
+            // Given-up leases are handed back at the next frame (`expire` would drop them).
+            self.expire_streams(now);
         }
         let key = IpKey { src: p.src, dst: p.dst, protocol: p.protocol, id: p.identification };
         let (start, len) = (p.offset, p.payload.len());
@@ -365,7 +359,7 @@ impl Demux {
         if start != 0 || !p.more_fragments || !well_formed || len < 8 || self.ip.contains(&key) {
             return false;
         }
-        let Ok(udp) = parse_header(p.payload) else { return false };
+        let Ok(udp) = parse_udp_header(p.payload) else { return false };
         let destination = SocketAddrV4::new(p.dst, udp.1);
         if udp.2 <= len || !route.wanted(destination) {
             return false;
@@ -376,8 +370,8 @@ impl Demux {
         }
         let source = SocketAddr::V4(SocketAddrV4::new(p.src, udp.0));
         let Some(lease) = route.begin(source, destination, &p.payload[8..], udp_len - 8, now) else { return false };
-        // Room for it: the oldest streams go (their leases dropped; their receiver counts the
-        // partial messages lost when they expire there).
+        // Room for it: the oldest streams are given up (their leases handed back unfinished at
+        // the next frame).
         while self.streams.len() >= self.ip_config.max_datagrams.max(1)
             || self.stream_bytes + udp_len > self.ip_config.max_buffered_bytes
         {
@@ -393,18 +387,6 @@ impl Demux {
             .insert(key, Stream { lease: Some(lease), destination, udp_header, udp_len, next: end, created: now });
         true
     }
-}
-
-/// Source port, destination port and length from a UDP header (the first 8 bytes of `b`).
-fn parse_header(b: &[u8]) -> Result<(u16, u16, usize), FrameError> {
-    if b.len() < 8 {
-        return Err(FrameError::Truncated);
-    }
-    let len = usize::from(u16::from_be_bytes([b[4], b[5]]));
-    if len < 8 {
-        return Err(FrameError::BadIpv4);
-    }
-    Ok((u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]]), len))
 }
 
 #[cfg(test)]
@@ -533,6 +515,33 @@ mod tests {
         assert_eq!(route.ecal.stats().leased, 10);
         let (demux, _) = run(&whole, true, cfg_bytes(100, 130_000));
         assert_eq!((demux.stats().streams_evicted, demux.partial_ip_datagrams()), (8, 2));
+    }
+
+    #[test]
+    fn a_stream_given_up_hands_its_lease_back_so_a_later_copy_completes_the_message() {
+        // The IPv4 timeout (1 s) is shorter than the eCAL one (5 s): the stream of the first
+        // fragment datagram is given up while its partial message lives on.
+        let msg = message(100_000);
+        let frames = ecal_frames(&msg, MAX_DATAGRAM_LEN, 3, 1, 40_000);
+        let mut demux = Demux::new(
+            LinkType::Ethernet,
+            IpReassemblyConfig { timeout: Duration::from_secs(1), ..Default::default() },
+        );
+        let mut route = EcalRoute::new(true);
+        let t0 = Instant::now();
+        // The info and the first frame of fragment 0: a stream, its lease out.
+        demux.on_frame_to(t0, &frames[0], &mut route);
+        demux.on_frame_to(t0, &frames[1], &mut route);
+        assert_eq!(route.ecal.stats().leased, 1);
+        // 2 s later the whole message comes again (from another capture device, say): the stale
+        // stream is given up and its lease handed back, so the copy is placed and completes.
+        let t1 = t0 + Duration::from_secs(2);
+        for f in &frames {
+            demux.on_frame_to(t1, f, &mut route);
+        }
+        assert_eq!(route.messages, vec![msg]);
+        assert_eq!((demux.stats().streams_expired, route.ecal.stats().lease_aborted), (1, 1));
+        assert_eq!((route.ecal.partial_messages(), route.ecal.buffered_bytes()), (0, 0));
     }
 
     fn cfg_bytes(max_datagrams: usize, max_buffered_bytes: usize) -> IpReassemblyConfig {

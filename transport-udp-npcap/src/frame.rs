@@ -195,12 +195,13 @@ pub struct UdpDatagram<'a> {
     pub payload: &'a [u8],
 }
 
-/// Parses the UDP header of a whole (reassembled) IP payload.
+/// The UDP header at the start of an IP payload, whole or only its first fragment: source
+/// port, destination port, and the length field (header included).
 ///
 /// # Errors
-/// [`FrameError::Truncated`] when shorter than 8 bytes or than the UDP length field;
-/// [`FrameError::BadIpv4`] when the length field is below 8.
-pub fn parse_udp(ip_payload: &[u8]) -> Result<UdpDatagram<'_>, FrameError> {
+/// [`FrameError::Truncated`] when shorter than 8 bytes; [`FrameError::BadIpv4`] when the length
+/// field is below 8.
+pub fn parse_udp_header(ip_payload: &[u8]) -> Result<(u16, u16, usize), FrameError> {
     if ip_payload.len() < 8 {
         return Err(FrameError::Truncated);
     }
@@ -208,15 +209,20 @@ pub fn parse_udp(ip_payload: &[u8]) -> Result<UdpDatagram<'_>, FrameError> {
     if len < 8 {
         return Err(FrameError::BadIpv4);
     }
-    let end = len;
+    Ok((be16(ip_payload, 0).expect("len checked"), be16(ip_payload, 2).expect("len checked"), len))
+}
+
+/// Parses the UDP header of a whole (reassembled) IP payload.
+///
+/// # Errors
+/// [`FrameError::Truncated`] when shorter than 8 bytes or than the UDP length field;
+/// [`FrameError::BadIpv4`] when the length field is below 8.
+pub fn parse_udp(ip_payload: &[u8]) -> Result<UdpDatagram<'_>, FrameError> {
+    let (src_port, dst_port, end) = parse_udp_header(ip_payload)?;
     if ip_payload.len() < end {
         return Err(FrameError::Truncated);
     }
-    Ok(UdpDatagram {
-        src_port: be16(ip_payload, 0).expect("len checked"),
-        dst_port: be16(ip_payload, 2).expect("len checked"),
-        payload: &ip_payload[8..end],
-    })
+    Ok(UdpDatagram { src_port, dst_port, payload: &ip_payload[8..end] })
 }
 
 #[cfg(test)]

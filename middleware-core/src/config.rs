@@ -38,6 +38,8 @@
 //! | `ports.data` | `14002` | 1..=65535 |
 //! | `udp.receive_buffer` | `64MiB` | bytes, with optional `KiB`/`MiB`/`GiB` |
 //! | `udp.max_datagram_size` | `65507` | 25..=65507 |
+//! | `udp.send_mode` | `ecal` | `ecal` (messages in datagrams of up to `udp.max_datagram_size`, which IP fragmentation cuts into frames, as eCAL 6.1 sends), `frames` (messages in eCAL fragments that each fit one frame, `udp.frame_size`, sent many per system call with segmentation offload where the OS has it: no IP fragmentation), `auto` (`frames` where the data transport has segmentation offload, `ecal` elsewhere); data channel only |
+//! | `udp.frame_size` | `auto` | `auto` (the outgoing interface's MTU minus 28, or 1472 where it cannot be read), or the UDP payload bytes of one frame datagram, 25..=65507 |
 //! | `udp.send_timeout_ms` | `1000` | 1..: how long one datagram's send waits while the OS says `ENOBUFS`, then fails (counted) |
 //! | `reassembly.timeout_ms` | `5000` | 1.. |
 //! | `reassembly.max_message_size` | `128MiB` | bytes |
@@ -99,6 +101,44 @@ impl fmt::Display for TransportKind {
         f.write_str(match self {
             Self::Socket => "socket",
             Self::Npcap => "npcap",
+            Self::Auto => "auto",
+        })
+    }
+}
+
+/// `udp.send_mode`: how a publisher cuts a message into datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendMode {
+    /// Datagrams of up to `udp.max_datagram_size` (65 507 B), one system call each; IP
+    /// fragmentation cuts them into frames. What eCAL 6.1 sends.
+    #[default]
+    Ecal,
+    /// eCAL fragments that each fit one frame (`udp.frame_size`), sent many per system call
+    /// (`UDP_SEGMENT` on Linux, `sendmmsg` without it). No IP fragments: a receiver reassembles
+    /// nothing below eCAL, and one lost frame costs one fragment's worth, not a 64 KiB datagram.
+    /// eCAL receivers accept datagrams of any size.
+    Frames,
+    /// `Frames` where the data transport has segmentation offload, `Ecal` elsewhere.
+    Auto,
+}
+
+impl FromStr for SendMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ecal" => Ok(Self::Ecal),
+            "frames" => Ok(Self::Frames),
+            "auto" => Ok(Self::Auto),
+            _ => Err("one of ecal, frames, auto".into()),
+        }
+    }
+}
+
+impl fmt::Display for SendMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ecal => "ecal",
+            Self::Frames => "frames",
             Self::Auto => "auto",
         })
     }
@@ -233,6 +273,11 @@ pub struct Config {
     /// `udp.max_datagram_size`: largest UDP payload sent, in bytes; longer messages are cut into
     /// eCAL fragments of this size (eCAL 6.1: 65 507).
     pub max_datagram_size: usize,
+    /// `udp.send_mode`: how data messages are cut into datagrams.
+    pub send_mode: SendMode,
+    /// `udp.frame_size`: UDP payload bytes of one datagram in `frames` mode; `None`: from the
+    /// outgoing interface's MTU ([`crate::Transport::frame_payload_size`]).
+    pub frame_size: Option<usize>,
     /// `reassembly.*`: bounds of eCAL message reassembly (time, message size, partial messages and
     /// bytes held).
     pub reassembly: ReassemblyConfig,
@@ -284,6 +329,8 @@ impl Default for Config {
             data_port: 14002,
             receive_buffer: 64 << 20,
             max_datagram_size: crate::wire::MAX_DATAGRAM_LEN,
+            send_mode: SendMode::Ecal,
+            frame_size: None,
             reassembly: ReassemblyConfig::default(),
             registration_refresh: Duration::from_secs(1),
             registration_timeout: Duration::from_secs(10),
@@ -316,6 +363,8 @@ pub const KEYS: &[&str] = &[
     "ports.data",
     "udp.receive_buffer",
     "udp.max_datagram_size",
+    "udp.send_mode",
+    "udp.frame_size",
     "udp.send_timeout_ms",
     "reassembly.timeout_ms",
     "reassembly.max_message_size",
@@ -494,6 +543,17 @@ impl Config {
                 self.max_datagram_size = parse_range(value, crate::wire::HEADER_LEN + 1, crate::wire::MAX_DATAGRAM_LEN)
                     .ok_or_else(|| bad("an integer 25..=65507"))?
             }
+            "udp.send_mode" => self.send_mode = value.parse().map_err(|e: String| bad(&e))?,
+            "udp.frame_size" => {
+                self.frame_size = if value.trim().eq_ignore_ascii_case("auto") {
+                    None
+                } else {
+                    Some(
+                        parse_range(value, crate::wire::HEADER_LEN + 1, crate::wire::MAX_DATAGRAM_LEN)
+                            .ok_or_else(|| bad("auto, or an integer 25..=65507"))?,
+                    )
+                }
+            }
             "udp.send_timeout_ms" => self.send_timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?,
             "reassembly.timeout_ms" => {
                 self.reassembly.timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?
@@ -627,6 +687,13 @@ mod tests {
         assert!(e.to_string().contains("multicast"), "{e}");
         let e = c.set("network.ttl", "300").unwrap_err();
         assert!(e.to_string().contains("0..=255"), "{e}");
+        c.set("udp.send_mode", "Frames").unwrap();
+        c.set("udp.frame_size", "1400").unwrap();
+        assert_eq!((c.send_mode, c.frame_size), (SendMode::Frames, Some(1400)));
+        c.set("udp.frame_size", "auto").unwrap();
+        assert_eq!(c.frame_size, None);
+        assert!(c.set("udp.send_mode", "gso").unwrap_err().to_string().contains("ecal, frames, auto"));
+        assert!(c.set("udp.frame_size", "24").unwrap_err().to_string().contains("25..=65507"));
         let e = c.set("udp.max_datagram_size", "70000").unwrap_err();
         assert!(e.to_string().contains("25..=65507"), "{e}");
         let e = c.apply_toml("[network]\ntll = 3\n", Origin::Code).unwrap_err();

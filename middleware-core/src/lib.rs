@@ -153,7 +153,7 @@ pub mod wire;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use config::{Config, Mode, TransportKind};
+pub use config::{Config, Mode, SendMode, TransportKind};
 pub use pubsub::{
     Codec, Node, NodeError, NodeOptions, NodeStats, Proto, ProtoType, Publisher, Raw, Received, Subscriber, Tap,
     TappedSample, Text, TransportChoice,

@@ -34,6 +34,7 @@ pub(crate) struct ChannelCounters {
     pub rejected_registration: Counter,
     pub registration_table_full: Counter,
     pub registration_unchanged: Counter,
+    pub coalesced: Counter,
 }
 
 /// Snapshot of one channel's receive path.
@@ -61,6 +62,10 @@ pub struct ChannelStats {
     /// Registration samples identical to the last one of their entity or process, which
     /// refreshed it without being decoded (not a loss: eCAL resends unchanged samples).
     pub registration_unchanged: u64,
+    /// UDP payloads that held several eCAL datagrams back to back, each handled as its own (a
+    /// capture seeing a `udp.send_mode = frames` sender's segmentation offload buffer before the
+    /// device cut it; not a loss).
+    pub coalesced_datagrams: u64,
 }
 
 impl ChannelStats {
@@ -96,6 +101,7 @@ impl ChannelCounters {
             rejected_registration: self.rejected_registration.get(),
             registration_table_full: self.registration_table_full.get(),
             registration_unchanged: self.registration_unchanged.get(),
+            coalesced_datagrams: self.coalesced.get(),
         }
     }
 }

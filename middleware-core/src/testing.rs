@@ -3,7 +3,8 @@
 //! deterministic [`Faults`] injector.
 
 use crate::transport::{
-    DatagramSink, Endpoint, ReceiveThread, SinkSlot, Transport, TransportError, TransportStats, TICK,
+    offload_runs, DatagramSink, Endpoint, Piece, ReceiveThread, SinkSlot, Transport, TransportError, TransportStats,
+    TICK,
 };
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,6 +22,10 @@ pub struct Faults {
     pub duplicate_permille: u32,
     /// Seed of the generator: the same seed, the same faults for the same sequence of sends.
     pub seed: u64,
+    /// [`Transport::send_batch`] delivers each run of [`offload_runs`] as one datagram of
+    /// the run's bytes back to back, as a capture sees a segmentation offload buffer before the
+    /// device cuts it (and the transport says it has segmentation offload).
+    pub coalesce_batches: bool,
 }
 
 /// One datagram and its sender.
@@ -181,6 +186,24 @@ impl Transport for LoopbackTransport {
             self.bus.inject(self.port, self.source, &d);
         }
         Ok(())
+    }
+
+    fn send_batch(&self, datagrams: &[Piece<'_>]) -> Result<(), TransportError> {
+        if !self.bus.faults.coalesce_batches {
+            return datagrams.iter().try_for_each(|d| self.send(&d.header, d.body));
+        }
+        for (run, _) in offload_runs(datagrams) {
+            let n = run.len() as u64;
+            let d: Vec<u8> = datagrams[run].iter().flat_map(|d| d.header.iter().chain(d.body)).copied().collect();
+            self.send(&[], &d)?;
+            // Counted as the datagrams the device would cut the buffer into.
+            self.stats.lock().expect("poisoned").sent_datagrams += n - 1;
+        }
+        Ok(())
+    }
+
+    fn segmentation_offload(&self) -> bool {
+        self.bus.faults.coalesce_batches
     }
 
     fn join(&self, _group: Ipv4Addr) -> Result<(), TransportError> {

@@ -2,7 +2,7 @@
 //! everything else happen above, once, for every transport.
 
 use crate::config::{Config, Mode};
-pub use crate::fragment::DatagramLease;
+pub use crate::fragment::{DatagramLease, Piece};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -181,6 +181,24 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn name(&self) -> &'static str;
     /// Sends one datagram made of `header` followed by `body` to the endpoint's destination.
     fn send(&self, header: &[u8], body: &[u8]) -> Result<(), TransportError>;
+    /// Sends `datagrams` in order, each one datagram of its header followed by its body, in as
+    /// few system calls as the OS allows (`udp.send_mode = frames`: runs of equal-sized
+    /// datagrams go out as one segmentation offload buffer). Stops at the first failure.
+    /// Default: [`send`](Self::send) for each.
+    fn send_batch(&self, datagrams: &[Piece<'_>]) -> Result<(), TransportError> {
+        datagrams.iter().try_for_each(|d| self.send(&d.header, d.body))
+    }
+    /// The largest UDP payload that leaves this host in one frame toward the endpoint's
+    /// destination (the outgoing interface's MTU minus the IPv4 and UDP headers), where known:
+    /// the datagram size of `udp.send_mode = frames` with `udp.frame_size = auto`.
+    fn frame_payload_size(&self) -> Option<usize> {
+        None
+    }
+    /// Whether [`send_batch`](Self::send_batch) hands runs of datagrams to the OS as one buffer
+    /// that the device cuts (segmentation offload): what `udp.send_mode = auto` asks.
+    fn segmentation_offload(&self) -> bool {
+        false
+    }
     /// Additionally receives datagrams sent to `group` (network mode). In either mode the first
     /// call starts receiving on an endpoint opened with `receive_on_demand`.
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError>;
@@ -198,6 +216,36 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// the sending host a second pass through its network stack. Transports without such a
     /// switch ignore it (the default).
     fn set_multicast_loopback(&self, _on: bool) {}
+}
+
+/// Segments one segmentation offload buffer may carry (Linux `UDP_MAX_SEGMENTS`: 64 until 6.11).
+pub const MAX_SEGMENTS: usize = 64;
+
+/// Cuts `datagrams` into the runs a segmentation offload send takes as one buffer each: up to
+/// [`MAX_SEGMENTS`] consecutive datagrams of the first one's size, the last of a run possibly
+/// shorter, at most 65 507 bytes in all (one IPv4 datagram's payload). A run of one is sent
+/// as a plain datagram. Yields each run's index range and segment size.
+pub fn offload_runs<'a>(datagrams: &'a [Piece<'_>]) -> impl Iterator<Item = (std::ops::Range<usize>, usize)> + 'a {
+    let len = |d: &Piece<'_>| d.header.len() + d.body.len();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = datagrams.get(i)?;
+        let size = len(first);
+        let (start, mut total) = (i, size);
+        i += 1;
+        while let Some(d) = datagrams.get(i) {
+            let n = len(d);
+            if i - start >= MAX_SEGMENTS || n > size || total + n > crate::wire::MAX_DATAGRAM_LEN {
+                break;
+            }
+            total += n;
+            i += 1;
+            if n < size {
+                break;
+            }
+        }
+        Some((start..i, size))
+    })
 }
 
 /// Opens transports for the channels a node needs.

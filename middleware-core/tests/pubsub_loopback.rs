@@ -53,6 +53,53 @@ fn raw_messages_of_every_size_arrive_intact() {
     assert_eq!(ns.data.reassembly.reassembled, 5, "{:?}", ns.data.reassembly);
 }
 
+/// `udp.send_mode = frames`: messages go out as frame-sized eCAL fragments handed to the
+/// transport at once; over a bus that delivers each offload run as one datagram (what a capture
+/// sees before the device cuts the buffer), the receiver splits them and every message arrives
+/// whole. `auto` picks frames where the transport has offload, `ecal` where not.
+#[test]
+fn frames_mode_arrives_whole_also_when_a_capture_sees_offload_buffers_uncut() {
+    for coalesce in [false, true] {
+        let bus = LoopbackBus::with_faults(Faults { coalesce_batches: coalesce, ..Faults::default() });
+        let mut cfg = config();
+        cfg.set("udp.send_mode", "frames").unwrap();
+        cfg.set("udp.frame_size", "1000").unwrap();
+        let a = node(&bus, cfg);
+        assert_eq!(a.frame_size(), Some(1000));
+        let b = node(&bus, config());
+        let sub = b.subscriber::<Raw>("frames").unwrap();
+        let publ = a.publisher::<Raw>("frames").unwrap();
+        assert!(publ.wait_for_subscriber(WAIT));
+        let sizes = [0usize, 10, 900, 5_000, 65_420, 1 << 20];
+        for (k, &size) in sizes.iter().enumerate() {
+            assert!(publ.send(&mod251(size, k)).unwrap());
+        }
+        for (k, &size) in sizes.iter().enumerate() {
+            let r = sub.recv_timeout(WAIT).unwrap_or_else(|| panic!("{coalesce}: message {k} of {size} B missing"));
+            assert!(r.value == mod251(size, k), "{coalesce}: payload {k} differs");
+        }
+        let (sa, sb) = (a.stats().data, b.stats().data);
+        // Every datagram at most 1000 bytes: 1 MiB alone is > 1000 of them.
+        assert!(sa.transport.sent_datagrams > 1100, "{sa:?}");
+        assert!(sa.transport.sent_bytes / sa.transport.sent_datagrams <= 1000, "{sa:?}");
+        assert_eq!(sb.reassembly.lost_messages(), 0, "{sb:?}");
+        if coalesce {
+            // 1 MiB in 1000-byte datagrams: about 17 buffers of 64 datagrams (the info datagram
+            // is a run of its own); smaller fragmented messages one or more each.
+            assert!(sb.coalesced_datagrams >= 17, "{sb:?}");
+            assert!(sb.transport.received_datagrams < sa.transport.sent_datagrams / 10, "{sb:?} {sa:?}");
+        } else {
+            assert_eq!(sb.coalesced_datagrams, 0);
+        }
+    }
+    for (coalesce, want) in [(false, None), (true, Some(1472))] {
+        let bus = LoopbackBus::with_faults(Faults { coalesce_batches: coalesce, ..Faults::default() });
+        let mut cfg = config();
+        cfg.set("udp.send_mode", "auto").unwrap();
+        assert_eq!(node(&bus, cfg).frame_size(), want, "auto with offload {coalesce}");
+    }
+}
+
 #[test]
 fn no_subscriber_means_nothing_sent_but_clock_advances() {
     let bus = LoopbackBus::new();
@@ -150,7 +197,8 @@ fn typed_protobuf_messages() {
 #[test]
 fn duplicates_are_filtered_and_losses_counted() {
     // 20% duplicated, 10% dropped datagrams, fixed seed.
-    let bus = LoopbackBus::with_faults(Faults { drop_permille: 100, duplicate_permille: 200, seed: 7 });
+    let bus =
+        LoopbackBus::with_faults(Faults { drop_permille: 100, duplicate_permille: 200, seed: 7, ..Faults::default() });
     let a = node(&bus, config());
     let sub = a.subscriber::<Raw>("lossy").unwrap();
     let publ = a.publisher::<Raw>("lossy").unwrap();
@@ -549,7 +597,8 @@ fn on_receive_keeps_order_while_messages_arrive_during_the_hand_over() {
 fn registration_reports_rates_sizes_clocks_drops_and_state() {
     use middleware_core::registration::{Direction, Severity};
     // 10% of data datagrams dropped (registration too, which only delays it).
-    let bus = LoopbackBus::with_faults(Faults { drop_permille: 100, duplicate_permille: 0, seed: 11 });
+    let bus =
+        LoopbackBus::with_faults(Faults { drop_permille: 100, duplicate_permille: 0, seed: 11, ..Faults::default() });
     let mut cfg = config();
     cfg.set("registration.refresh_ms", "200").unwrap();
     cfg.set("registration.timeout_ms", "2000").unwrap();

@@ -450,6 +450,22 @@ impl Drop for NpcapTransport {
 }
 
 impl NpcapTransport {
+    /// After a send: whether the capture hears this host's own traffic (see `hearing`).
+    fn sent(&self) {
+        let h = &self.hearing;
+        if h.checked() {
+            let port = if h.port_known() { None } else { self.sender.local_port() };
+            if let hearing::Verdict::Deaf { unheard_for, sends, log: true, .. } =
+                h.on_sent(port, std::time::Instant::now())
+            {
+                tracing::error!(
+                    "{} (repeated with a growing interval while it lasts)",
+                    h.complaint(unheard_for, sends)
+                );
+            }
+        }
+    }
+
     /// Routes this port's datagrams from the capture to the sink and, in network mode, joins
     /// the base group; a no-op once done.
     fn start_receiving(&self) -> Result<(), TransportError> {
@@ -496,19 +512,22 @@ impl Transport for NpcapTransport {
 
     fn send(&self, header: &[u8], body: &[u8]) -> Result<(), TransportError> {
         self.sender.send(header, body)?;
-        let h = &self.hearing;
-        if h.checked() {
-            let port = if h.port_known() { None } else { self.sender.local_port() };
-            if let hearing::Verdict::Deaf { unheard_for, sends, log: true, .. } =
-                h.on_sent(port, std::time::Instant::now())
-            {
-                tracing::error!(
-                    "{} (repeated with a growing interval while it lasts)",
-                    h.complaint(unheard_for, sends)
-                );
-            }
-        }
+        self.sent();
         Ok(())
+    }
+
+    fn send_batch(&self, datagrams: &[middleware_core::transport::Piece<'_>]) -> Result<(), TransportError> {
+        self.sender.send_batch(datagrams)?;
+        self.sent();
+        Ok(())
+    }
+
+    fn frame_payload_size(&self) -> Option<usize> {
+        self.sender.frame_payload_size()
+    }
+
+    fn segmentation_offload(&self) -> bool {
+        self.sender.segmentation_offload()
     }
 
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError> {

@@ -48,6 +48,37 @@ fn two_processes_worth_of_nodes_exchange_large_messages() {
     assert!(st.transport.receive_buffer_granted >= 1 << 20, "{st:?}");
 }
 
+/// `udp.send_mode = frames` over real sockets: 1472-byte datagrams sent with segmentation
+/// offload (Linux) arrive as the same messages.
+#[test]
+fn frames_mode_messages_arrive_whole() {
+    let c = config();
+    let mut fc = c.clone();
+    fc.set("udp.send_mode", "frames").unwrap();
+    fc.set("udp.frame_size", "1472").unwrap();
+    let (a, b) = (node(&fc), node(&c));
+    assert_eq!(a.frame_size(), Some(1472));
+    let sub = b.subscriber::<Raw>("frames").unwrap();
+    let publ = a.publisher::<Raw>("frames").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT));
+    let sizes = [10usize, 65_420, 1 << 20];
+    for (k, &n) in sizes.iter().enumerate() {
+        let payload: Vec<u8> = (0..n).map(|i| ((i + k) % 251) as u8).collect();
+        assert!(publ.send(&payload).unwrap());
+        let r = sub.recv_timeout(WAIT).unwrap_or_else(|| panic!("{n} bytes not received"));
+        assert!(r.value == payload, "payload of {n} bytes differs");
+    }
+    let (sa, sb) = (a.stats().data.transport, b.stats().data);
+    assert_eq!(sb.reassembly.lost_messages(), 0, "{sb:?}");
+    // 1 MiB alone is 725 fragments of 1448 bytes.
+    assert!(sa.sent_datagrams > 770, "{sa:?}");
+    assert!(sa.sent_bytes / sa.sent_datagrams <= 1472, "{sa:?}");
+    if cfg!(target_os = "linux") {
+        assert!(sa.details["send_offload_buffers"] >= 17, "{sa:?}");
+        assert_eq!(sa.details["send_offload_refused"], 0, "{sa:?}");
+    }
+}
+
 #[test]
 fn strings_in_one_process() {
     let c = config();

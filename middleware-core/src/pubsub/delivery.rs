@@ -13,8 +13,9 @@ use super::subscriber::SubShared;
 use super::tap::TappedSample;
 use crate::fragment::{Outcome, Reassembler, ReassemblyStats, SplitMessage};
 use crate::pb::{CmdType, Sample};
+use crate::stats::ChannelCounters;
 use crate::transport::{Channel, DatagramLease, DatagramSink, TICK};
-use crate::wire::SampleFrame;
+use crate::wire::{split_coalesced, SampleFrame};
 use prost::Message as _;
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -40,6 +41,13 @@ impl ChannelRx {
             Channel::Registration => Reassembler::new(config),
         });
         Self { shared, channel, reassembler, last_expire: Mutex::new(Instant::now()) }
+    }
+
+    fn counters(&self) -> &ChannelCounters {
+        match self.channel {
+            Channel::Registration => &self.shared.reg_counters,
+            Channel::Data => &self.shared.data_counters,
+        }
     }
 
     pub(crate) fn reassembly_stats(&self) -> ReassemblyStats {
@@ -70,9 +78,21 @@ impl DatagramSink for ChannelRx {
         if let Some(tap) = &sh.tap {
             tap.datagram(self.channel, source, datagram);
         }
-        // The message borrows the datagram or is owned: nothing of the reassembler's.
-        let outcome = lock(&self.reassembler).on_datagram(now, source, datagram);
-        self.handle(outcome, source, now);
+        // Usually one eCAL datagram; several back to back where a capture saw a segmentation
+        // offload buffer before the device cut it (`wire::split_coalesced`).
+        let (mut first, mut rest) = split_coalesced(datagram);
+        if !rest.is_empty() {
+            self.counters().coalesced.inc();
+        }
+        loop {
+            // The message borrows the datagram or is owned: nothing of the reassembler's.
+            let outcome = lock(&self.reassembler).on_datagram(now, source, first);
+            self.handle(outcome, source, now);
+            if rest.is_empty() {
+                return;
+            }
+            (first, rest) = split_coalesced(rest);
+        }
     }
 
     fn begin_datagram(&self, first: &[u8], len: usize, source: SocketAddr, now: Instant) -> Option<DatagramLease> {

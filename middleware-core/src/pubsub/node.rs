@@ -8,8 +8,8 @@ use super::delivery::ChannelRx;
 use super::publisher::{PubShared, Publisher};
 use super::subscriber::{SubShared, Subscriber};
 use super::tap::Tap;
-use crate::config::{Config, Mode};
-use crate::fragment::split;
+use crate::config::{Config, Mode, SendMode};
+use crate::fragment::{fragment_count, split};
 use crate::pb::{self, DataTypeInformation};
 use crate::registration::{
     Acceptance, EntityIds, Identity, ProcessState, RemoteEntity, RemoteProcess, RemoteTable, Severity,
@@ -139,6 +139,8 @@ pub(crate) struct Inner {
     choice: TransportChoice,
     /// The data channel's multicast loopback as last set: 0 not yet, 1 off, 2 on.
     data_loopback: std::sync::atomic::AtomicU8,
+    /// `udp.send_mode` as it applies: the frame datagram size in `frames` mode, `None` in `ecal`.
+    frame_size: Option<usize>,
 }
 
 impl std::ops::Deref for Inner {
@@ -284,6 +286,11 @@ impl Node {
             }
         }
         let choice = TransportChoice { name: data.name().to_string(), reason: options.transport_reason };
+        let frame_size = match config.send_mode {
+            SendMode::Ecal => None,
+            SendMode::Frames => Some(frame_size(config, &*data)),
+            SendMode::Auto => data.segmentation_offload().then(|| frame_size(config, &*data)),
+        };
         let inner = Arc::new(Inner {
             shared,
             reg,
@@ -293,6 +300,7 @@ impl Node {
             next_message_id: AtomicU32::new(seed as u32),
             choice,
             data_loopback: std::sync::atomic::AtomicU8::new(0),
+            frame_size,
         });
         tracing::info!(
             host = %inner.identity.host_name,
@@ -300,6 +308,9 @@ impl Node {
             mode = %inner.config.mode,
             transport = %inner.choice,
             group = %inner.config.destination(),
+            send_mode = %inner.config.send_mode,
+            frame_size = ?inner.frame_size,
+            offload = inner.data.segmentation_offload(),
             "node started"
         );
         let i = Arc::clone(&inner);
@@ -313,6 +324,12 @@ impl Node {
     /// The transport this node uses, and why.
     pub fn transport(&self) -> &TransportChoice {
         &self.inner.choice
+    }
+
+    /// The size of the datagrams data messages are cut into when `udp.send_mode` is (or
+    /// resolved from `auto` to) `frames`; `None` in `ecal` mode.
+    pub fn frame_size(&self) -> Option<usize> {
+        self.inner.frames()
     }
 
     /// Creates a publisher of `topic` with the codec `C`.
@@ -502,7 +519,8 @@ impl Inner {
         }
     }
 
-    /// Frames `message` and sends it through `t`, stopping at the first datagram that fails.
+    /// Frames `message` in datagrams of up to `udp.max_datagram_size` and sends it through `t`
+    /// one datagram per call, stopping at the first that fails (eCAL's way; registration).
     pub(crate) fn send_message(&self, t: &dyn Transport, message: &[u8]) -> Result<(), NodeError> {
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed) as i32;
         let pieces = split(message, self.config.max_datagram_size, id).ok_or(NodeError::TooLarge(message.len()))?;
@@ -511,4 +529,38 @@ impl Inner {
         }
         Ok(())
     }
+
+    /// Sends a data message as `udp.send_mode` says: in `ecal` mode as
+    /// [`send_message`](Self::send_message); in `frames` mode cut into frame-sized datagrams
+    /// handed to the transport at once ([`Transport::send_batch`]), so it can send them with
+    /// segmentation offload. The pieces borrow the message (no copy); their list is the one
+    /// allocation per fragmented message.
+    pub(crate) fn send_data(&self, message: &[u8]) -> Result<(), NodeError> {
+        let Some(size) = self.frame_size else {
+            return self.send_message(&*self.data, message);
+        };
+        let id = self.next_message_id.fetch_add(1, Ordering::Relaxed) as i32;
+        let mut pieces = split(message, size, id).ok_or(NodeError::TooLarge(message.len()))?;
+        let n = fragment_count(message.len(), size);
+        if n == 0 {
+            let p = pieces.next().expect("a message is at least one datagram");
+            return Ok(self.data.send(&p.header, p.body)?);
+        }
+        let mut all = Vec::with_capacity(n + 1);
+        all.extend(pieces);
+        Ok(self.data.send_batch(&all)?)
+    }
+
+    /// The data channel's datagram size in `frames` mode; `None` in `ecal` mode.
+    pub(crate) fn frames(&self) -> Option<usize> {
+        self.frame_size
+    }
+}
+
+/// The datagram size of `frames` mode: `udp.frame_size`, or what the data transport reads from
+/// the outgoing interface's MTU, or 1472 (an Ethernet frame's UDP payload).
+fn frame_size(config: &Config, data: &dyn Transport) -> usize {
+    const ETHERNET: usize = 1500 - 28;
+    let size = config.frame_size.or_else(|| data.frame_payload_size()).unwrap_or(ETHERNET);
+    size.clamp(crate::wire::HEADER_LEN + 1, crate::wire::MAX_DATAGRAM_LEN)
 }

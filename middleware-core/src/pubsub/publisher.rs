@@ -157,7 +157,7 @@ impl<C: Codec> Publisher<C> {
         };
         encode_data_message(&mut buf, &header, plen, |out| C::encode(value, out));
         self.node.apply_data_loopback();
-        let result = self.node.send_message(&*self.node.data, &buf);
+        let result = self.node.send_data(&buf);
         s.give_back(buf);
         match result {
             Ok(()) => {

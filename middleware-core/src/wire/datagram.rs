@@ -158,6 +158,34 @@ impl<'a> Datagram<&'a [u8]> {
     }
 }
 
+/// Splits the first eCAL datagram off a UDP payload that holds several back to back, and
+/// returns it with the rest; a payload holding one datagram comes back whole with an empty rest.
+///
+/// A sender using segmentation offload (`udp.send_mode = frames`) hands the OS one buffer of
+/// equal-sized datagrams that the network device cuts apart. Sockets only ever see the pieces,
+/// but a packet capture taken before the cut (on the sending host, or on a link such as `lo` or
+/// veth that carries the uncut buffer) sees them as one UDP payload, each piece still starting
+/// with its own header. The first datagram ends where its header says (type 1: the header;
+/// types 2 and 3: `24 + len`); what follows is split off only when it starts with a header of
+/// its own (magic and version), so a datagram with trailing bytes stays what it was (eCAL
+/// ignores them) and nothing is read past the payload.
+pub fn split_coalesced(payload: &[u8]) -> (&[u8], &[u8]) {
+    let Ok(d) = Datagram::new_checked(payload) else {
+        return (payload, &[]);
+    };
+    let end = match d.kind() {
+        DatagramKind::FragmentInfo => HEADER_LEN,
+        DatagramKind::Fragment | DatagramKind::Whole => HEADER_LEN + d.len() as usize,
+        DatagramKind::Unknown(_) => return (payload, &[]),
+    };
+    let rest = &payload[end..];
+    if rest.len() >= HEADER_LEN && rest[field::MAGIC] == MAGIC && rest[field::VERSION] == VERSION {
+        (&payload[..end], rest)
+    } else {
+        (payload, &[])
+    }
+}
+
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Datagram<T> {
     fn put(&mut self, range: core::ops::Range<usize>, v: u32) {
         self.buffer.as_mut()[range].copy_from_slice(&v.to_le_bytes());
@@ -298,6 +326,42 @@ mod tests {
         0x45, 0x43, 0x41, 0x4c, 0x05, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x34, 0x82, 0x27, 0x0d, 0x02, 0x00,
         0x00, 0x00, 0xe5, 0xff, 0x00, 0x00,
     ];
+
+    #[test]
+    fn coalesced_datagrams_split_at_their_declared_ends() {
+        let frag = |index: u32, body: &[u8]| {
+            let mut v = DatagramRepr::Fragment { id: 9, index, len: body.len() as u32 }.to_bytes().to_vec();
+            v.extend_from_slice(body);
+            v
+        };
+        // Info, two equal fragments and a shorter last one, back to back (one GSO buffer).
+        let parts = [INFO.to_vec(), frag(0, &[1; 100]), frag(1, &[2; 100]), frag(2, &[3; 7])];
+        let mut rest: &[u8] = &parts.concat();
+        let mut got = Vec::new();
+        while !rest.is_empty() {
+            let (first, r) = split_coalesced(rest);
+            got.push(first.to_vec());
+            rest = r;
+        }
+        assert_eq!(got, parts);
+
+        // Trailing bytes that are not a header stay with the datagram (eCAL ignores them).
+        let mut tail = frag(0, &[1; 10]);
+        tail.extend_from_slice(&[0xEE; 40]);
+        assert_eq!(split_coalesced(&tail), (&tail[..], &[][..]));
+        // A header too short to be one, a wrong version, a truncated first datagram, garbage:
+        // nothing split, nothing read past the end.
+        let mut short = frag(0, &[1; 10]);
+        short.extend_from_slice(b"ECAL\x05");
+        assert_eq!(split_coalesced(&short).1, &[][..]);
+        let mut v4 = frag(0, &[1; 10]);
+        v4.extend_from_slice(&frag(1, &[2; 3]));
+        v4[34 + 4] = 4;
+        assert_eq!(split_coalesced(&v4).1, &[][..]);
+        let truncated = &parts[1][..50];
+        assert_eq!(split_coalesced(truncated), (truncated, &[][..]));
+        assert_eq!(split_coalesced(b"xy"), (&b"xy"[..], &[][..]));
+    }
 
     #[test]
     fn deconstruct() {

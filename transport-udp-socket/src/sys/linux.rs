@@ -208,6 +208,171 @@ impl RecvBatch {
     }
 }
 
+/// `UDP_SEGMENT` (`linux/udp.h`, Linux 4.18): the size each segment of a send is cut to.
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Whether this kernel knows `UDP_SEGMENT` (reading it succeeds from Linux 4.18). The device
+/// may still refuse a buffer (no checksum offload: `EIO`; a segment larger than the path MTU:
+/// `EINVAL`), which [`send_batch`] reports as [`BatchError::Offload`].
+pub(crate) fn has_segmentation_offload(socket: &socket2::Socket) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd; the kernel writes at most `len` bytes into `v`.
+    let rc = unsafe {
+        libc::getsockopt(socket.as_raw_fd(), libc::SOL_UDP, UDP_SEGMENT, (&mut v as *mut libc::c_int).cast(), &mut len)
+    };
+    rc == 0
+}
+
+/// The MTU of the route toward `dest` (through `interface` for multicast), read with
+/// `IP_MTU` from a throwaway socket connected there; `None` where the route or the option is
+/// missing.
+pub(crate) fn path_mtu(dest: std::net::SocketAddrV4, interface: Option<Ipv4Addr>) -> Option<usize> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP)).ok()?;
+    if let Some(i) = interface {
+        s.set_multicast_if_v4(&i).ok()?;
+    }
+    // Connecting to a broadcast address needs SO_BROADCAST (local mode).
+    s.set_broadcast(true).ok()?;
+    s.connect(&dest.into()).ok()?;
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd; the kernel writes at most `len` bytes into `v`.
+    let rc = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU, (&mut v as *mut libc::c_int).cast(), &mut len)
+    };
+    (rc == 0 && v > 0).then_some(v as usize)
+}
+
+use super::{BatchError, BatchSent};
+
+/// A control message buffer for one `UDP_SEGMENT` value, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Cmsg([u8; 32]);
+
+/// Sends `datagrams` (each its header then its body) to `dest` with `sendmmsg`: with
+/// `offload`, each run of up to 64 datagrams of one size (the last of a run may be shorter),
+/// at most 65 507 bytes in all, goes as one buffer with `UDP_SEGMENT` set to that size, which
+/// the kernel or the device cuts back into those datagrams; without it, one message per
+/// datagram. Nothing is copied: the iovecs point at the headers and bodies. `ENOBUFS` is waited
+/// out for `timeout` per call. Returns what was sent, and the error that stopped it.
+pub(crate) fn send_batch(
+    socket: &socket2::Socket,
+    dest: &socket2::SockAddr,
+    datagrams: &[middleware_core::transport::Piece<'_>],
+    offload: bool,
+    timeout: std::time::Duration,
+) -> (BatchSent, Result<(), BatchError>) {
+    let len = |i: usize| datagrams[i].header.len() + datagrams[i].body.len();
+    // Runs: [start, end) of datagrams per message, and each message's segment size (0: none).
+    let runs: Vec<(usize, usize, usize)> = if offload {
+        middleware_core::transport::offload_runs(datagrams)
+            .map(|(r, size)| (r.start, r.end, if r.len() > 1 { size } else { 0 }))
+            .collect()
+    } else {
+        (0..datagrams.len()).map(|i| (i, i + 1, 0)).collect()
+    };
+    let zero_iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let mut iovs = vec![zero_iov; datagrams.len() * 2];
+    let mut cmsgs = vec![Cmsg([0; 32]); runs.iter().filter(|r| r.2 > 0).count()];
+    // SAFETY: all-zero is a valid mmsghdr.
+    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; runs.len()];
+    let mut n_iov = 0;
+    let mut n_cmsg = 0;
+    for (m, &(start, end, seg)) in runs.iter().enumerate() {
+        let first_iov = n_iov;
+        for d in &datagrams[start..end] {
+            for part in [&d.header[..], d.body] {
+                if !part.is_empty() {
+                    // The kernel only reads through iov_base on send.
+                    iovs[n_iov] = libc::iovec { iov_base: part.as_ptr() as *mut libc::c_void, iov_len: part.len() };
+                    n_iov += 1;
+                }
+            }
+        }
+        let h = &mut msgs[m].msg_hdr;
+        h.msg_name = dest.as_ptr() as *mut libc::c_void;
+        h.msg_namelen = dest.len();
+        // SAFETY: first_iov <= n_iov <= iovs.len(); iovs is not resized below.
+        h.msg_iov = unsafe { iovs.as_mut_ptr().add(first_iov) };
+        h.msg_iovlen = n_iov - first_iov;
+        if seg > 0 {
+            let buf = &mut cmsgs[n_cmsg];
+            n_cmsg += 1;
+            h.msg_control = buf.0.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is a pure size computation.
+            h.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+            // SAFETY: msg_control points at 32 aligned bytes, enough for one cmsghdr with a u16
+            // (CMSG_SPACE(2) = 24), so CMSG_FIRSTHDR is non-null and its data fits.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(h);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
+            }
+        }
+    }
+    let mut sent = BatchSent::default();
+    let mut done = 0;
+    while done < msgs.len() {
+        let rest = msgs.len() - done;
+        let r = crate::retry_no_buffer_space(timeout, || {
+            // SAFETY: msgs[done..] are initialised headers whose pointers target the caller's
+            // datagrams, `dest`, and iovs/cmsgs, all alive and unmoved for this call.
+            let k = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr().add(done), rest as libc::c_uint, 0) };
+            if k < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(k as usize)
+            }
+        });
+        sent.calls += 1;
+        match r {
+            Ok(0) => {
+                let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "sendmmsg sent nothing");
+                return (sent, Err(BatchError::Io(e)));
+            }
+            Ok(k) => {
+                for &(start, end, seg) in &runs[done..done + k] {
+                    sent.datagrams += end - start;
+                    sent.bytes += (start..end).map(len).sum::<usize>();
+                    sent.offload_buffers += usize::from(seg > 0);
+                }
+                done += k;
+            }
+            Err(e) => {
+                let offload_refused = runs[done].2 > 0
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+                    );
+                return (sent, Err(if offload_refused { BatchError::Offload(e) } else { BatchError::Io(e) }));
+            }
+        }
+    }
+    (sent, Ok(()))
+}
+
+/// Turns off UDP checksums on `socket` (`SO_NO_CHECK`): the kernel then refuses segmentation
+/// offload with `EINVAL`, which tests use to see the fallback.
+#[cfg(test)]
+pub(crate) fn refuse_offload(socket: &socket2::Socket) {
+    let v: libc::c_int = 1;
+    // SAFETY: valid fd, option value is a c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_NO_CHECK: {}", std::io::Error::last_os_error());
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -57,3 +57,36 @@ impl RecvBatch {
         (&self.buf[..n], Some(from), n >= self.buf.len())
     }
 }
+
+/// No segmentation offload is used here (Windows has `UDP_SEND_MSG_SIZE` since 10 1703; not
+/// wired yet): `udp.send_mode = frames` sends one datagram per call, `auto` stays with `ecal`.
+pub(crate) fn has_segmentation_offload(_socket: &socket2::Socket) -> bool {
+    false
+}
+
+/// Not read on this platform (`udp.frame_size = auto` takes 1472).
+pub(crate) fn path_mtu(_dest: std::net::SocketAddrV4, _interface: Option<Ipv4Addr>) -> Option<usize> {
+    None
+}
+
+/// One `send_to` per datagram (header and body in one vectored call), `ENOBUFS` waited out for
+/// `timeout` each.
+pub(crate) fn send_batch(
+    socket: &socket2::Socket,
+    dest: &socket2::SockAddr,
+    datagrams: &[middleware_core::transport::Piece<'_>],
+    _offload: bool,
+    timeout: std::time::Duration,
+) -> (super::BatchSent, Result<(), super::BatchError>) {
+    let mut sent = super::BatchSent::default();
+    for d in datagrams {
+        let bufs = [std::io::IoSlice::new(&d.header), std::io::IoSlice::new(d.body)];
+        sent.calls += 1;
+        if let Err(e) = crate::retry_no_buffer_space(timeout, || socket.send_to_vectored(&bufs, dest)) {
+            return (sent, Err(super::BatchError::Io(e)));
+        }
+        sent.datagrams += 1;
+        sent.bytes += d.header.len() + d.body.len();
+    }
+    (sent, Ok(()))
+}

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 pub(crate) enum Impl {
     Ours,
     OursNpcap,
+    /// Ours on sockets, publishing with `udp.send_mode = frames` (frame-sized datagrams, sent
+    /// with segmentation offload).
+    OursFrames,
     Ecal,
     /// Real eCAL 6.1.1 driven through its C++ API (`xtask/peers/ecal_native.cpp`).
     EcalNative,
@@ -34,6 +37,7 @@ impl Impl {
         match self {
             Impl::Ours => "ours(socket)",
             Impl::OursNpcap => "ours(npcap)",
+            Impl::OursFrames => "ours(socket, frames)",
             Impl::Ecal => "eCAL 6.1.1",
             Impl::EcalNative => "eCAL 6.1.1 C++",
             Impl::WinSocket => "ours.exe(socket, Wine)",
@@ -141,6 +145,15 @@ fn cases() -> Vec<Case> {
         (Impl::Ours, Impl::EcalNative),
     ];
     let mut v = matrix(&[Placement::CrossHost, Placement::SameHost], &pairs);
+    // Our publisher in `frames` send mode (1472-byte datagrams on the veth link's 1500-byte
+    // MTU, no IP fragments) to real eCAL and to both of our receivers: 10 B, 65 420 B, 1 MiB.
+    let frames = [
+        (Impl::OursFrames, Impl::Ours),
+        (Impl::OursFrames, Impl::OursNpcap),
+        (Impl::OursFrames, Impl::EcalNative),
+        (Impl::OursFrames, Impl::Ecal),
+    ];
+    v.extend(matrix(&[Placement::CrossHost, Placement::SameHost], &frames).into_iter().filter(|c| c.topics.len() == 1));
     for (s, r) in pairs {
         for (size, count, rate, topic) in
             [(10usize, 10usize, 20.0, "interop_local"), (1 << 20, 5, 5.0, "interop_local_1mb")]
@@ -195,11 +208,15 @@ fn peer_command(env: &Env, host: &Host, who: Impl, publisher: bool, case: &Case)
         args.extend(["--timeout".into(), "30".into()]);
     }
     let mut cmd = match who {
-        Impl::Ours | Impl::OursNpcap => {
-            let transport = if who == Impl::Ours { "socket" } else { "npcap" };
+        Impl::Ours | Impl::OursNpcap | Impl::OursFrames => {
+            let transport = if who == Impl::OursNpcap { "npcap" } else { "socket" };
             args.extend(["--mode".into(), case.placement.mode().into(), "--transport".into(), transport.into()]);
             let prog = env.bin_dir.join(if publisher { "publisher" } else { "subscriber" });
-            host.command(&prog.display().to_string(), &args)
+            let mut c = host.command(&prog.display().to_string(), &args);
+            if who == Impl::OursFrames {
+                c.env("MW_UDP_SEND_MODE", "frames");
+            }
+            c
         }
         Impl::Ecal => {
             let mut a = vec![ecal::peer_script().display().to_string(), (if publisher { "pub" } else { "sub" }).into()];
@@ -345,7 +362,11 @@ fn run_case(env: &Env, lab: &Lab, idx: usize, case: &Case) -> anyhow::Result<Out
                 ));
             }
         }
-        if case.receiver == Impl::OursNpcap && case.placement == Placement::CrossHost && case.size > 1400 {
+        if case.receiver == Impl::OursNpcap
+            && case.sender != Impl::OursFrames
+            && case.placement == Placement::CrossHost
+            && case.size > 1400
+        {
             // Messages cut into IPv4 fragments across the veth link (MTU 1500): the capture
             // placed them directly (from the ring into the message buffers), none given up.
             let d = &s["stats"]["data"]["transport"]["details"];
@@ -353,6 +374,29 @@ fn run_case(env: &Env, lab: &Lab, idx: usize, case: &Case) -> anyhow::Result<Out
             if d["ip_streamed"].as_u64().unwrap_or(0) == 0 || lost != 0 {
                 digest_match = false;
                 notes.push(format!("{t}: direct placement: ip_streamed {} given up {lost}", d["ip_streamed"]));
+            }
+        }
+        if case.sender == Impl::OursFrames {
+            // Frame-sized datagrams (the veth MTU 1500 less 28), sent in offload buffers.
+            let d = &p["data_transport"]["details"];
+            if p["frame_size"] != 1472 || (case.size > 1448 && d["send_offload_buffers"].as_u64().unwrap_or(0) == 0) {
+                digest_match = false;
+                notes.push(format!("{t}: frames mode: frame_size {} offload buffers {}", p["frame_size"], d));
+            }
+            if case.receiver == Impl::OursNpcap {
+                // Nothing for the capture to reassemble below eCAL.
+                let d = &s["stats"]["data"]["transport"]["details"];
+                if d["ip_fragments"] != 0 || d["ip_streamed"] != 0 {
+                    digest_match = false;
+                    notes.push(format!("{t}: IP fragments in frames mode: {d}"));
+                }
+                // veth hands the capture the offload buffers uncut (a real NIC's wire carries
+                // the cut frames): the receiver split them, so that path ran.
+                let coalesced = s["stats"]["data"]["coalesced_datagrams"].as_u64().unwrap_or(0);
+                if case.size > 1448 && coalesced == 0 {
+                    digest_match = false;
+                    notes.push(format!("{t}: frames mode: no offload buffer seen uncut by the capture"));
+                }
             }
         }
         if s["verified"] != Value::Bool(true) {
@@ -474,12 +518,15 @@ mod tests {
 
     #[test]
     fn the_matrices_hold_the_documented_rows() {
-        // docs/interop.md: 90 rows, 20 with the native eCAL peer; docs/windows.md: 48 Wine
-        // rows, half of them on capture.
+        // docs/interop.md: 114 rows, 26 with the native eCAL peer, 24 with our publisher in
+        // frames mode; docs/windows.md: 48 Wine rows, half of them on capture.
         let all = cases();
-        assert_eq!(all.len(), 90);
+        assert_eq!(all.len(), 114);
         let native = all.iter().filter(|c| c.sender == Impl::EcalNative || c.receiver == Impl::EcalNative);
-        assert_eq!(native.count(), 20);
+        assert_eq!(native.count(), 26);
+        let frames: Vec<_> = all.iter().filter(|c| c.sender == Impl::OursFrames).collect();
+        assert_eq!(frames.len(), 24);
+        assert!(frames.iter().all(|c| c.placement != Placement::SameHostLocal && c.topics.len() == 1));
         let wine = wine_cases();
         assert_eq!(wine.len(), 48);
         assert_eq!(wine.iter().filter(|c| c.receiver == Impl::WinNpcap).count(), 16);

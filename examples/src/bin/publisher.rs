@@ -89,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         let line = serde_json::json!({
             "role": "pub", "topic": p.topic(), "sent": d.count, "bytes": d.bytes, "sha256": d.hex(),
             "entity_id": p.entity_id().to_string(), "stats": p.stats(),
+            "frame_size": node.frame_size(), "data_transport": node.stats().data.transport,
             "transport": node.transport().to_string(),
             "cpu_s": examples::process_cpu_seconds(),
         });

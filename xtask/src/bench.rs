@@ -33,6 +33,10 @@ enum Pair {
     Raw,
     SocketSocket,
     SocketNpcap,
+    /// Our socket publisher in `udp.send_mode = frames` -> our socket subscriber.
+    FramesSocket,
+    /// Our socket publisher in `udp.send_mode = frames` -> our capture subscriber.
+    FramesNpcap,
     /// eCAL 6.1.1 driven through its C++ API (`xtask/peers/ecal_native.cpp`), both sides.
     NativeNative,
     /// Our socket publisher -> the native eCAL subscriber.
@@ -49,6 +53,8 @@ impl Pair {
             Pair::Raw => "raw UDP baseline",
             Pair::SocketSocket => "ours socket -> socket",
             Pair::SocketNpcap => "ours socket -> npcap",
+            Pair::FramesSocket => "ours socket, frames -> socket",
+            Pair::FramesNpcap => "ours socket, frames -> npcap",
             Pair::NativeNative => "eCAL C++ -> eCAL C++",
             Pair::OursNative => "ours socket -> eCAL C++",
             Pair::NativeOurs => "eCAL C++ -> ours socket",
@@ -62,6 +68,8 @@ impl Pair {
             Pair::Raw => "raw",
             Pair::SocketSocket => "socket",
             Pair::SocketNpcap => "npcap",
+            Pair::FramesSocket => "frames-socket",
+            Pair::FramesNpcap => "frames-npcap",
             Pair::NativeNative => "native",
             Pair::OursNative => "ours-native",
             Pair::NativeOurs => "native-ours",
@@ -69,10 +77,12 @@ impl Pair {
         }
     }
 
-    const ALL: [Pair; 7] = [
+    const ALL: [Pair; 9] = [
         Pair::Raw,
         Pair::SocketSocket,
         Pair::SocketNpcap,
+        Pair::FramesSocket,
+        Pair::FramesNpcap,
         Pair::NativeNative,
         Pair::OursNative,
         Pair::NativeOurs,
@@ -149,10 +159,21 @@ fn count_for(size: usize) -> u64 {
 }
 
 fn spawn(host: &Host, prog: &str, args: &[String], ecal_data: Option<&std::path::Path>) -> anyhow::Result<Child> {
+    spawn_env(host, prog, args, ecal_data, &[])
+}
+
+fn spawn_env(
+    host: &Host,
+    prog: &str,
+    args: &[String],
+    ecal_data: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Child> {
     let mut c = host.command(prog, args);
     if let Some(d) = ecal_data {
         c.env("ECAL_DATA", d);
     }
+    c.envs(env.iter().copied());
     c.env("MW_LOG", "error").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
     c.spawn().with_context(|| format!("starting {prog}"))
 }
@@ -248,8 +269,9 @@ fn run_pair(
             let tx = spawn(&lab.a, &prog, &t, None)?;
             (rx, tx)
         }
-        Pair::SocketSocket | Pair::SocketNpcap => {
-            let transport = if pair == Pair::SocketSocket { "socket" } else { "npcap" };
+        Pair::SocketSocket | Pair::SocketNpcap | Pair::FramesSocket | Pair::FramesNpcap => {
+            let transport = if matches!(pair, Pair::SocketSocket | Pair::FramesSocket) { "socket" } else { "npcap" };
+            let frames = matches!(pair, Pair::FramesSocket | Pair::FramesNpcap);
             let sub = bin.join("subscriber").display().to_string();
             let mut sub_args = vec!["--mode", "network", "--transport", transport, "--timeout", "60", "--idle", "2"];
             sub_args.extend(["--verify", "none", "--no-digest"]);
@@ -260,7 +282,8 @@ fn run_pair(
             }
             let rx = spawn(&lab.b, &sub, &common(&sub_args), None)?;
             std::thread::sleep(Duration::from_millis(700));
-            let tx = spawn(
+            let send_mode: &[(&str, &str)] = if frames { &[("MW_UDP_SEND_MODE", "frames")] } else { &[] };
+            let tx = spawn_env(
                 &lab.a,
                 &bin.join("publisher").display().to_string(),
                 &common(&[
@@ -276,6 +299,7 @@ fn run_pair(
                     "--same-payload",
                 ]),
                 None,
+                send_mode,
             )?;
             (rx, tx)
         }
@@ -461,6 +485,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         // The pairs take turns, `repeat` rounds: a slow spell of the machine hits all of them.
         for _round in 0..repeat {
             for &pair in pairs.iter() {
+                // A message that fits one frame goes out the same in either send mode.
+                if matches!(pair, Pair::FramesSocket | Pair::FramesNpcap) && size <= 1024 {
+                    continue;
+                }
                 // With --before DIR, each pair of ours also runs with DIR's binaries, right before.
                 let runs: &[Option<&std::path::Path>] = match (&before, pair) {
                     (Some(dir), Pair::SocketSocket | Pair::SocketNpcap) => &[Some(dir.as_path()), None],
@@ -562,11 +590,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let native_cpu = of(Pair::NativeNative).map(Row::cpu_us_per_msg);
         for r in rows.iter().filter(|r| r.size == size) {
             let ratio = |base: Option<f64>| match (r.pair, base) {
-                (Pair::SocketSocket | Pair::SocketNpcap, Some(b)) if b > 0.0 => format!("{:.2}", r.mb_per_s() / b),
+                (Pair::SocketSocket | Pair::SocketNpcap | Pair::FramesSocket | Pair::FramesNpcap, Some(b))
+                    if b > 0.0 =>
+                {
+                    format!("{:.2}", r.mb_per_s() / b)
+                }
                 _ => String::new(),
             };
             let cpu_ratio = match (r.pair, native_cpu) {
-                (Pair::SocketSocket | Pair::SocketNpcap, Some(b)) if b > 0.0 => {
+                (Pair::SocketSocket | Pair::SocketNpcap | Pair::FramesSocket | Pair::FramesNpcap, Some(b))
+                    if b > 0.0 =>
+                {
                     format!("{:.2}", r.cpu_us_per_msg() / b)
                 }
                 _ => String::new(),

@@ -19,7 +19,9 @@ use crate::frame::{decode, parse_udp, parse_udp_header, FrameError, Ipv4Packet, 
 use crate::ip_reassembly::{IpKey, IpReassembler, IpReassemblyConfig, IpReassemblyStats, MAX_DATAGRAM_PAYLOAD};
 use middleware_core::DatagramLease;
 use std::borrow::Cow;
-use std::collections::HashMap;
+/// Keyed by IPv4 fragment identity for every fragment: foldhash, seeded per process (the map
+/// is bounded, so crafted collisions cost at most a scan of its bound).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -154,7 +156,7 @@ impl Demux {
             ip: IpReassembler::new(config.clone()),
             ip_config: config,
             stats: DemuxStats::default(),
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             stream_bytes: 0,
             last_stream_expire: None,
             released: Vec::new(),

@@ -20,7 +20,9 @@
 
 use crate::frame::Ipv4Packet;
 use std::borrow::Cow;
-use std::collections::HashMap;
+/// Keyed by IPv4 fragment identity for every fragment: foldhash, seeded per process (the map
+/// is bounded by `ip_max_datagrams`, so crafted collisions cost at most a scan of that many).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -179,7 +181,7 @@ impl IpReassembler {
     pub fn new(config: IpReassemblyConfig) -> Self {
         Self {
             config,
-            partials: HashMap::new(),
+            partials: HashMap::default(),
             buffered: 0,
             stats: IpReassemblyStats::default(),
             pool: Vec::new(),

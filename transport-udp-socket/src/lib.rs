@@ -379,6 +379,11 @@ impl UdpSocketTransport {
         // Only the groups joined here: without it Linux also hands this socket the traffic of
         // every group any other socket of the host joined on this port.
         sys::receive_only_joined_groups(&rx);
+        if ep.channel == Channel::Data {
+            // A sender's segmentation offload buffer that reaches this host uncut (same host,
+            // veth) comes as one datagram, split by the core, instead of one per segment.
+            sys::receive_offload_buffers(&rx);
+        }
         self.granted.store(set_receive_buffer(&rx, ep.receive_buffer, ep.channel == Channel::Data), Ordering::Relaxed);
         let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ep.port);
         rx.bind(&bind.into()).map_err(io(format!("bind {bind}")))?;

@@ -25,7 +25,15 @@
 use crate::wire::datagram::{MAGIC, VERSION};
 use crate::wire::{Datagram, DatagramRepr, HEADER_LEN};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Maps keyed by what the network sends (sender, message id), looked up for every fragment:
+/// foldhash with a per-process random seed, several times faster than std's SipHash on these
+/// small keys. Its weaker resistance to crafted collisions is bounded here: the maps hold at
+/// most `max_partial_messages` (and as many recently completed) keys, so a worst case costs a
+/// scan of that many.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -441,12 +449,12 @@ impl Reassembler {
         Self {
             splitter,
             config,
-            partials: HashMap::new(),
+            partials: HashMap::default(),
             buffered: 0,
             stats: ReassemblyStats::default(),
             last_expire: None,
             done_order: VecDeque::new(),
-            done: HashSet::new(),
+            done: HashSet::default(),
             lent: Arc::new(AtomicUsize::new(0)),
         }
     }

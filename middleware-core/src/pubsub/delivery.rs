@@ -81,13 +81,21 @@ impl DatagramSink for ChannelRx {
         // Usually one eCAL datagram; several back to back where a capture saw a segmentation
         // offload buffer before the device cut it (`wire::split_coalesced`).
         let (mut first, mut rest) = split_coalesced(datagram);
-        if !rest.is_empty() {
-            self.counters().coalesced.inc();
-        }
-        loop {
+        if rest.is_empty() {
             // The message borrows the datagram or is owned: nothing of the reassembler's.
             let outcome = lock(&self.reassembler).on_datagram(now, source, first);
-            self.handle(outcome, source, now);
+            return self.handle(outcome, source, now);
+        }
+        self.counters().coalesced.inc();
+        // Fragments in a row: one lock for all of them, let go only to hand on a message.
+        let mut reassembler = lock(&self.reassembler);
+        loop {
+            let outcome = reassembler.on_datagram(now, source, first);
+            if !matches!(outcome, Outcome::Pending | Outcome::Dropped) {
+                drop(reassembler);
+                self.handle(outcome, source, now);
+                reassembler = lock(&self.reassembler);
+            }
             if rest.is_empty() {
                 return;
             }

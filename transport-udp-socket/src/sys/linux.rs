@@ -118,6 +118,31 @@ pub(crate) fn receive_only_joined_groups(socket: &socket2::Socket) {
     }
 }
 
+/// `UDP_GRO` (`linux/udp.h`, Linux 5.0).
+const UDP_GRO: libc::c_int = 104;
+
+/// Sets `UDP_GRO` on a receive socket: a segmentation offload buffer that arrives uncut (sent
+/// on this host, or over a veth link) is then delivered as the one datagram it was, its segments
+/// back to back (each an eCAL datagram with its own header: the core splits them), instead of
+/// being cut into one socket buffer per segment. Datagrams that arrive one by one are not
+/// affected. Refused (kernels before 5.0): logged, and segments come one by one.
+pub(crate) fn receive_offload_buffers(socket: &socket2::Socket) {
+    let v: libc::c_int = 1;
+    // SAFETY: valid fd, option value is a c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_GRO,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "UDP_GRO not available");
+    }
+}
+
 /// `ENOBUFS`: the interface's queue is full; the send may succeed when it drains.
 pub(crate) const ENOBUFS: i32 = libc::ENOBUFS;
 

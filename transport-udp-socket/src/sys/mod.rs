@@ -14,7 +14,7 @@ mod imp;
 
 pub(crate) use imp::{
     force_recv_buffer, has_segmentation_offload, interface_ipv4, interfaces, ip_reassembly_failures, path_mtu,
-    receive_only_joined_groups, send_batch, socket_drops, RecvBatch, ENOBUFS,
+    receive_offload_buffers, receive_only_joined_groups, send_batch, socket_drops, RecvBatch, ENOBUFS,
 };
 
 /// What one [`send_batch`] call handed to the OS.

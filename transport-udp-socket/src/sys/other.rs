@@ -64,6 +64,9 @@ pub(crate) fn has_segmentation_offload(_socket: &socket2::Socket) -> bool {
     false
 }
 
+/// Nothing to set here: datagrams come one by one.
+pub(crate) fn receive_offload_buffers(_socket: &socket2::Socket) {}
+
 /// Not read on this platform (`udp.frame_size = auto` takes 1472).
 pub(crate) fn path_mtu(_dest: std::net::SocketAddrV4, _interface: Option<Ipv4Addr>) -> Option<usize> {
     None

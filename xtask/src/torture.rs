@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 const TOPIC: &str = "torture";
 /// The IPv4 reassembly settings the README recommends for socket receivers.
 const KERNEL_SETTINGS: [&str; 2] = ["net.ipv4.ipfrag_time=5", "net.ipv4.ipfrag_high_thresh=67108864"];
+/// Linux's own IPv4 reassembly limits (4 MiB for 30 s), under which an IP-fragment attack stops
+/// every fragmented datagram a socket receiver would get (README, kernel settings).
+const KERNEL_DEFAULTS: [&str; 2] = ["net.ipv4.ipfrag_time=30", "net.ipv4.ipfrag_high_thresh=4194304"];
+/// The attacks run against a socket subscriber of a `udp.send_mode = frames` stream.
+const FRAMES_CASES: [&str; 4] = ["fragment_flood", "ip_overlap_dup", "teardrop", "ip_id_reuse"];
 const MIB: u64 = 1 << 20;
 
 /// The subscriber's configuration: caps small enough that a breach shows, and short timeouts so
@@ -152,6 +157,21 @@ impl Env {
         extra: &[&str],
         log: &str,
     ) -> anyhow::Result<Child> {
+        self.publisher_with(lab, size, count, rate, extra, &[], log)
+    }
+
+    /// [`Env::publisher`] with configuration variables.
+    #[allow(clippy::too_many_arguments)]
+    fn publisher_with(
+        &self,
+        lab: &Lab,
+        size: u64,
+        count: u64,
+        rate: f64,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+        log: &str,
+    ) -> anyhow::Result<Child> {
         let mut args = strings(&["--topic", TOPIC, "--mode", "network", "--wait-subscriber", "15", "--linger", "0.5"]);
         args.extend(strings(&[
             "--size",
@@ -162,7 +182,7 @@ impl Env {
             &rate.to_string(),
         ]));
         args.extend(strings(extra));
-        self.spawn(&lab.a, &self.program("publisher"), &args, &[], log)
+        self.spawn(&lab.a, &self.program("publisher"), &args, vars, log)
     }
 }
 
@@ -225,9 +245,11 @@ fn counters(sub: &Value) -> String {
             for (k, x) in d {
                 let volume =
                     ["pcap_received", "frames", "ip_fragments", "ip_completed", "filter_updates", "udp_unwanted"];
+                // What the transport sends with (a capability flag and the sender's calls).
+                let sending = k.starts_with("send_");
                 // Counters shared by both channels (the kernel's, the capture device's): once.
                 let shared = ch == "registration" && st["data"]["transport"]["details"][k.as_str()] == *x;
-                if u(x) > 0 && !volume.contains(&k.as_str()) && !shared {
+                if u(x) > 0 && !volume.contains(&k.as_str()) && !shared && !sending {
                     v.push(format!("{short}{k}={}", u(x)));
                 }
             }
@@ -313,11 +335,24 @@ fn judge_common(row: &mut Row, verify_failures: u64) {
 /// publisher started, so the stream has begun before and goes on 8 s after it (longer than
 /// the IPv4 and message reassembly timeouts: what the attack left behind has expired).
 fn hostile_case(env: &Env, lab: &Lab, transport: &str, case: &str) -> anyhow::Result<Row> {
+    hostile_case_with(env, lab, transport, case, &[], "")
+}
+
+/// [`hostile_case`] with the publisher's configuration variables `vars`; `tag` marks the row
+/// and its logs.
+fn hostile_case_with(
+    env: &Env,
+    lab: &Lab,
+    transport: &str,
+    case: &str,
+    vars: &[(&str, &str)],
+    tag: &str,
+) -> anyhow::Result<Row> {
     let mut row = Row::new(transport, case);
-    let tag = format!("{transport}-{case}");
+    let tag = format!("{transport}-{case}{tag}");
     let sub = env.subscriber(lab, transport, 21.0, &[], &format!("{tag}-sub"))?;
     std::thread::sleep(Duration::from_millis(700));
-    let publ = env.publisher(lab, MIB, 300, 20.0, &[], &format!("{tag}-pub"))?;
+    let publ = env.publisher_with(lab, MIB, 300, 20.0, &[], vars, &format!("{tag}-pub"))?;
     std::thread::sleep(Duration::from_millis(2500));
     let xtask = env.xtask.display().to_string();
     let attacker = env.spawn(&lab.a, &xtask, &strings(&["torture-send", case, "4"]), &[], &format!("{tag}-hostile"))?;
@@ -331,6 +366,28 @@ fn hostile_case(env: &Env, lab: &Lab, transport: &str, case: &str) -> anyhow::Re
         row.fail(format!("the hostile sender did not run (exit {hcode:?})"));
     }
     row.case = format!("{case} ({hostile_sent} pkts)");
+    Ok(row)
+}
+
+/// An IP-fragment attack against a socket subscriber of a `udp.send_mode = frames` stream
+/// (1 MiB messages in 1472-byte datagrams), with host b's kernel at Linux's own IPv4
+/// reassembly limits (4 MiB for 30 s), under which the same attack costs a stream of 65 507-byte
+/// datagrams every message until the stream ends (README, kernel settings): nothing of the
+/// stream is IP-fragmented, so nothing of it can be poisoned, and the row must lose no valid
+/// message at all (not only count its losses).
+fn frames_case(env: &Env, lab: &Lab, case: &str) -> anyhow::Result<Row> {
+    let sysctl = |settings: &[&str]| {
+        crate::run(Command::new("ip").args(["netns", "exec", &lab.b.ns, "sysctl", "-q", "-w"]).args(settings))
+    };
+    sysctl(&KERNEL_DEFAULTS)?;
+    let row = hostile_case_with(env, lab, "socket", case, &[("MW_UDP_SEND_MODE", "frames")], "-frames");
+    sysctl(&KERNEL_SETTINGS)?;
+    let mut row = row?;
+    row.case = format!("frames mode, kernel defaults: {}", row.case);
+    let lost = row.sent.saturating_sub(row.delivered);
+    if lost > 0 || row.sent == 0 {
+        row.fail(format!("{lost} valid messages lost: a frames-mode stream has no IP fragments to lose"));
+    }
     Ok(row)
 }
 
@@ -630,6 +687,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         for (case, _, _) in hostile::CASES {
             if wanted(case) {
                 push(hostile_case(&env, &lab, t, case), t, case);
+            }
+        }
+        if t == "socket" {
+            for case in FRAMES_CASES {
+                let name = format!("frames {case}");
+                if wanted(&name) {
+                    push(frames_case(&env, &lab, case), t, &name);
+                }
             }
         }
         type Fault = fn(&Env, &Lab, &str) -> anyhow::Result<Row>;

@@ -41,6 +41,8 @@ enum Pair {
     NativeNative,
     /// Our socket publisher -> the native eCAL subscriber.
     OursNative,
+    /// Our socket publisher in `udp.send_mode = frames` -> the native eCAL subscriber.
+    FramesNative,
     /// The native eCAL publisher -> our socket subscriber.
     NativeOurs,
     /// eCAL 6.1.1 driven through its Python binding (`ecal_peer.py`), both sides.
@@ -57,6 +59,7 @@ impl Pair {
             Pair::FramesNpcap => "ours socket, frames -> npcap",
             Pair::NativeNative => "eCAL C++ -> eCAL C++",
             Pair::OursNative => "ours socket -> eCAL C++",
+            Pair::FramesNative => "ours socket, frames -> eCAL C++",
             Pair::NativeOurs => "eCAL C++ -> ours socket",
             Pair::EcalEcal => "eCAL Python -> eCAL Python",
         }
@@ -72,12 +75,13 @@ impl Pair {
             Pair::FramesNpcap => "frames-npcap",
             Pair::NativeNative => "native",
             Pair::OursNative => "ours-native",
+            Pair::FramesNative => "frames-native",
             Pair::NativeOurs => "native-ours",
             Pair::EcalEcal => "python",
         }
     }
 
-    const ALL: [Pair; 9] = [
+    const ALL: [Pair; 10] = [
         Pair::Raw,
         Pair::SocketSocket,
         Pair::SocketNpcap,
@@ -85,6 +89,7 @@ impl Pair {
         Pair::FramesNpcap,
         Pair::NativeNative,
         Pair::OursNative,
+        Pair::FramesNative,
         Pair::NativeOurs,
         Pair::EcalEcal,
     ];
@@ -303,10 +308,11 @@ fn run_pair(
             )?;
             (rx, tx)
         }
-        Pair::NativeNative | Pair::OursNative | Pair::NativeOurs => {
+        Pair::NativeNative | Pair::OursNative | Pair::FramesNative | Pair::NativeOurs => {
+            let ours_to_native = matches!(pair, Pair::OursNative | Pair::FramesNative);
             let cfg = ecal::config_dir("network")?;
             let native = native.display().to_string();
-            let rx = if pair == Pair::OursNative {
+            let rx = if ours_to_native {
                 let mut r = vec!["sub".to_string()];
                 r.extend(common(&[
                     "--timeout",
@@ -343,13 +349,16 @@ fn run_pair(
                 }
             };
             std::thread::sleep(Duration::from_millis(1000));
-            let tx = if pair == Pair::OursNative {
+            let tx = if ours_to_native {
                 let args = ["--mode", "network", "--size", &size_s, "--rate", "0", "--linger", "0.5", "--no-digest"];
-                spawn(
+                let send_mode: &[(&str, &str)] =
+                    if pair == Pair::FramesNative { &[("MW_UDP_SEND_MODE", "frames")] } else { &[] };
+                spawn_env(
                     &lab.a,
                     &bin.join("publisher").display().to_string(),
                     &common(&[&args[..], &["--same-payload"]].concat()),
                     None,
+                    send_mode,
                 )?
             } else {
                 let mut t = vec!["pub".to_string()];
@@ -486,7 +495,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         for _round in 0..repeat {
             for &pair in pairs.iter() {
                 // A message that fits one frame goes out the same in either send mode.
-                if matches!(pair, Pair::FramesSocket | Pair::FramesNpcap) && size <= 1024 {
+                if matches!(pair, Pair::FramesSocket | Pair::FramesNpcap | Pair::FramesNative) && size <= 1024 {
                     continue;
                 }
                 // With --before DIR, each pair of ours also runs with DIR's binaries, right before.

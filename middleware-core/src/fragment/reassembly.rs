@@ -609,6 +609,26 @@ impl Reassembler {
     }
 
     fn on_fragment<'a>(&mut self, now: Instant, key: FragKey, index: u32, body: &[u8]) -> Outcome<'a> {
+        // The usual case, one lookup: the next fragment in order (not the first: its layout
+        // may be decided by the splitter) of a message whose body is reserved is appended where
+        // the partial lies. Its cost does not change, so no limit needs checking again. (A
+        // partial's key is never in `done`: both paths below check that before creating one.)
+        if let Some(p) = self.partials.get_mut(&key) {
+            if let Some((count, total)) = p.info {
+                if index > 0
+                    && index == p.next
+                    && index < count
+                    && p.ahead.is_empty()
+                    && p.leased.is_none()
+                    && p.payload_bytes() + body.len() <= total as usize
+                    && p.cost_with(index, body.len()) == p.cost()
+                {
+                    p.last_touch = now;
+                    p.insert(index, body);
+                    return if p.next < count { Outcome::Pending } else { self.try_complete(key) };
+                }
+            }
+        }
         if self.done.contains(&key) {
             self.stats.duplicates += 1;
             return Outcome::Dropped;

@@ -42,27 +42,45 @@ pub fn datagrams(data: &[u8]) {
     for (ctl, body) in records(data) {
         now += Duration::from_millis(u64::from(ctl >> 2) * 3);
         let sender = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + (ctl & 3)), 14002));
-        match r.on_datagram(now, sender, body) {
-            Outcome::Message(m) => {
-                assert!(m.len() <= cfg.max_message_len, "message of {} bytes above the cap", m.len());
-                sample(&m);
+        // A UDP payload may hold several eCAL datagrams back to back (an offload buffer seen
+        // uncut): split as the data channel splits it, every byte in exactly one piece.
+        let (mut first, mut rest) = crate::wire::split_coalesced(body);
+        assert_eq!(first.len() + rest.len(), body.len(), "a split loses or invents bytes");
+        loop {
+            datagram(&mut r, &cfg, now, sender, first);
+            if rest.is_empty() {
+                break;
             }
-            Outcome::Split(m) => {
-                let whole = m.joined();
-                assert!(whole.len() <= cfg.max_message_len, "message of {} bytes above the cap", whole.len());
-                assert_eq!(
-                    locate_payload(&m.head).map(|s| s.payload),
-                    Some((m.head.len(), m.head.len() + m.payload.len()))
-                );
-                sample(&whole);
-            }
-            Outcome::Pending | Outcome::Dropped => {}
+            let before = rest.len();
+            (first, rest) = crate::wire::split_coalesced(rest);
+            assert_eq!(first.len() + rest.len(), before, "a split loses or invents bytes");
+            assert!(!first.is_empty(), "an empty piece would loop forever");
         }
-        assert!(r.partial_messages() <= cfg.max_partial_messages, "{} partial messages", r.partial_messages());
-        assert!(r.buffered_bytes() <= cfg.max_buffered_bytes, "{} bytes buffered", r.buffered_bytes());
     }
     r.expire(now + cfg.timeout * 2);
     assert_eq!((r.partial_messages(), r.buffered_bytes()), (0, 0), "everything expires");
+}
+
+/// One datagram of [`datagrams`] into the reassembler, with the caps checked after it.
+fn datagram(r: &mut Reassembler, cfg: &ReassemblyConfig, now: Instant, sender: SocketAddr, body: &[u8]) {
+    match r.on_datagram(now, sender, body) {
+        Outcome::Message(m) => {
+            assert!(m.len() <= cfg.max_message_len, "message of {} bytes above the cap", m.len());
+            sample(&m);
+        }
+        Outcome::Split(m) => {
+            let whole = m.joined();
+            assert!(whole.len() <= cfg.max_message_len, "message of {} bytes above the cap", whole.len());
+            assert_eq!(
+                locate_payload(&m.head).map(|s| s.payload),
+                Some((m.head.len(), m.head.len() + m.payload.len()))
+            );
+            sample(&whole);
+        }
+        Outcome::Pending | Outcome::Dropped => {}
+    }
+    assert!(r.partial_messages() <= cfg.max_partial_messages, "{} partial messages", r.partial_messages());
+    assert!(r.buffered_bytes() <= cfg.max_buffered_bytes, "{} bytes buffered", r.buffered_bytes());
 }
 
 /// One reassembled message: sample frame, then protobuf. A decoded `Sample` re-encodes to bytes

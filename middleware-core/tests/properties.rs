@@ -269,6 +269,45 @@ proptest! {
     }
 
     /// The order filter delivers each clock at most once, whatever arrives.
+    /// What a segmentation offload send takes: every datagram once, in order, in runs of at
+    /// most 64 whose datagrams all have the first one's size except a shorter last, at most
+    /// 65 507 bytes each; and a message split into frames, its runs concatenated and cut back
+    /// with `split_coalesced`, gives the same datagrams (what a receiver of the uncut buffer does).
+    #[test]
+    fn offload_runs_cover_every_datagram_and_split_back(
+        len in 0usize..300_000,
+        frame in 25usize..9000,
+        extra in proptest::collection::vec(0usize..2000, 0..40),
+    ) {
+        use middleware_core::transport::{offload_runs, Piece, MAX_SEGMENTS};
+        let message: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let bodies: Vec<Vec<u8>> = extra.iter().map(|&n| vec![7u8; n]).collect();
+        let mut pieces: Vec<Piece<'_>> = split(&message, frame, 3).unwrap().collect();
+        pieces.extend(bodies.iter().map(|b| Piece { header: DatagramRepr::Whole { len: b.len() as u32 }.to_bytes(), body: b }));
+        let size = |p: &Piece<'_>| p.header.len() + p.body.len();
+        let mut next = 0;
+        for (run, seg) in offload_runs(&pieces) {
+            prop_assert_eq!(run.start, next);
+            prop_assert!(!run.is_empty() && run.len() <= MAX_SEGMENTS);
+            let sizes: Vec<usize> = pieces[run.clone()].iter().map(size).collect();
+            prop_assert_eq!(sizes[0], seg);
+            prop_assert!(sizes[..sizes.len() - 1].iter().all(|&s| s == seg));
+            prop_assert!(*sizes.last().unwrap() <= seg);
+            prop_assert!(run.len() == 1 || sizes.iter().sum::<usize>() <= 65_507);
+            // The uncut buffer, split at the eCAL headers, gives back the run's datagrams.
+            let joined: Vec<u8> = pieces[run.clone()].iter().flat_map(|p| p.header.iter().chain(p.body)).copied().collect();
+            let mut rest = &joined[..];
+            for p in &pieces[run.clone()] {
+                let (first, r) = middleware_core::wire::split_coalesced(rest);
+                prop_assert_eq!(first, &[&p.header[..], p.body].concat()[..]);
+                rest = r;
+            }
+            prop_assert!(rest.is_empty());
+            next = run.end;
+        }
+        prop_assert_eq!(next, pieces.len());
+    }
+
     #[test]
     fn filter_delivers_each_clock_at_most_once(clocks in proptest::collection::vec(0i64..3000, 1..500), ooo in any::<bool>()) {
         let mut f = SeqFilter::default();

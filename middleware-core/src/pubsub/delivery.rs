@@ -75,26 +75,25 @@ impl DatagramSink for ChannelRx {
         if sh.closed() {
             return;
         }
-        if let Some(tap) = &sh.tap {
-            tap.datagram(self.channel, source, datagram);
-        }
         // Usually one eCAL datagram; several back to back where a capture saw a segmentation
         // offload buffer before the device cut it (`wire::split_coalesced`).
         let (mut first, mut rest) = split_coalesced(datagram);
-        if rest.is_empty() {
-            // The message borrows the datagram or is owned: nothing of the reassembler's.
-            let outcome = lock(&self.reassembler).on_datagram(now, source, first);
-            return self.handle(outcome, source, now);
+        if !rest.is_empty() {
+            self.counters().coalesced.inc();
         }
-        self.counters().coalesced.inc();
-        // Fragments in a row: one lock for all of them, let go only to hand on a message.
-        let mut reassembler = lock(&self.reassembler);
+        // Fragments in a row share one lock, let go to hand on a message and before the tap
+        // (which records each piece as the datagram it is on the wire after the cut).
+        let mut reassembler = None;
         loop {
-            let outcome = reassembler.on_datagram(now, source, first);
+            if let Some(tap) = &sh.tap {
+                drop(reassembler.take());
+                tap.datagram(self.channel, source, first);
+            }
+            // The message borrows the datagram or is owned: nothing of the reassembler's.
+            let outcome = reassembler.get_or_insert_with(|| lock(&self.reassembler)).on_datagram(now, source, first);
             if !matches!(outcome, Outcome::Pending | Outcome::Dropped) {
-                drop(reassembler);
+                drop(reassembler.take());
                 self.handle(outcome, source, now);
-                reassembler = lock(&self.reassembler);
             }
             if rest.is_empty() {
                 return;

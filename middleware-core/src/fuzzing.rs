@@ -42,19 +42,17 @@ pub fn datagrams(data: &[u8]) {
     for (ctl, body) in records(data) {
         now += Duration::from_millis(u64::from(ctl >> 2) * 3);
         let sender = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + (ctl & 3)), 14002));
-        // A UDP payload may hold several eCAL datagrams back to back (an offload buffer seen
-        // uncut): split as the data channel splits it, every byte in exactly one piece.
-        let (mut first, mut rest) = crate::wire::split_coalesced(body);
-        assert_eq!(first.len() + rest.len(), body.len(), "a split loses or invents bytes");
-        loop {
-            datagram(&mut r, &cfg, now, sender, first);
-            if rest.is_empty() {
-                break;
+        // A UDP payload may be an offload buffer of equal eCAL datagrams seen uncut: cut as the
+        // data channel cuts it, into pieces that are each exactly one datagram.
+        match crate::wire::coalesced_segment_len(body) {
+            Some(s) => {
+                assert!(s >= crate::wire::HEADER_LEN && s < body.len(), "segment {s} of {}", body.len());
+                for piece in body.chunks(s) {
+                    assert!(crate::wire::Datagram::new_checked(piece).is_ok(), "a piece that is no datagram");
+                    datagram(&mut r, &cfg, now, sender, piece);
+                }
             }
-            let before = rest.len();
-            (first, rest) = crate::wire::split_coalesced(rest);
-            assert_eq!(first.len() + rest.len(), before, "a split loses or invents bytes");
-            assert!(!first.is_empty(), "an empty piece would loop forever");
+            None => datagram(&mut r, &cfg, now, sender, body),
         }
     }
     r.expire(now + cfg.timeout * 2);

@@ -125,6 +125,8 @@ struct Counters {
     received_datagrams: AtomicU64,
     received_bytes: AtomicU64,
     truncated: AtomicU64,
+    /// Buffers of several datagrams merged by `UDP_GRO`, cut back before the sink.
+    gro_buffers: AtomicU64,
 }
 
 /// The sending half of a channel: an ephemeral-port socket with TTL, loopback and outgoing
@@ -512,6 +514,7 @@ impl Transport for UdpSocketTransport {
         // Kernel drops (receive buffer overruns) where the platform reports them.
         s.os_dropped = self.rx.get().and_then(|rx| sys::socket_drops(&socket2::SockRef::from(&**rx))).unwrap_or(0);
         s.details.insert("sink_panics".into(), self.slot.panics());
+        s.details.insert("receive_gro_buffers".into(), c.gro_buffers.load(Ordering::Relaxed));
         s.receive_buffer_granted = self.granted.load(Ordering::Relaxed);
         // Fragments the kernel dropped before reassembly (for every socket of this network
         // namespace, since this transport opened): the reason a fragmented message is lost
@@ -548,15 +551,20 @@ fn receive_loop(socket: &UdpSocket, slot: &SinkSlot, counters: &Counters, stop: 
             Ok(n) => {
                 let now = Instant::now();
                 // Counted before the sink sees them: stats never lag what was delivered.
-                let (mut bytes, mut truncated) = (0u64, 0u64);
+                let (mut datagrams, mut bytes, mut truncated, mut gro) = (0u64, 0u64, 0u64, 0u64);
                 for i in 0..n {
                     match batch.get(i) {
-                        (d, Some(_), false) => bytes += d.len() as u64,
+                        (d, Some(_), false, segment) => {
+                            bytes += d.len() as u64;
+                            datagrams += segment.map_or(1, |s| d.len().div_ceil(s)) as u64;
+                            gro += u64::from(segment.is_some());
+                        }
                         // Cannot happen with 64 KiB slots and IPv4; counted if it does.
                         _ => truncated += 1,
                     }
                 }
-                counters.received_datagrams.fetch_add(n as u64 - truncated, Ordering::Relaxed);
+                counters.received_datagrams.fetch_add(datagrams, Ordering::Relaxed);
+                counters.gro_buffers.fetch_add(gro, Ordering::Relaxed);
                 counters.received_bytes.fetch_add(bytes, Ordering::Relaxed);
                 counters.truncated.fetch_add(truncated, Ordering::Relaxed);
                 slot.with(|sink| {
@@ -565,8 +573,11 @@ fn receive_loop(socket: &UdpSocket, slot: &SinkSlot, counters: &Counters, stop: 
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        if let (d, Some(from), false) = batch.get(i) {
-                            sink.datagram(d, from, now);
+                        match batch.get(i) {
+                            // Datagrams merged by UDP_GRO: cut back at the kernel's segment size.
+                            (d, Some(from), false, Some(s)) => d.chunks(s).for_each(|c| sink.datagram(c, from, now)),
+                            (d, Some(from), false, None) => sink.datagram(d, from, now),
+                            _ => {}
                         }
                     }
                     if now.saturating_duration_since(last_tick) >= TICK {
@@ -610,7 +621,13 @@ mod tests {
         sender.send_batch(pieces).expect("sent");
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = vec![0u8; 65536];
-        (0..pieces.len()).map(|_| rx.recv(&mut buf).map(|n| buf[..n].to_vec()).expect("datagram arrives")).collect()
+        let got = (0..pieces.len())
+            .map(|_| rx.recv(&mut buf).map(|n| buf[..n].to_vec()).expect("datagram arrives"))
+            .collect();
+        // And nothing more (a datagram sent twice would show here).
+        rx.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        assert!(rx.recv(&mut buf).is_err(), "an extra datagram arrived");
+        got
     }
 
     /// A socket on an ephemeral port of every address, with room for a few hundred datagrams.
@@ -629,8 +646,8 @@ mod tests {
         let message: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
         let mut pieces: Vec<Piece<'_>> = middleware_core::fragment::split(&message, 1472, 7).unwrap().collect();
         let extra: Vec<Vec<u8>> = [10usize, 10, 500, 499, 1000, 1000, 1000].iter().map(|&n| vec![n as u8; n]).collect();
-        pieces.extend(extra.iter().enumerate().map(|(i, b)| Piece {
-            header: middleware_core::wire::DatagramRepr::Whole { len: i as u32 }.to_bytes(),
+        pieces.extend(extra.iter().map(|b| Piece {
+            header: middleware_core::wire::DatagramRepr::Whole { len: b.len() as u32 }.to_bytes(),
             body: b,
         }));
         let want: Vec<Vec<u8>> = pieces.iter().map(|p| [&p.header[..], p.body].concat()).collect();

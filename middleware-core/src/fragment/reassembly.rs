@@ -633,6 +633,7 @@ impl Reassembler {
             self.stats.duplicates += 1;
             return Outcome::Dropped;
         }
+        let existed = self.partials.contains_key(&key);
         let mut p = self.take(&key).unwrap_or_else(|| Partial::new(now));
         p.last_touch = now;
         let cap = match p.info {
@@ -652,7 +653,10 @@ impl Reassembler {
         if p.payload_bytes() + body.len() > cap {
             self.stats.rejected_fragment += 1;
             tracing::debug!(sender = %key.sender, id = key.id, index, "fragment exceeds declared size");
-            self.put(key, p);
+            // A partial of its own only if it had one: a new one would skip `make_room`.
+            if existed {
+                self.put(key, p);
+            }
             return Outcome::Dropped;
         }
         if index == 0 && p.next == 0 && self.splitter.is_some() && !self.shape_body(&mut p, body) {
@@ -1293,6 +1297,21 @@ mod tests {
         f.push(0);
         assert_eq!(r.on_datagram(now, addr(1), &f), Outcome::Dropped);
         assert_eq!(r.stats().rejected_fragment, 1);
+    }
+
+    #[test]
+    fn oversized_first_fragments_leave_no_partial_behind() {
+        // Fragments larger than `max_message_size`, each of a new message with no info yet:
+        // dropped, and no empty partial is left (it would skip the bound on partial messages).
+        let config = ReassemblyConfig { max_message_len: 10, max_partial_messages: 2, ..ReassemblyConfig::default() };
+        let mut r = Reassembler::new(config);
+        let now = Instant::now();
+        for id in 0..50 {
+            let mut f = DatagramRepr::Fragment { id, index: 1, len: 11 }.to_bytes().to_vec();
+            f.extend_from_slice(&[0; 11]);
+            assert_eq!(r.on_datagram(now, addr(1), &f), Outcome::Dropped);
+        }
+        assert_eq!((r.partial_messages(), r.stats().rejected_fragment), (0, 50));
     }
 
     #[test]

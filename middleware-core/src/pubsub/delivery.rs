@@ -15,7 +15,7 @@ use crate::fragment::{Outcome, Reassembler, ReassemblyStats, SplitMessage};
 use crate::pb::{CmdType, Sample};
 use crate::stats::ChannelCounters;
 use crate::transport::{Channel, DatagramLease, DatagramSink, TICK};
-use crate::wire::{split_coalesced, SampleFrame};
+use crate::wire::{coalesced_segment_len, SampleFrame};
 use prost::Message as _;
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -75,30 +75,30 @@ impl DatagramSink for ChannelRx {
         if sh.closed() {
             return;
         }
-        // Usually one eCAL datagram; several back to back where a capture saw a segmentation
-        // offload buffer before the device cut it (`wire::split_coalesced`).
-        let (mut first, mut rest) = split_coalesced(datagram);
-        if !rest.is_empty() {
+        // Usually one eCAL datagram; on the data channel, several of one size back to back where
+        // a capture saw a sender's segmentation offload buffer uncut (`coalesced_segment_len`).
+        let segment = match self.channel {
+            Channel::Data => coalesced_segment_len(datagram),
+            Channel::Registration => None,
+        };
+        if segment.is_some() {
             self.counters().coalesced.inc();
         }
-        // Fragments in a row share one lock, let go to hand on a message and before the tap
+        // Pieces of one buffer share one lock, let go to hand on a message and before the tap
         // (which records each piece as the datagram it is on the wire after the cut).
         let mut reassembler = None;
-        loop {
+        let (mut pieces, mut whole) = (segment.map(|s| datagram.chunks(s)), Some(datagram));
+        while let Some(piece) = pieces.as_mut().map_or_else(|| whole.take(), Iterator::next) {
             if let Some(tap) = &sh.tap {
                 drop(reassembler.take());
-                tap.datagram(self.channel, source, first);
+                tap.datagram(self.channel, source, piece);
             }
             // The message borrows the datagram or is owned: nothing of the reassembler's.
-            let outcome = reassembler.get_or_insert_with(|| lock(&self.reassembler)).on_datagram(now, source, first);
+            let outcome = reassembler.get_or_insert_with(|| lock(&self.reassembler)).on_datagram(now, source, piece);
             if !matches!(outcome, Outcome::Pending | Outcome::Dropped) {
                 drop(reassembler.take());
                 self.handle(outcome, source, now);
             }
-            if rest.is_empty() {
-                return;
-            }
-            (first, rest) = split_coalesced(rest);
         }
     }
 

@@ -533,10 +533,11 @@ impl Inner {
     /// Sends a data message as `udp.send_mode` says: in `ecal` mode as
     /// [`send_message`](Self::send_message); in `frames` mode cut into frame-sized datagrams
     /// handed to the transport at once ([`Transport::send_batch`]), so it can send them with
-    /// segmentation offload. The pieces borrow the message (no copy); their list is the one
-    /// allocation per fragmented message.
+    /// segmentation offload. The pieces borrow the message (no copy); their list (40 bytes a
+    /// datagram) is allocated per fragmented message, as is the transport's list of system-call
+    /// vectors. `auto` goes back to `ecal` once the transport's offload is refused.
     pub(crate) fn send_data(&self, message: &[u8]) -> Result<(), NodeError> {
-        let Some(size) = self.frame_size else {
+        let Some(size) = self.frames() else {
             return self.send_message(&*self.data, message);
         };
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed) as i32;
@@ -551,9 +552,13 @@ impl Inner {
         Ok(self.data.send_batch(&all)?)
     }
 
-    /// The data channel's datagram size in `frames` mode; `None` in `ecal` mode.
+    /// The data channel's datagram size in `frames` mode; `None` in `ecal` mode (also `auto`
+    /// after the OS refused the offload).
     pub(crate) fn frames(&self) -> Option<usize> {
-        self.frame_size
+        match self.config.send_mode {
+            SendMode::Auto if !self.data.segmentation_offload() => None,
+            _ => self.frame_size,
+        }
     }
 }
 

@@ -158,32 +158,36 @@ impl<'a> Datagram<&'a [u8]> {
     }
 }
 
-/// Splits the first eCAL datagram off a UDP payload that holds several back to back, and
-/// returns it with the rest; a payload holding one datagram comes back whole with an empty rest.
+/// Most datagrams one segmentation offload buffer holds (Linux `UDP_MAX_SEGMENTS` since 6.11).
+pub const MAX_COALESCED: usize = 128;
+
+/// The datagram size when `payload` is a segmentation offload buffer of eCAL datagrams seen
+/// uncut; `None` for anything else (one datagram, with or without trailing bytes).
 ///
 /// A sender using segmentation offload (`udp.send_mode = frames`) hands the OS one buffer of
-/// equal-sized datagrams that the network device cuts apart. Sockets only ever see the pieces,
-/// but a packet capture taken before the cut (on the sending host, or on a link such as `lo` or
-/// veth that carries the uncut buffer) sees them as one UDP payload, each piece still starting
-/// with its own header. The first datagram ends where its header says (type 1: the header;
-/// types 2 and 3: `24 + len`); what follows is split off only when it starts with a header of
-/// its own (magic and version), so a datagram with trailing bytes stays what it was (eCAL
-/// ignores them) and nothing is read past the payload.
-pub fn split_coalesced(payload: &[u8]) -> (&[u8], &[u8]) {
-    let Ok(d) = Datagram::new_checked(payload) else {
-        return (payload, &[]);
+/// equal-sized datagrams that the network device cuts apart. Sockets see the pieces (ours, with
+/// `UDP_GRO`, get the size from the kernel), but a packet capture taken before the cut (on the
+/// sending host, or on a link such as `lo` or veth that carries the uncut buffer) sees one UDP
+/// payload. It is taken for such a buffer only in its exact shape: from 2 to
+/// [`MAX_COALESCED`] pieces of one size, the last possibly shorter, each an eCAL datagram
+/// (magic, version, a known type) whose declared end (type 1: the header; types 2 and 3:
+/// `24 + len`) is exactly its piece's end. So a datagram with trailing bytes stays what it was
+/// (eCAL ignores them), and the check reads nothing past the payload.
+pub fn coalesced_segment_len(payload: &[u8]) -> Option<usize> {
+    let extent = |b: &[u8]| {
+        let d = Datagram::new_checked(b).ok()?;
+        match d.kind() {
+            DatagramKind::FragmentInfo => Some(HEADER_LEN),
+            DatagramKind::Fragment | DatagramKind::Whole => Some(HEADER_LEN + d.len() as usize),
+            DatagramKind::Unknown(_) => None,
+        }
     };
-    let end = match d.kind() {
-        DatagramKind::FragmentInfo => HEADER_LEN,
-        DatagramKind::Fragment | DatagramKind::Whole => HEADER_LEN + d.len() as usize,
-        DatagramKind::Unknown(_) => return (payload, &[]),
-    };
-    let rest = &payload[end..];
-    if rest.len() >= HEADER_LEN && rest[field::MAGIC] == MAGIC && rest[field::VERSION] == VERSION {
-        (&payload[..end], rest)
-    } else {
-        (payload, &[])
+    let size = extent(payload)?;
+    let pieces = payload.len().div_ceil(size);
+    if size >= payload.len() || pieces > MAX_COALESCED {
+        return None;
     }
+    payload.chunks(size).all(|piece| extent(piece) == Some(piece.len())).then_some(size)
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Datagram<T> {
@@ -328,39 +332,44 @@ mod tests {
     ];
 
     #[test]
-    fn coalesced_datagrams_split_at_their_declared_ends() {
+    fn only_an_offload_buffer_of_equal_datagrams_is_cut() {
         let frag = |index: u32, body: &[u8]| {
             let mut v = DatagramRepr::Fragment { id: 9, index, len: body.len() as u32 }.to_bytes().to_vec();
             v.extend_from_slice(body);
             v
         };
-        // Info, two equal fragments and a shorter last one, back to back (one GSO buffer).
-        let parts = [INFO.to_vec(), frag(0, &[1; 100]), frag(1, &[2; 100]), frag(2, &[3; 7])];
-        let mut rest: &[u8] = &parts.concat();
-        let mut got = Vec::new();
-        while !rest.is_empty() {
-            let (first, r) = split_coalesced(rest);
-            got.push(first.to_vec());
-            rest = r;
-        }
-        assert_eq!(got, parts);
+        // Equal fragments and a shorter last one, back to back (one offload buffer).
+        let parts = [frag(0, &[1; 100]), frag(1, &[2; 100]), frag(2, &[3; 100]), frag(3, &[4; 7])];
+        let joined = parts.concat();
+        assert_eq!(coalesced_segment_len(&joined), Some(124));
+        let cut: Vec<&[u8]> = joined.chunks(124).collect();
+        assert_eq!(cut, parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        assert_eq!(coalesced_segment_len(&parts[..2].concat()), Some(124));
 
-        // Trailing bytes that are not a header stay with the datagram (eCAL ignores them).
+        // One datagram, alone or with trailing bytes (eCAL ignores them), is never cut.
+        assert_eq!(coalesced_segment_len(&parts[0]), None);
         let mut tail = frag(0, &[1; 10]);
         tail.extend_from_slice(&[0xEE; 40]);
-        assert_eq!(split_coalesced(&tail), (&tail[..], &[][..]));
-        // A header too short to be one, a wrong version, a truncated first datagram, garbage:
-        // nothing split, nothing read past the end.
+        assert_eq!(coalesced_segment_len(&tail), None);
+        // Trailing bytes that look like a header but are not a whole datagram of the shape.
+        let mut fake = frag(0, &[1; 10]);
+        fake.extend_from_slice(&frag(1, &[2; 20]));
+        assert_eq!(coalesced_segment_len(&fake), None, "a longer second piece");
         let mut short = frag(0, &[1; 10]);
         short.extend_from_slice(b"ECAL\x05");
-        assert_eq!(split_coalesced(&short).1, &[][..]);
+        assert_eq!(coalesced_segment_len(&short), None);
         let mut v4 = frag(0, &[1; 10]);
-        v4.extend_from_slice(&frag(1, &[2; 3]));
+        v4.extend_from_slice(&frag(1, &[2; 10]));
         v4[34 + 4] = 4;
-        assert_eq!(split_coalesced(&v4).1, &[][..]);
-        let truncated = &parts[1][..50];
-        assert_eq!(split_coalesced(truncated), (truncated, &[][..]));
-        assert_eq!(split_coalesced(b"xy"), (&b"xy"[..], &[][..]));
+        assert_eq!(coalesced_segment_len(&v4), None, "a bad version in the second piece");
+        // The info datagram (24 bytes) before fragments is not one size with them.
+        assert_eq!(coalesced_segment_len(&[INFO.to_vec(), frag(0, &[1; 100])].concat()), None);
+        // Garbage and truncations read nothing past the end.
+        assert_eq!(coalesced_segment_len(&joined[..50]), None);
+        assert_eq!(coalesced_segment_len(b"xy"), None);
+        // 2 700 type-1 datagrams of 24 bytes: more pieces than an offload buffer holds.
+        assert_eq!(coalesced_segment_len(&INFO.repeat(MAX_COALESCED)), Some(24));
+        assert_eq!(coalesced_segment_len(&INFO.repeat(MAX_COALESCED + 1)), None);
     }
 
     #[test]

@@ -27,7 +27,9 @@
 pub mod datagram;
 pub mod sample_frame;
 
-pub use datagram::{split_coalesced, Datagram, DatagramKind, DatagramRepr, HEADER_LEN, MAX_DATAGRAM_LEN};
+pub use datagram::{
+    coalesced_segment_len, Datagram, DatagramKind, DatagramRepr, HEADER_LEN, MAX_COALESCED, MAX_DATAGRAM_LEN,
+};
 pub use sample_frame::{SampleFrame, SampleFrameRepr};
 
 /// Why bytes from the network were rejected. Data, not prose, so tests compare by value.

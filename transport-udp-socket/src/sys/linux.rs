@@ -122,10 +122,11 @@ pub(crate) fn receive_only_joined_groups(socket: &socket2::Socket) {
 const UDP_GRO: libc::c_int = 104;
 
 /// Sets `UDP_GRO` on a receive socket: a segmentation offload buffer that arrives uncut (sent
-/// on this host, or over a veth link) is then delivered as the one datagram it was, its segments
-/// back to back (each an eCAL datagram with its own header: the core splits them), instead of
-/// being cut into one socket buffer per segment. Datagrams that arrive one by one are not
-/// affected. Refused (kernels before 5.0): logged, and segments come one by one.
+/// on this host, or over a veth link), or equal-sized datagrams of one sender that the receive
+/// path merges, come as one buffer with the segment size in a control message, instead of one
+/// socket buffer each; [`RecvBatch::get`] reports the size and the receive loop cuts the buffer
+/// back into the datagrams at exactly that size. Refused (kernels before 5.0): logged, and
+/// datagrams come one by one.
 pub(crate) fn receive_offload_buffers(socket: &socket2::Socket) {
     let v: libc::c_int = 1;
     // SAFETY: valid fd, option value is a c_int of the size passed.
@@ -154,6 +155,8 @@ pub(crate) struct RecvBatch {
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    /// One control buffer per slot, for `UDP_GRO`'s segment size.
+    cmsgs: Vec<Cmsg>,
 }
 
 // SAFETY: the raw pointers inside point into the struct's own heap buffers only.
@@ -174,6 +177,7 @@ impl RecvBatch {
             addrs: vec![zero_addr; n],
             iovs: vec![zero_iov; n],
             hdrs: vec![zero_hdr; n],
+            cmsgs: vec![Cmsg([0; 32]); n],
         }
     }
 
@@ -183,6 +187,7 @@ impl RecvBatch {
         // Raw pointers taken once from each buffer (no `&mut` to an element that a later
         // access would invalidate); none of these vectors is resized after `new`.
         let (bufs, iovs, addrs) = (self.bufs.as_mut_ptr(), self.iovs.as_mut_ptr(), self.addrs.as_mut_ptr());
+        let cmsgs = self.cmsgs.as_mut_ptr();
         for i in 0..n {
             // SAFETY: i < n = iovs.len() = addrs.len(), and i * slot_len + slot_len <= bufs.len().
             let (iov, addr) = unsafe {
@@ -195,8 +200,9 @@ impl RecvBatch {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_iov = iov;
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
+            // SAFETY: i < n = cmsgs.len().
+            h.msg_hdr.msg_control = unsafe { cmsgs.add(i) }.cast();
+            h.msg_hdr.msg_controllen = std::mem::size_of::<Cmsg>() as _;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
@@ -217,8 +223,10 @@ impl RecvBatch {
         Ok(r as usize)
     }
 
-    /// Datagram `i` of the last `recv`: bytes, sender, and whether the kernel cut it short.
-    pub(crate) fn get(&self, i: usize) -> (&[u8], Option<std::net::SocketAddr>, bool) {
+    /// Datagram `i` of the last `recv`: bytes, sender, whether the kernel cut it short, and the
+    /// segment size when it holds several datagrams of one sender merged by `UDP_GRO` (each
+    /// `segment` bytes, the last possibly shorter).
+    pub(crate) fn get(&self, i: usize) -> (&[u8], Option<std::net::SocketAddr>, bool, Option<usize>) {
         let h = &self.hdrs[i];
         let len = (h.msg_len as usize).min(self.slot_len);
         let data = &self.bufs[i * self.slot_len..i * self.slot_len + len];
@@ -229,7 +237,7 @@ impl RecvBatch {
             let sin = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             std::net::SocketAddr::from((Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), u16::from_be(sin.sin_port)))
         });
-        (data, from, truncated)
+        (data, from, truncated, gro_segment(&h.msg_hdr))
     }
 }
 
@@ -271,6 +279,28 @@ pub(crate) fn path_mtu(dest: std::net::SocketAddrV4, interface: Option<Ipv4Addr>
 
 use super::{BatchError, BatchSent};
 
+/// The `UDP_GRO` segment size in the control messages `recvmmsg` wrote into `h`'s buffer.
+// `msg_controllen` is a `usize` on glibc and a `socklen_t` on musl: the cast is for the latter.
+#[allow(clippy::unnecessary_cast)]
+fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    if h.msg_control.is_null() || (h.msg_controllen as usize) < std::mem::size_of::<libc::cmsghdr>() {
+        return None;
+    }
+    // SAFETY: the kernel wrote msg_controllen bytes of well-formed control messages into the
+    // buffer msg_control points at (a live slot of `cmsgs`); the CMSG_* macros stay within them.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).ok().filter(|&s| s > 0);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
 /// A control message buffer for one `UDP_SEGMENT` value, aligned for `cmsghdr`.
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
@@ -305,6 +335,7 @@ pub(crate) fn send_batch(
     let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; runs.len()];
     let mut n_iov = 0;
     let mut n_cmsg = 0;
+    let cmsg_bufs = cmsgs.as_mut_ptr();
     for (m, &(start, end, seg)) in runs.iter().enumerate() {
         let first_iov = n_iov;
         for d in &datagrams[start..end] {
@@ -321,20 +352,20 @@ pub(crate) fn send_batch(
         h.msg_namelen = dest.len();
         // SAFETY: first_iov <= n_iov <= iovs.len(); iovs is not resized below.
         h.msg_iov = unsafe { iovs.as_mut_ptr().add(first_iov) };
-        h.msg_iovlen = n_iov - first_iov;
+        h.msg_iovlen = (n_iov - first_iov) as _;
         if seg > 0 {
-            let buf = &mut cmsgs[n_cmsg];
+            // SAFETY: n_cmsg < cmsgs.len() (one buffer per run with a segment size).
+            h.msg_control = unsafe { cmsg_bufs.add(n_cmsg) }.cast();
             n_cmsg += 1;
-            h.msg_control = buf.0.as_mut_ptr().cast();
             // SAFETY: CMSG_SPACE is a pure size computation.
-            h.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+            h.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as _;
             // SAFETY: msg_control points at 32 aligned bytes, enough for one cmsghdr with a u16
             // (CMSG_SPACE(2) = 24), so CMSG_FIRSTHDR is non-null and its data fits.
             unsafe {
                 let c = libc::CMSG_FIRSTHDR(h);
                 (*c).cmsg_level = libc::SOL_UDP;
                 (*c).cmsg_type = UDP_SEGMENT;
-                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
                 std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
             }
         }

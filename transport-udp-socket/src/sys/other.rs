@@ -51,10 +51,10 @@ impl RecvBatch {
         Ok(1)
     }
 
-    pub(crate) fn get(&self, _i: usize) -> (&[u8], Option<std::net::SocketAddr>, bool) {
+    pub(crate) fn get(&self, _i: usize) -> (&[u8], Option<std::net::SocketAddr>, bool, Option<usize>) {
         let (n, from) = self.last.unwrap_or((0, std::net::SocketAddr::from(([0, 0, 0, 0], 0))));
         // A datagram filling the whole buffer may have been cut (IPv4 payloads are < 65536).
-        (&self.buf[..n], Some(from), n >= self.buf.len())
+        (&self.buf[..n], Some(from), n >= self.buf.len(), None)
     }
 }
 

@@ -245,8 +245,15 @@ fn counters(sub: &Value) -> String {
         }
         if let Some(d) = c["transport"]["details"].as_object() {
             for (k, x) in d {
-                let volume =
-                    ["pcap_received", "frames", "ip_fragments", "ip_completed", "filter_updates", "udp_unwanted"];
+                let volume = [
+                    "pcap_received",
+                    "frames",
+                    "ip_fragments",
+                    "ip_completed",
+                    "filter_updates",
+                    "udp_unwanted",
+                    "receive_gro_buffers",
+                ];
                 // What the transport sends with (a capability flag and the sender's calls).
                 let sending = k.starts_with("send_");
                 // Counters shared by both channels (the kernel's, the capture device's): once.

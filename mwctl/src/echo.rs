@@ -37,6 +37,9 @@ pub struct Args {
     hex_lines: usize,
 }
 
+/// How long the first message of a topic whose publisher is not registered yet waits for it.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(1);
+
 /// How to print payloads of one topic, from what registration says about its publishers.
 struct Decoder {
     encoding: String,
@@ -103,10 +106,18 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<i32> {
     while !done(n) && !middleware::cli::stopping() && !args.seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s)
     {
         let Some(r) = sub.recv_timeout(Duration::from_millis(100)) else { continue };
-        // The publisher's registration may trail its first messages: look again, now and then.
+        // The publisher's registration may trail its first messages (a publisher sends as soon
+        // as it sees our subscriber; its own registration round can follow a quarter refresh
+        // period later): before printing the first message undecoded, wait up to a second for
+        // it (once: a publisher that never registers costs one second, not one per message).
         if dec.is_none() && last_lookup.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
-            last_lookup = Some(Instant::now());
+            let until = Instant::now() + if last_lookup.is_none() { REGISTRATION_WAIT } else { Duration::ZERO };
             dec = Decoder::from_registration(ctx, &args.topic);
+            while dec.is_none() && Instant::now() < until && !middleware::cli::stopping() {
+                std::thread::sleep(Duration::from_millis(20));
+                dec = Decoder::from_registration(ctx, &args.topic);
+            }
+            last_lookup = Some(Instant::now());
         }
         n += 1;
         let publisher = sub.publishers().into_iter().find(|p| p.entity_id == r.publisher_id);

@@ -532,10 +532,11 @@ impl Inner {
 
     /// Sends a data message as `udp.send_mode` says: in `ecal` mode as
     /// [`send_message`](Self::send_message); in `frames` mode cut into frame-sized datagrams
-    /// handed to the transport at once ([`Transport::send_batch`]), so it can send them with
-    /// segmentation offload. The pieces borrow the message (no copy); their list (40 bytes a
-    /// datagram) is allocated per fragmented message, as is the transport's list of system-call
-    /// vectors. `auto` goes back to `ecal` once the transport's offload is refused.
+    /// handed to the transport [`SEND_WINDOW`] at a time ([`Transport::send_batch`]), so it can
+    /// send them with segmentation offload. The pieces borrow the message (no copy); their
+    /// list (40 bytes a datagram, at most a window's worth) is allocated per fragmented message,
+    /// as are the transport's system-call vectors for a window. `auto` goes back to `ecal` once
+    /// the transport's offload is refused.
     pub(crate) fn send_data(&self, message: &[u8]) -> Result<(), NodeError> {
         let Some(size) = self.frames() else {
             return self.send_message(&*self.data, message);
@@ -547,9 +548,18 @@ impl Inner {
             let p = pieces.next().expect("a message is at least one datagram");
             return Ok(self.data.send(&p.header, p.body)?);
         }
-        let mut all = Vec::with_capacity(n + 1);
-        all.extend(pieces);
-        Ok(self.data.send_batch(&all)?)
+        let mut window = Vec::with_capacity((n + 1).min(SEND_WINDOW));
+        for p in pieces {
+            window.push(p);
+            if window.len() == SEND_WINDOW {
+                self.data.send_batch(&window)?;
+                window.clear();
+            }
+        }
+        if !window.is_empty() {
+            self.data.send_batch(&window)?;
+        }
+        Ok(())
     }
 
     /// The data channel's datagram size in `frames` mode; `None` in `ecal` mode (also `auto`
@@ -561,6 +571,11 @@ impl Inner {
         }
     }
 }
+
+/// Datagrams handed to [`Transport::send_batch`] at once in `frames` mode: a 1 MiB message of
+/// 1472-byte datagrams (726) in one call, larger ones in several, so the lists a send builds stay
+/// bounded whatever the message's size.
+const SEND_WINDOW: usize = 1024;
 
 /// The datagram size of `frames` mode: `udp.frame_size`, or what the data transport reads from
 /// the outgoing interface's MTU, or 1472 (an Ethernet frame's UDP payload).

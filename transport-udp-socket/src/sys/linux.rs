@@ -47,16 +47,20 @@ pub(crate) fn interfaces() -> Vec<crate::InterfaceInfo> {
     found
 }
 
-/// SO_RCVBUFFORCE: exceeds net.core.rmem_max when the process has CAP_NET_ADMIN.
-pub(crate) fn force_recv_buffer(socket: &socket2::Socket, bytes: usize) -> std::io::Result<()> {
-    let v: libc::c_int = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+/// Sets the integer socket option `level`/`name` to `value`.
+fn set_int_option(
+    socket: &socket2::Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: valid fd, option value is a c_int of the size passed.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&v as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -65,6 +69,25 @@ pub(crate) fn force_recv_buffer(socket: &socket2::Socket, bytes: usize) -> std::
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Reads the integer socket option `level`/`name`.
+fn int_option(socket: &socket2::Socket, level: libc::c_int, name: libc::c_int) -> std::io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd; the kernel writes at most `len` bytes into `v`.
+    let rc =
+        unsafe { libc::getsockopt(socket.as_raw_fd(), level, name, (&mut v as *mut libc::c_int).cast(), &mut len) };
+    if rc == 0 {
+        Ok(v)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// SO_RCVBUFFORCE: exceeds net.core.rmem_max when the process has CAP_NET_ADMIN.
+pub(crate) fn force_recv_buffer(socket: &socket2::Socket, bytes: usize) -> std::io::Result<()> {
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes.min(i32::MAX as usize / 2) as libc::c_int)
 }
 
 /// Datagrams the kernel dropped for this socket (receive buffer full, or a bad checksum on
@@ -128,19 +151,8 @@ const UDP_GRO: libc::c_int = 104;
 /// back into the datagrams at exactly that size. Refused (kernels before 5.0): logged, and
 /// datagrams come one by one.
 pub(crate) fn receive_offload_buffers(socket: &socket2::Socket) {
-    let v: libc::c_int = 1;
-    // SAFETY: valid fd, option value is a c_int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            UDP_GRO,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "UDP_GRO not available");
+    if let Err(e) = set_int_option(socket, libc::SOL_UDP, UDP_GRO, 1) {
+        tracing::debug!(error = %e, "UDP_GRO not available");
     }
 }
 
@@ -248,13 +260,7 @@ const UDP_SEGMENT: libc::c_int = 103;
 /// may still refuse a buffer (no checksum offload: `EIO`; a segment larger than the path MTU:
 /// `EINVAL`), which [`send_batch`] reports as [`BatchError::Offload`].
 pub(crate) fn has_segmentation_offload(socket: &socket2::Socket) -> bool {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid fd; the kernel writes at most `len` bytes into `v`.
-    let rc = unsafe {
-        libc::getsockopt(socket.as_raw_fd(), libc::SOL_UDP, UDP_SEGMENT, (&mut v as *mut libc::c_int).cast(), &mut len)
-    };
-    rc == 0
+    int_option(socket, libc::SOL_UDP, UDP_SEGMENT).is_ok()
 }
 
 /// The MTU of the route toward `dest` (through `interface` for multicast), read with
@@ -268,13 +274,7 @@ pub(crate) fn path_mtu(dest: std::net::SocketAddrV4, interface: Option<Ipv4Addr>
     // Connecting to a broadcast address needs SO_BROADCAST (local mode).
     s.set_broadcast(true).ok()?;
     s.connect(&dest.into()).ok()?;
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid fd; the kernel writes at most `len` bytes into `v`.
-    let rc = unsafe {
-        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU, (&mut v as *mut libc::c_int).cast(), &mut len)
-    };
-    (rc == 0 && v > 0).then_some(v as usize)
+    int_option(&s, libc::IPPROTO_IP, libc::IP_MTU).ok().filter(|&v| v > 0).map(|v| v as usize)
 }
 
 use super::{BatchError, BatchSent};
@@ -415,18 +415,7 @@ pub(crate) fn send_batch(
 /// offload with `EINVAL`, which tests use to see the fallback.
 #[cfg(test)]
 pub(crate) fn refuse_offload(socket: &socket2::Socket) {
-    let v: libc::c_int = 1;
-    // SAFETY: valid fd, option value is a c_int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NO_CHECK,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_NO_CHECK: {}", std::io::Error::last_os_error());
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_NO_CHECK, 1).expect("SO_NO_CHECK");
 }
 
 #[cfg(test)]

@@ -16,12 +16,10 @@
 //! leases hold are the receiver's, counted against its own limits.
 
 use crate::frame::{decode, parse_udp, parse_udp_header, FrameError, Ipv4Packet, LinkType};
+use crate::ip_reassembly::FragMap;
 use crate::ip_reassembly::{IpKey, IpReassembler, IpReassemblyConfig, IpReassemblyStats, MAX_DATAGRAM_PAYLOAD};
 use middleware_core::DatagramLease;
 use std::borrow::Cow;
-/// Keyed by IPv4 fragment identity for every fragment: foldhash, seeded per process (the map
-/// is bounded, so crafted collisions cost at most a scan of its bound).
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -140,7 +138,7 @@ pub struct Demux {
     ip: IpReassembler,
     ip_config: IpReassemblyConfig,
     stats: DemuxStats,
-    streams: HashMap<IpKey, Stream>,
+    streams: FragMap<IpKey, Stream>,
     /// Declared bytes of the streams in progress.
     stream_bytes: usize,
     last_stream_expire: Option<Instant>,
@@ -156,7 +154,7 @@ impl Demux {
             ip: IpReassembler::new(config.clone()),
             ip_config: config,
             stats: DemuxStats::default(),
-            streams: HashMap::default(),
+            streams: FragMap::default(),
             stream_bytes: 0,
             last_stream_expire: None,
             released: Vec::new(),

@@ -20,9 +20,12 @@
 
 use crate::frame::Ipv4Packet;
 use std::borrow::Cow;
-/// Keyed by IPv4 fragment identity for every fragment: foldhash, seeded per process (the map
-/// is bounded by `ip_max_datagrams`, so crafted collisions cost at most a scan of that many).
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A map keyed by IPv4 fragment identity, looked up for every fragment (here and in the
+/// demultiplexer's streams): foldhash, seeded per process, several times cheaper than std's
+/// SipHash on these small keys. Every such map is bounded (`ip_max_datagrams`, the stream
+/// bound), so crafted collisions cost at most a scan of that many.
+pub(crate) type FragMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -166,7 +169,7 @@ impl Partial {
 #[derive(Debug)]
 pub struct IpReassembler {
     config: IpReassemblyConfig,
-    partials: HashMap<IpKey, Partial>,
+    partials: FragMap<IpKey, Partial>,
     buffered: usize,
     stats: IpReassemblyStats,
     pool: Vec<Vec<u8>>,
@@ -181,7 +184,7 @@ impl IpReassembler {
     pub fn new(config: IpReassemblyConfig) -> Self {
         Self {
             config,
-            partials: HashMap::default(),
+            partials: FragMap::default(),
             buffered: 0,
             stats: IpReassemblyStats::default(),
             pool: Vec::new(),

@@ -26,19 +26,19 @@ use crate::wire::datagram::{MAGIC, VERSION};
 use crate::wire::{Datagram, DatagramRepr, HEADER_LEN};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
-
-/// Maps keyed by what the network sends (sender, message id), looked up for every fragment:
-/// foldhash with a per-process random seed, several times faster than std's SipHash on these
-/// small keys. Its weaker resistance to crafted collisions is bounded here: the maps hold at
-/// most `max_partial_messages` (and as many recently completed) keys, so a worst case costs a
-/// scan of that many.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Maps keyed by what the network sends (sender, message id), looked up for every fragment:
+/// foldhash with a per-process random seed, several times faster than std's SipHash on these
+/// small keys. Its weaker resistance to crafted collisions is bounded here: the maps hold at
+/// most `max_partial_messages` partial and a bounded number of recently completed keys, so a
+/// worst case costs a scan of that many.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Reassembly bounds. Defaults are documented on each field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -633,8 +633,9 @@ impl Reassembler {
             self.stats.duplicates += 1;
             return Outcome::Dropped;
         }
-        let existed = self.partials.contains_key(&key);
-        let mut p = self.take(&key).unwrap_or_else(|| Partial::new(now));
+        let taken = self.take(&key);
+        let existed = taken.is_some();
+        let mut p = taken.unwrap_or_else(|| Partial::new(now));
         p.last_touch = now;
         let cap = match p.info {
             Some((count, _)) if index >= count => {

@@ -1,5 +1,6 @@
 #![allow(unsafe_code)]
 
+use super::{BatchError, BatchSent};
 use std::ffi::CStr;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -277,8 +278,6 @@ pub(crate) fn path_mtu(dest: std::net::SocketAddrV4, interface: Option<Ipv4Addr>
     int_option(&s, libc::IPPROTO_IP, libc::IP_MTU).ok().filter(|&v| v > 0).map(|v| v as usize)
 }
 
-use super::{BatchError, BatchSent};
-
 /// The `UDP_GRO` segment size in the control messages `recvmmsg` wrote into `h`'s buffer.
 // `msg_controllen` is a `usize` on glibc and a `socklen_t` on musl: the cast is for the latter.
 #[allow(clippy::unnecessary_cast)]
@@ -333,10 +332,11 @@ pub(crate) fn send_batch(
     let mut cmsgs = vec![Cmsg([0; 32]); runs.iter().filter(|r| r.2 > 0).count()];
     // SAFETY: all-zero is a valid mmsghdr.
     let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; runs.len()];
+    // First every iovec (each run's range of them noted), then the headers pointing into them
+    // through one pointer taken after the last write.
     let mut n_iov = 0;
-    let mut n_cmsg = 0;
-    let cmsg_bufs = cmsgs.as_mut_ptr();
-    for (m, &(start, end, seg)) in runs.iter().enumerate() {
+    let mut iov_ranges = Vec::with_capacity(runs.len());
+    for &(start, end, _) in &runs {
         let first_iov = n_iov;
         for d in &datagrams[start..end] {
             for part in [&d.header[..], d.body] {
@@ -347,12 +347,17 @@ pub(crate) fn send_batch(
                 }
             }
         }
+        iov_ranges.push((first_iov, n_iov - first_iov));
+    }
+    let (iov_base, cmsg_bufs) = (iovs.as_mut_ptr(), cmsgs.as_mut_ptr());
+    let mut n_cmsg = 0;
+    for (m, (&(_, _, seg), &(first_iov, n))) in runs.iter().zip(&iov_ranges).enumerate() {
         let h = &mut msgs[m].msg_hdr;
         h.msg_name = dest.as_ptr() as *mut libc::c_void;
         h.msg_namelen = dest.len();
-        // SAFETY: first_iov <= n_iov <= iovs.len(); iovs is not resized below.
-        h.msg_iov = unsafe { iovs.as_mut_ptr().add(first_iov) };
-        h.msg_iovlen = (n_iov - first_iov) as _;
+        // SAFETY: first_iov + n <= iovs.len(); iovs is not touched again until it is dropped.
+        h.msg_iov = unsafe { iov_base.add(first_iov) };
+        h.msg_iovlen = n as _;
         if seg > 0 {
             // SAFETY: n_cmsg < cmsgs.len() (one buffer per run with a segment size).
             h.msg_control = unsafe { cmsg_bufs.add(n_cmsg) }.cast();

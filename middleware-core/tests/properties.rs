@@ -273,6 +273,76 @@ proptest! {
     /// 65 507 bytes each; and a message split into frames, its runs concatenated and cut back
     /// with `coalesced_segment_len`, gives the same datagrams (what a receiver of the uncut buffer
     /// does).
+    /// Buffers of equal-sized datagrams back to back (what a capture sees of an offload send),
+    /// taken as the data channel takes them (`append_run` for each run of in-order fragments,
+    /// `on_datagram` for the rest), give exactly what the datagrams one by one give: the same
+    /// messages in the same order, the same counters, the same state left. With two messages
+    /// interleaved, duplicates, swaps and a limit that evicts.
+    #[test]
+    fn runs_appended_at_once_match_datagrams_one_by_one(
+        len in 0usize..60_000,
+        max in (HEADER_LEN + 1)..4000usize,
+        other_len in 0usize..20_000,
+        edits in proptest::collection::vec((0usize..1000, 0u8..4), 0..12),
+        with_splitter in any::<bool>(),
+        tight in any::<bool>(),
+    ) {
+        let datagrams = |len: usize, id: i32| -> Vec<Vec<u8>> {
+            let msg: Vec<u8> = (0..len).map(|i| (i * 7 + id as usize) as u8).collect();
+            split(&msg, max, id).unwrap().map(|p| [&p.header[..], p.body].concat()).collect()
+        };
+        let mut dgs = datagrams(len, 17);
+        for (i, d) in datagrams(other_len, 18).into_iter().enumerate() {
+            let at = (i * 3 + 1).min(dgs.len());
+            dgs.insert(at, d);
+        }
+        for (at, what) in edits {
+            let i = at % dgs.len();
+            match what {
+                0 => { let d = dgs[i].clone(); dgs.insert(i, d); }
+                1 if i + 1 < dgs.len() => dgs.swap(i, i + 1),
+                2 => { dgs.remove(i); if dgs.is_empty() { break; } }
+                _ => { let d = dgs[i].clone(); dgs.push(d); }
+            }
+        }
+        let config = ReassemblyConfig {
+            max_buffered_bytes: if tight { 30_000 } else { ReassemblyConfig::default().max_buffered_bytes },
+            ..ReassemblyConfig::default()
+        };
+        let new = || if with_splitter { Reassembler::with_splitter(config.clone(), test_splitter) } else { Reassembler::new(config.clone()) };
+        let owned = |o: Outcome<'_>| match o {
+            Outcome::Message(m) => Some(m.into_owned()),
+            Outcome::Split(m) => Some(m.joined()),
+            _ => None,
+        };
+        let now = Instant::now();
+        let (mut one, mut runs) = (new(), new());
+        let by_one: Vec<Vec<u8>> = dgs.iter().filter_map(|d| owned(one.on_datagram(now, from(), d))).collect();
+        // Buffers: a datagram and the next ones of its size, then at most one shorter.
+        let mut by_runs = Vec::new();
+        let mut i = 0;
+        while i < dgs.len() {
+            let size = dgs[i].len();
+            let mut j = i + 1;
+            while j < dgs.len() && j - i < 128 && dgs[j].len() == size { j += 1; }
+            if j < dgs.len() && j - i < 128 && dgs[j].len() < size { j += 1; }
+            let buffer = dgs[i..j].concat();
+            let mut rest = &buffer[..];
+            loop {
+                rest = &rest[runs.append_run(now, from(), rest, size)..];
+                if rest.is_empty() { break; }
+                let (piece, after) = rest.split_at(size.min(rest.len()));
+                rest = after;
+                by_runs.extend(owned(runs.on_datagram(now, from(), piece)));
+                if rest.is_empty() { break; }
+            }
+            i = j;
+        }
+        prop_assert_eq!(&by_runs, &by_one);
+        prop_assert_eq!(runs.stats(), one.stats());
+        prop_assert_eq!((runs.partial_messages(), runs.buffered_bytes()), (one.partial_messages(), one.buffered_bytes()));
+    }
+
     #[test]
     fn offload_runs_cover_every_datagram_and_split_back(
         len in 0usize..300_000,

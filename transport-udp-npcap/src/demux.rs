@@ -17,11 +17,13 @@
 
 use crate::frame::{decode, parse_udp, parse_udp_header, FrameError, Ipv4Packet, LinkType};
 use crate::ip_reassembly::FragMap;
-use crate::ip_reassembly::{IpKey, IpReassembler, IpReassemblyConfig, IpReassemblyStats, MAX_DATAGRAM_PAYLOAD};
+use crate::ip_reassembly::{
+    IpKey, IpReassembler, IpReassemblyConfig, IpReassemblyStats, EXPIRY_EVERY, MAX_DATAGRAM_PAYLOAD,
+};
 use middleware_core::DatagramLease;
 use std::borrow::Cow;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const UDP: u8 = 17;
 
@@ -120,6 +122,47 @@ struct Stream {
     created: Instant,
 }
 
+/// The streams in progress. The one begun last is kept beside the map, where the next fragment
+/// of it (the usual case: a sender's fragments come back to back) is found without hashing;
+/// the others are in the map. A key is in one place or the other, never both.
+#[derive(Debug, Default)]
+struct Streams {
+    last: Option<(IpKey, Stream)>,
+    others: FragMap<IpKey, Stream>,
+}
+
+impl Streams {
+    fn len(&self) -> usize {
+        self.others.len() + usize::from(self.last.is_some())
+    }
+
+    fn get_mut(&mut self, key: &IpKey) -> Option<&mut Stream> {
+        match &mut self.last {
+            Some((k, st)) if k == key => Some(st),
+            _ => self.others.get_mut(key),
+        }
+    }
+
+    fn remove(&mut self, key: &IpKey) -> Option<Stream> {
+        if self.last.as_ref().is_some_and(|(k, _)| k == key) {
+            return self.last.take().map(|(_, st)| st);
+        }
+        self.others.remove(key)
+    }
+
+    /// A new stream (its key in neither place): it becomes the last, the previous last goes
+    /// to the map.
+    fn insert(&mut self, key: IpKey, st: Stream) {
+        if let Some((k, previous)) = self.last.replace((key, st)) {
+            self.others.insert(k, previous);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&IpKey, &Stream)> {
+        self.last.iter().map(|(k, st)| (k, st)).chain(&self.others)
+    }
+}
+
 /// One delivered datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery<'a> {
@@ -138,10 +181,11 @@ pub struct Demux {
     ip: IpReassembler,
     ip_config: IpReassemblyConfig,
     stats: DemuxStats,
-    streams: FragMap<IpKey, Stream>,
+    streams: Streams,
     /// Declared bytes of the streams in progress.
     stream_bytes: usize,
-    last_stream_expire: Option<Instant>,
+    /// When the streams are next checked for expiry (`None`: at the next fragment).
+    stream_expiry_due: Option<Instant>,
     /// Leases of streams given up, to hand back at the next chance (a route is needed).
     released: Vec<(SocketAddrV4, DatagramLease)>,
 }
@@ -154,9 +198,9 @@ impl Demux {
             ip: IpReassembler::new(config.clone()),
             ip_config: config,
             stats: DemuxStats::default(),
-            streams: FragMap::default(),
+            streams: Streams::default(),
             stream_bytes: 0,
-            last_stream_expire: None,
+            stream_expiry_due: None,
             released: Vec::new(),
         }
     }
@@ -193,7 +237,7 @@ impl Demux {
     }
 
     fn expire_streams(&mut self, now: Instant) {
-        self.last_stream_expire = Some(now);
+        self.stream_expiry_due = now.checked_add(EXPIRY_EVERY);
         let timeout = self.ip_config.timeout;
         let old: Vec<IpKey> = self
             .streams
@@ -296,7 +340,7 @@ impl Demux {
     /// Direct placement of a fragment: true when it was taken (pushed into a stream, or began
     /// one); false when it goes to IPv4 reassembly (a stream it broke was handed back first).
     fn place(&mut self, now: Instant, p: &Ipv4Packet<'_>, route: &mut impl Route) -> bool {
-        if self.last_stream_expire.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100)) {
+        if self.stream_expiry_due.is_none_or(|due| now >= due) {
             // Given-up leases are handed back at the next frame (`expire` would drop them).
             self.expire_streams(now);
         }
@@ -394,6 +438,7 @@ mod tests {
     use super::*;
     use crate::fuzzing::{ecal_frames, EcalRoute};
     use middleware_core::wire::MAX_DATAGRAM_LEN;
+    use std::time::Duration;
 
     fn message(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 31 + 7) as u8).collect()
@@ -436,6 +481,26 @@ mod tests {
         let (demux, route) = run(&ecal_frames(&small, MAX_DATAGRAM_LEN, 4, 1, 40_000), true, Default::default());
         assert_eq!(route.messages, vec![small]);
         assert_eq!((demux.stats().streamed, route.ecal.stats().leased), (1, 1));
+    }
+
+    #[test]
+    fn two_senders_fragments_interleaved_are_both_placed_directly() {
+        // Two publishers' datagrams in flight at once, their frames alternating: each fragment
+        // finds its stream whether it is the one begun last or the other.
+        let (m1, m2) = (message(300_000), message(200_000));
+        let (a, b) =
+            (ecal_frames(&m1, MAX_DATAGRAM_LEN, 1, 100, 40_000), ecal_frames(&m2, MAX_DATAGRAM_LEN, 2, 900, 40_001));
+        let mut set = Vec::new();
+        for i in 0..a.len().max(b.len()) {
+            set.extend(a.get(i).cloned());
+            set.extend(b.get(i).cloned());
+        }
+        let (demux, mut route) = run(&set, true, IpReassemblyConfig::default());
+        route.messages.sort_by_key(Vec::len);
+        assert_eq!(route.messages, vec![m2, m1]);
+        let st = demux.stats();
+        assert_eq!((st.streamed, st.stream_fallbacks), (5 + 4, 0));
+        assert_eq!((demux.partial_ip_datagrams(), route.ecal.partial_messages()), (0, 0));
     }
 
     #[test]

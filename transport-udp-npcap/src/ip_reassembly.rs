@@ -173,8 +173,12 @@ pub struct IpReassembler {
     buffered: usize,
     stats: IpReassemblyStats,
     pool: Vec<Vec<u8>>,
-    last_expire: Option<Instant>,
+    /// When partials are next checked for expiry (`None`: at the next datagram).
+    expiry_due: Option<Instant>,
 }
+
+/// How often partial datagrams are checked for expiry while fragments arrive.
+pub(crate) const EXPIRY_EVERY: Duration = Duration::from_millis(100);
 
 /// Buffers kept for reuse at most (each up to 64 KiB).
 const POOL: usize = 64;
@@ -188,7 +192,7 @@ impl IpReassembler {
             buffered: 0,
             stats: IpReassemblyStats::default(),
             pool: Vec::new(),
-            last_expire: None,
+            expiry_due: None,
         }
     }
 
@@ -250,7 +254,7 @@ impl IpReassembler {
         if !p.is_fragment() {
             return Some(Cow::Borrowed(p.payload));
         }
-        if self.last_expire.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100)) {
+        if self.expiry_due.is_none_or(|due| now >= due) {
             self.expire(now);
         }
         self.stats.fragments += 1;
@@ -344,7 +348,7 @@ impl IpReassembler {
 
     /// Drops partial datagrams older than the timeout (counted from their first fragment).
     pub fn expire(&mut self, now: Instant) {
-        self.last_expire = Some(now);
+        self.expiry_due = now.checked_add(EXPIRY_EVERY);
         let timeout = self.config.timeout;
         let old: Vec<IpKey> = self
             .partials

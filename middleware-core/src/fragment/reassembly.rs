@@ -32,6 +32,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How often partial messages are checked for expiry while datagrams arrive.
+const EXPIRY_EVERY: Duration = Duration::from_millis(100);
+
 /// Maps keyed by what the network sends (sender, message id), looked up for every fragment:
 /// foldhash with a per-process random seed, several times faster than std's SipHash on these
 /// small keys. Its weaker resistance to crafted collisions is bounded here: the maps hold at
@@ -298,6 +301,22 @@ impl Partial {
         self.head.len() + self.ahead_bytes + self.leased_bytes
     }
 
+    /// Whether fragment `index` of `len` bytes is appended where the partial lies, with no
+    /// limit to check again: the next in order (not the first: its layout may be decided by
+    /// the splitter) of a message whose body is reserved, nothing waiting or lent, within the
+    /// declared total, and the cost unchanged. Returns the message's fragment count.
+    fn takes_next(&self, index: u32, len: usize) -> Option<u32> {
+        let (count, total) = self.info?;
+        (index > 0
+            && index == self.next
+            && index < count
+            && self.ahead.is_empty()
+            && self.leased.is_none()
+            && self.payload_bytes() + len <= total as usize
+            && self.cost_with(index, len) == self.cost())
+        .then_some(count)
+    }
+
     /// Cost after inserting a fragment of `len` bytes at `index` (an upper bound).
     fn cost_with(&self, index: u32, len: usize) -> usize {
         if index == self.next {
@@ -421,7 +440,8 @@ pub struct Reassembler {
     partials: HashMap<FragKey, Partial>,
     buffered: usize,
     stats: ReassemblyStats,
-    last_expire: Option<Instant>,
+    /// When partials are next checked for expiry (`None`: at the next datagram).
+    expiry_due: Option<Instant>,
     /// Recently completed keys, oldest first, with a set for lookup.
     done_order: VecDeque<(FragKey, Instant)>,
     done: HashSet<FragKey>,
@@ -429,6 +449,15 @@ pub struct Reassembler {
     /// Capacity of the buffers out on leases (counted against `max_buffered_bytes` with
     /// `buffered`, until each lease is given back or dropped).
     lent: Arc<AtomicUsize>,
+}
+
+/// Message id, fragment index and body of a fragment datagram; `None` for anything else.
+fn fragment_parts(datagram: &[u8]) -> Option<(i32, u32, &[u8])> {
+    let d = Datagram::new_checked(datagram).ok()?;
+    match DatagramRepr::parse(&d).ok()? {
+        DatagramRepr::Fragment { id, index, .. } => Some((id, index, d.into_body())),
+        _ => None,
+    }
 }
 
 impl Reassembler {
@@ -452,7 +481,7 @@ impl Reassembler {
             partials: HashMap::default(),
             buffered: 0,
             stats: ReassemblyStats::default(),
-            last_expire: None,
+            expiry_due: None,
             done_order: VecDeque::new(),
             done: HashSet::default(),
             lent: Arc::new(AtomicUsize::new(0)),
@@ -497,7 +526,7 @@ impl Reassembler {
     /// Feeds one UDP payload received from `sender` at `now`.
     pub fn on_datagram<'a>(&mut self, now: Instant, sender: SocketAddr, datagram: &'a [u8]) -> Outcome<'a> {
         // Purge at most every 100 ms; cheap enough to call on every datagram.
-        if self.last_expire.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100)) {
+        if self.expiry_due.is_none_or(|due| now >= due) {
             self.expire(now);
         }
         let repr = match Datagram::new_checked(datagram).and_then(|d| DatagramRepr::parse(&d).map(|r| (d, r))) {
@@ -519,6 +548,37 @@ impl Reassembler {
             }
             DatagramRepr::Fragment { id, index, .. } => self.on_fragment(now, FragKey { sender, id }, index, d.body()),
         }
+    }
+
+    /// Takes, from the start of `buffer` (datagrams of `size` bytes back to back, the last
+    /// shorter: a segmentation offload buffer seen uncut), the run of fragments that
+    /// [`on_datagram`](Self::on_datagram) would append in place one by one: the next in order
+    /// of one message whose body is reserved, that message's last fragment excluded (its
+    /// completion goes through `on_datagram`). One lookup for the run. Returns the bytes taken,
+    /// a multiple of `size`; 0 when the first datagram is anything else. Same checks, limits
+    /// and outcome as the datagrams one by one.
+    pub fn append_run(&mut self, now: Instant, sender: SocketAddr, buffer: &[u8], size: usize) -> usize {
+        if size == 0 {
+            return 0;
+        }
+        if self.expiry_due.is_none_or(|due| now >= due) {
+            self.expire(now);
+        }
+        let Some((id, ..)) = buffer.chunks(size).next().and_then(fragment_parts) else { return 0 };
+        let Some(p) = self.partials.get_mut(&FragKey { sender, id }) else { return 0 };
+        let mut taken = 0;
+        for piece in buffer.chunks(size) {
+            let Some((piece_id, index, body)) = fragment_parts(piece) else { break };
+            match p.takes_next(index, body.len()) {
+                Some(count) if piece_id == id && index + 1 < count => {
+                    p.last_touch = now;
+                    p.insert(index, body);
+                    taken += piece.len();
+                }
+                _ => break,
+            }
+        }
+        taken
     }
 
     fn on_info(&mut self, now: Instant, key: FragKey, count: u32, total_len: u32) -> Outcome<'static> {
@@ -614,19 +674,10 @@ impl Reassembler {
         // the partial lies. Its cost does not change, so no limit needs checking again. (A
         // partial's key is never in `done`: both paths below check that before creating one.)
         if let Some(p) = self.partials.get_mut(&key) {
-            if let Some((count, total)) = p.info {
-                if index > 0
-                    && index == p.next
-                    && index < count
-                    && p.ahead.is_empty()
-                    && p.leased.is_none()
-                    && p.payload_bytes() + body.len() <= total as usize
-                    && p.cost_with(index, body.len()) == p.cost()
-                {
-                    p.last_touch = now;
-                    p.insert(index, body);
-                    return if p.next < count { Outcome::Pending } else { self.try_complete(key) };
-                }
+            if let Some(count) = p.takes_next(index, body.len()) {
+                p.last_touch = now;
+                p.insert(index, body);
+                return if p.next < count { Outcome::Pending } else { self.try_complete(key) };
             }
         }
         if self.done.contains(&key) {
@@ -711,7 +762,7 @@ impl Reassembler {
     /// another type, a header that does not describe exactly `len` bytes, a fragment out of
     /// order, or one already being written. One call; the pushes that follow need none.
     pub fn begin_lease(&mut self, now: Instant, sender: SocketAddr, first: &[u8], len: usize) -> Option<DatagramLease> {
-        if self.last_expire.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(100)) {
+        if self.expiry_due.is_none_or(|due| now >= due) {
             self.expire(now);
         }
         if first.len() < HEADER_LEN || first[..4] != MAGIC || first[4] != VERSION || first.len() > len {
@@ -931,7 +982,7 @@ impl Reassembler {
 
     /// Drops partial messages untouched for longer than the timeout.
     pub fn expire(&mut self, now: Instant) {
-        self.last_expire = Some(now);
+        self.expiry_due = now.checked_add(EXPIRY_EVERY);
         let timeout = self.config.timeout;
         while let Some(&(key, t)) = self.done_order.front() {
             if now.saturating_duration_since(t) < timeout {

@@ -85,10 +85,23 @@ impl DatagramSink for ChannelRx {
             self.counters().coalesced.inc();
         }
         // Pieces of one buffer share one lock, let go to hand on a message and before the tap
-        // (which records each piece as the datagram it is on the wire after the cut).
+        // (which records each piece as the datagram it is on the wire after the cut). Without
+        // a tap, runs of in-order fragments of one message are appended with one lookup.
         let mut reassembler = None;
-        let (mut pieces, mut whole) = (segment.map(|s| datagram.chunks(s)), Some(datagram));
-        while let Some(piece) = pieces.as_mut().map_or_else(|| whole.take(), Iterator::next) {
+        let size = segment.unwrap_or(datagram.len()).max(1);
+        let runs = segment.is_some() && sh.tap.is_none();
+        let mut rest = datagram;
+        loop {
+            if runs {
+                let taken =
+                    reassembler.get_or_insert_with(|| lock(&self.reassembler)).append_run(now, source, rest, size);
+                rest = &rest[taken..];
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            let (piece, after) = rest.split_at(size.min(rest.len()));
+            rest = after;
             if let Some(tap) = &sh.tap {
                 drop(reassembler.take());
                 tap.datagram(self.channel, source, piece);
@@ -98,6 +111,9 @@ impl DatagramSink for ChannelRx {
             if !matches!(outcome, Outcome::Pending | Outcome::Dropped) {
                 drop(reassembler.take());
                 self.handle(outcome, source, now);
+            }
+            if rest.is_empty() {
+                break;
             }
         }
     }

@@ -91,7 +91,9 @@ pub const MAX_TRACKED_PUBLISHERS: usize = 1024;
 /// forgotten (counted), so it restarts as a new publisher if it comes back.
 #[derive(Debug, Default)]
 pub struct FilterTable {
-    filters: std::collections::HashMap<u64, (SeqFilter, std::time::Instant)>,
+    /// foldhash, seeded per process: looked up once per message; the ids come from the
+    /// network, but the table is bounded (a crafted collision costs a scan of at most that many).
+    filters: std::collections::HashMap<u64, (SeqFilter, std::time::Instant), foldhash::fast::RandomState>,
     forgotten: u64,
 }
 
@@ -99,7 +101,7 @@ impl FilterTable {
     /// The verdict for message `clock` of `publisher` received at `now`; the least recently heard
     /// publisher is forgotten first when the table is full.
     pub fn check(&mut self, now: std::time::Instant, publisher: u64, clock: i64, drop_out_of_order: bool) -> Verdict {
-        if !self.filters.contains_key(&publisher) && self.filters.len() >= MAX_TRACKED_PUBLISHERS {
+        if self.filters.len() >= MAX_TRACKED_PUBLISHERS && !self.filters.contains_key(&publisher) {
             if let Some(oldest) = self.filters.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
                 self.filters.remove(&oldest);
                 self.forgotten += 1;

@@ -268,22 +268,21 @@ proptest! {
         }
     }
 
-    /// What a segmentation offload send takes: every datagram once, in order, in runs of at
-    /// most 64 whose datagrams all have the first one's size except a shorter last, at most
-    /// 65 507 bytes each; and a message split into frames, its runs concatenated and cut back
-    /// with `coalesced_segment_len`, gives the same datagrams (what a receiver of the uncut buffer
-    /// does).
     /// Buffers of equal-sized datagrams back to back (what a capture sees of an offload send),
     /// taken as the data channel takes them (`append_run` for each run of in-order fragments,
-    /// `on_datagram` for the rest), give exactly what the datagrams one by one give: the same
-    /// messages in the same order, the same counters, the same state left. With two messages
-    /// interleaved, duplicates, swaps and a limit that evicts.
+    /// `on_datagram` for the rest), give exactly what the datagrams one by one give at the same
+    /// instants: the same messages in the same order, the same counters, the same state left.
+    /// Two messages in lockstep (each fragment of the second right where the first's next one
+    /// is expected, so a run must stop at a change of id), duplicates, swaps, losses, time
+    /// passing (expiry), and a byte limit that evicts.
     #[test]
     fn runs_appended_at_once_match_datagrams_one_by_one(
         len in 0usize..60_000,
-        max in (HEADER_LEN + 1)..4000usize,
-        other_len in 0usize..20_000,
+        max in prop_oneof![(HEADER_LEN + 1)..200usize, 200..4000usize],
+        other_len in 0usize..60_000,
         edits in proptest::collection::vec((0usize..1000, 0u8..4), 0..12),
+        per_buffer in 2usize..=128,
+        step_ms in 0u64..30,
         with_splitter in any::<bool>(),
         tight in any::<bool>(),
     ) {
@@ -291,10 +290,12 @@ proptest! {
             let msg: Vec<u8> = (0..len).map(|i| (i * 7 + id as usize) as u8).collect();
             split(&msg, max, id).unwrap().map(|p| [&p.header[..], p.body].concat()).collect()
         };
-        let mut dgs = datagrams(len, 17);
-        for (i, d) in datagrams(other_len, 18).into_iter().enumerate() {
-            let at = (i * 3 + 1).min(dgs.len());
-            dgs.insert(at, d);
+        let (a, b) = (datagrams(len, 17), datagrams(other_len, 18));
+        // b's fragment k + 1 right after a's fragment k (position 0 is the info datagram).
+        let mut dgs: Vec<Vec<u8>> = b.first().cloned().into_iter().collect();
+        for p in 0..a.len().max(b.len()) {
+            dgs.extend(a.get(p).cloned());
+            dgs.extend(b.get(p + 1).cloned());
         }
         for (at, what) in edits {
             let i = at % dgs.len();
@@ -306,6 +307,7 @@ proptest! {
             }
         }
         let config = ReassemblyConfig {
+            timeout: Duration::from_millis(100),
             max_buffered_bytes: if tight { 30_000 } else { ReassemblyConfig::default().max_buffered_bytes },
             ..ReassemblyConfig::default()
         };
@@ -315,18 +317,25 @@ proptest! {
             Outcome::Split(m) => Some(m.joined()),
             _ => None,
         };
-        let now = Instant::now();
-        let (mut one, mut runs) = (new(), new());
-        let by_one: Vec<Vec<u8>> = dgs.iter().filter_map(|d| owned(one.on_datagram(now, from(), d))).collect();
-        // Buffers: a datagram and the next ones of its size, then at most one shorter.
-        let mut by_runs = Vec::new();
+        // Buffers: a datagram and the next ones of its size, then at most one shorter; at
+        // most `per_buffer` datagrams each, so that a message spans buffers (and time).
+        let mut buffers = Vec::new();
         let mut i = 0;
         while i < dgs.len() {
             let size = dgs[i].len();
             let mut j = i + 1;
-            while j < dgs.len() && j - i < 128 && dgs[j].len() == size { j += 1; }
-            if j < dgs.len() && j - i < 128 && dgs[j].len() < size { j += 1; }
-            let buffer = dgs[i..j].concat();
+            while j < dgs.len() && j - i < per_buffer && dgs[j].len() == size { j += 1; }
+            if j < dgs.len() && j - i < per_buffer && dgs[j].len() < size { j += 1; }
+            buffers.push((size, i..j));
+            i = j;
+        }
+        let t0 = Instant::now();
+        let (mut one, mut runs) = (new(), new());
+        let (mut by_one, mut by_runs) = (Vec::new(), Vec::new());
+        for (k, (size, range)) in buffers.into_iter().enumerate() {
+            let now = t0 + Duration::from_millis(step_ms * k as u64);
+            by_one.extend(dgs[range.clone()].iter().filter_map(|d| owned(one.on_datagram(now, from(), d))));
+            let buffer = dgs[range].concat();
             let mut rest = &buffer[..];
             loop {
                 rest = &rest[runs.append_run(now, from(), rest, size)..];
@@ -336,13 +345,25 @@ proptest! {
                 by_runs.extend(owned(runs.on_datagram(now, from(), piece)));
                 if rest.is_empty() { break; }
             }
-            i = j;
         }
         prop_assert_eq!(&by_runs, &by_one);
         prop_assert_eq!(runs.stats(), one.stats());
         prop_assert_eq!((runs.partial_messages(), runs.buffered_bytes()), (one.partial_messages(), one.buffered_bytes()));
+        // What is left expires at the same instants.
+        for later in [150, 1000] {
+            let t = t0 + Duration::from_millis(step_ms * dgs.len() as u64 + later);
+            runs.expire(t);
+            one.expire(t);
+            prop_assert_eq!(runs.stats(), one.stats());
+            prop_assert_eq!(runs.partial_messages(), one.partial_messages());
+        }
     }
 
+    /// What a segmentation offload send takes: every datagram once, in order, in runs of at
+    /// most 64 whose datagrams all have the first one's size except a shorter last, at most
+    /// 65 507 bytes each; and a message split into frames, its runs concatenated and cut back
+    /// with `coalesced_segment_len`, gives the same datagrams (what a receiver of the uncut buffer
+    /// does).
     #[test]
     fn offload_runs_cover_every_datagram_and_split_back(
         len in 0usize..300_000,

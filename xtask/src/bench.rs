@@ -14,7 +14,7 @@
 //!
 //! Options for partial runs: `--sizes 64,1048576`, `--pairs raw,socket,npcap,ecal`,
 //! `--no-latency`, `--latency-only`, `--repeat N` (runs per row, default 3; the table shows the
-//! median by msg/s), and `--before DIR`: each pair of ours also runs with the
+//! median by msg/s), and `--before DIR`: the socket, npcap and frames-npcap pairs also run with the
 //! release binaries in DIR (an older build) right before the current ones, for before/after
 //! figures from the same run.
 
@@ -500,7 +500,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 }
                 // With --before DIR, each pair of ours also runs with DIR's binaries, right before.
                 let runs: &[Option<&std::path::Path>] = match (&before, pair) {
-                    (Some(dir), Pair::SocketSocket | Pair::SocketNpcap) => &[Some(dir.as_path()), None],
+                    (Some(dir), Pair::SocketSocket | Pair::SocketNpcap | Pair::FramesNpcap) => {
+                        &[Some(dir.as_path()), None]
+                    }
                     _ => &[None],
                 };
                 for &b in runs {

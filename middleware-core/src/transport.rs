@@ -143,6 +143,16 @@ pub trait DatagramSink: Send + Sync {
     /// Housekeeping: at least every [`TICK`].
     fn tick(&self, now: Instant);
 
+    /// Datagrams of `segment` bytes back to back in one buffer, the last possibly shorter, each
+    /// a datagram of the channel: what a socket's receive offload (Linux `UDP_GRO`) hands over,
+    /// cut at the segment size the kernel reports. Default: [`datagram`](Self::datagram) for
+    /// each; a sink may take them at once (the core's takes one lock for the buffer).
+    fn datagrams(&self, buffer: &[u8], segment: usize, source: SocketAddr, now: Instant) {
+        for d in buffer.chunks(segment.max(1)) {
+            self.datagram(d, source, now);
+        }
+    }
+
     /// A datagram of `len` bytes arriving in pieces, in order (the UDP payload of an IPv4
     /// datagram cut into fragments), whose first bytes `first` are here: a sink that can write
     /// it straight to where its bytes end up returns a lease, saving the transport a buffer and

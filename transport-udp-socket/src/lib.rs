@@ -574,8 +574,9 @@ fn receive_loop(socket: &UdpSocket, slot: &SinkSlot, counters: &Counters, stop: 
                             return;
                         }
                         match batch.get(i) {
-                            // Datagrams merged by UDP_GRO: cut back at the kernel's segment size.
-                            (d, Some(from), false, Some(s)) => d.chunks(s).for_each(|c| sink.datagram(c, from, now)),
+                            // Datagrams merged by UDP_GRO: cut back at the kernel's segment size
+                            // (by the sink, which takes them at once).
+                            (d, Some(from), false, Some(s)) => sink.datagrams(d, s, from, now),
                             (d, Some(from), false, None) => sink.datagram(d, from, now),
                             _ => {}
                         }

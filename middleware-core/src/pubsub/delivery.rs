@@ -67,30 +67,17 @@ impl ChannelRx {
             (Outcome::Pending | Outcome::Dropped, _) => {}
         }
     }
-}
 
-impl DatagramSink for ChannelRx {
-    fn datagram(&self, datagram: &[u8], source: SocketAddr, now: Instant) {
+    /// `buffer`: one eCAL datagram, or (`segment`) datagrams of that size back to back. Pieces
+    /// of one buffer share one lock, let go to hand on a message and before the tap (which
+    /// records each piece as the datagram it is on the wire after the cut). Without a tap, runs
+    /// of in-order fragments of one message are appended with one lookup.
+    fn pieces(&self, buffer: &[u8], segment: Option<usize>, source: SocketAddr, now: Instant) {
         let sh = &self.shared;
-        if sh.closed() {
-            return;
-        }
-        // Usually one eCAL datagram; on the data channel, several of one size back to back where
-        // a capture saw a sender's segmentation offload buffer uncut (`coalesced_segment_len`).
-        let segment = match self.channel {
-            Channel::Data => coalesced_segment_len(datagram),
-            Channel::Registration => None,
-        };
-        if segment.is_some() {
-            self.counters().coalesced.inc();
-        }
-        // Pieces of one buffer share one lock, let go to hand on a message and before the tap
-        // (which records each piece as the datagram it is on the wire after the cut). Without
-        // a tap, runs of in-order fragments of one message are appended with one lookup.
         let mut reassembler = None;
-        let size = segment.unwrap_or(datagram.len()).max(1);
+        let size = segment.unwrap_or(buffer.len()).max(1);
         let runs = segment.is_some() && sh.tap.is_none();
-        let mut rest = datagram;
+        let mut rest = buffer;
         loop {
             if runs {
                 let taken =
@@ -115,6 +102,30 @@ impl DatagramSink for ChannelRx {
             if rest.is_empty() {
                 break;
             }
+        }
+    }
+}
+
+impl DatagramSink for ChannelRx {
+    fn datagram(&self, datagram: &[u8], source: SocketAddr, now: Instant) {
+        if self.shared.closed() {
+            return;
+        }
+        // Usually one eCAL datagram; on the data channel, several of one size back to back where
+        // a capture saw a sender's segmentation offload buffer uncut (`coalesced_segment_len`).
+        let segment = match self.channel {
+            Channel::Data => coalesced_segment_len(datagram),
+            Channel::Registration => None,
+        };
+        if segment.is_some() {
+            self.counters().coalesced.inc();
+        }
+        self.pieces(datagram, segment, source, now);
+    }
+
+    fn datagrams(&self, buffer: &[u8], segment: usize, source: SocketAddr, now: Instant) {
+        if !self.shared.closed() {
+            self.pieces(buffer, Some(segment), source, now);
         }
     }
 

@@ -177,8 +177,9 @@ pub struct IpReassembler {
     expiry_due: Option<Instant>,
 }
 
-/// How often partial datagrams are checked for expiry while fragments arrive.
-pub(crate) const EXPIRY_EVERY: Duration = Duration::from_millis(100);
+/// How often partial datagrams (and directly placed streams) are checked for expiry while
+/// fragments arrive: the core's period.
+pub(crate) use middleware_core::fragment::EXPIRY_EVERY;
 
 /// Buffers kept for reuse at most (each up to 64 KiB).
 const POOL: usize = 64;

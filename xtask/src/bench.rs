@@ -498,7 +498,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 if matches!(pair, Pair::FramesSocket | Pair::FramesNpcap | Pair::FramesNative) && size <= 1024 {
                     continue;
                 }
-                // With --before DIR, each pair of ours also runs with DIR's binaries, right before.
+                // With --before DIR, the pairs whose receive side changes with our builds also run with
+                // DIR's binaries, right before.
                 let runs: &[Option<&std::path::Path>] = match (&before, pair) {
                     (Some(dir), Pair::SocketSocket | Pair::SocketNpcap | Pair::FramesNpcap) => {
                         &[Some(dir.as_path()), None]

@@ -6,5 +6,6 @@ pub mod split;
 
 pub use reassembly::{
     DatagramLease, FragKey, Outcome, Reassembler, ReassemblyConfig, ReassemblyStats, SplitMessage, Splitter,
+    EXPIRY_EVERY,
 };
 pub use split::{fragment_count, split, Piece};

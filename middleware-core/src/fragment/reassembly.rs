@@ -32,8 +32,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often partial messages are checked for expiry while datagrams arrive.
-const EXPIRY_EVERY: Duration = Duration::from_millis(100);
+/// How often partial messages are checked for expiry while datagrams arrive (the capture
+/// transport's IPv4 reassembly uses the same period).
+pub const EXPIRY_EVERY: Duration = Duration::from_millis(100);
 
 /// Maps keyed by what the network sends (sender, message id), looked up for every fragment:
 /// foldhash with a per-process random seed, several times faster than std's SipHash on these
@@ -564,11 +565,14 @@ impl Reassembler {
         if self.expiry_due.is_none_or(|due| now >= due) {
             self.expire(now);
         }
-        let Some((id, ..)) = buffer.chunks(size).next().and_then(fragment_parts) else { return 0 };
+        // Each piece parsed once: the first names the message, the run stops at the first piece
+        // that is not a fragment.
+        let mut pieces = buffer.chunks(size).map_while(|piece| fragment_parts(piece).map(|parts| (piece, parts)));
+        let Some(first) = pieces.next() else { return 0 };
+        let id = first.1 .0;
         let Some(p) = self.partials.get_mut(&FragKey { sender, id }) else { return 0 };
         let mut taken = 0;
-        for piece in buffer.chunks(size) {
-            let Some((piece_id, index, body)) = fragment_parts(piece) else { break };
+        for (piece, (piece_id, index, body)) in std::iter::once(first).chain(pieces) {
             match p.takes_next(index, body.len()) {
                 Some(count) if piece_id == id && index + 1 < count => {
                     p.last_touch = now;

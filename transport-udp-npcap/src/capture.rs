@@ -11,7 +11,7 @@ use middleware_core::transport::{ReceiveThread, SinkSlot, TransportError, TICK};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// What the receive threads deliver to, shared with the transports.
@@ -23,7 +23,14 @@ pub struct Routes {
     pub destinations: RwLock<Vec<Ipv4Addr>>,
     /// Set when ports or destinations change: the threads recompile their filters.
     pub generation: AtomicU64,
+    /// Per capture thread, the generation it has applied (filter installed, routes copied).
+    applied: Mutex<Vec<u64>>,
+    applied_changed: Condvar,
 }
+
+/// The longest [`Capture::apply`] waits for a capture thread to take new routes (it is back in
+/// its loop within about 100 ms unless a callback on it takes long).
+const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 impl Routes {
     /// A copy of the routes for one capture thread, which takes a new one when `generation`
@@ -35,6 +42,33 @@ impl Routes {
             destinations: read(&self.destinations).clone(),
             ports: read(&self.ports).iter().map(|(p, s)| (*p, Arc::clone(s))).collect(),
         }
+    }
+
+    /// Bumps the generation after a change of ports or destinations; returns the new one.
+    pub fn changed(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Called by capture thread `index` once it has applied generation `g`.
+    fn applied(&self, index: usize, g: u64) {
+        let mut a = self.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(x) = a.get_mut(index) {
+            *x = g;
+        }
+        drop(a);
+        self.applied_changed.notify_all();
+    }
+
+    /// Waits until every capture thread has applied generation `g`, at most `max`. Returns the
+    /// threads that had not.
+    fn wait_applied(&self, g: u64, max: Duration) -> Vec<usize> {
+        let late = |a: &Vec<u64>| a.iter().enumerate().filter(|(_, x)| **x < g).map(|(i, _)| i).collect::<Vec<_>>();
+        let a = self.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (a, _) = self
+            .applied_changed
+            .wait_timeout_while(a, max, |a| !late(a).is_empty())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        late(&a)
     }
 
     /// The BPF filter expression for the destinations and ports routed now (UDP to those groups and
@@ -171,6 +205,9 @@ pub struct DeviceStats {
 /// The running capture on one or more devices.
 pub struct Capture {
     threads: Vec<ReceiveThread>,
+    /// Per thread, what wakes it out of its wait for frames.
+    wakeups: Vec<Arc<crate::sys::Wakeup>>,
+    devices: Vec<String>,
     /// Per device, its counters (updated by its thread about every 100 ms).
     pub stats: Vec<Arc<Mutex<DeviceStats>>>,
 }
@@ -222,7 +259,7 @@ impl Capture {
         hear_own_host: bool,
         tap: Option<FrameTap>,
     ) -> Result<Self, TransportError> {
-        let mut me = Self { threads: Vec::new(), stats: Vec::new() };
+        let mut me = Self { threads: Vec::new(), wakeups: Vec::new(), devices: Vec::new(), stats: Vec::new() };
         // `npcap.spin_us` applies to immediate mode, where reads do not block.
         let spin = (cfg.immediate && crate::sys::NONBLOCKING_READS && cfg.spin_us > 0)
             .then(|| Duration::from_micros(u64::from(cfg.spin_us)));
@@ -248,8 +285,16 @@ impl Capture {
             if let Err(e) = cap.set_direction(direction) {
                 tracing::warn!(device = %dev, error = %e, ?direction, "cannot set the capture direction");
             }
-            cap.set_filter(&routes.filter())
+            // Each thread reports the routes it has applied (`Capture::apply` waits for that).
+            let index = me.threads.len();
+            {
+                let mut a = routes.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                a.resize(index + 1, routes.generation.load(Ordering::Acquire));
+            }
+            let filter = routes.filter();
+            cap.set_filter(&filter)
                 .map_err(|e| TransportError::Unavailable(format!("cannot set the capture filter on `{dev}`: {e}")))?;
+            let wakeup = Arc::new(crate::sys::Wakeup::new().map_err(|e| TransportError::io("capture wake-up", e))?);
             // The thread must notice filter changes and shutdown even when no frame arrives.
             let min_to_copy = (!cfg.immediate).then_some(cfg.min_to_copy);
             crate::sys::prepare_reads(&mut cap, min_to_copy).map_err(|e| unavailable(dev, &OpenError::Other(e)))?;
@@ -258,21 +303,65 @@ impl Capture {
             let (routes, ipc) = (Arc::clone(&routes), cfg.ip.clone());
             let name = dev.clone();
             let tap = tap.clone();
+            let wake = Arc::clone(&wakeup);
+            let applied = Applied { index, filter };
             let t = ReceiveThread::spawn(format!("mw-pcap-{dev}"), move |stop| {
-                run(cap, (link, dlt), ipc, (spin, latency), &routes, stop, &stats, &name, tap.as_ref());
+                run(
+                    cap,
+                    (link, dlt),
+                    ipc,
+                    (spin, latency),
+                    (&routes, applied, &wake),
+                    stop,
+                    &stats,
+                    &name,
+                    tap.as_ref(),
+                );
             })
             .map_err(|e| TransportError::io("spawn capture thread", e))?;
             me.threads.push(t);
+            me.wakeups.push(wakeup);
+            me.devices.push(dev.clone());
             tracing::info!(device = %dev, ?link, immediate = cfg.immediate, timeout_ms = cfg.timeout_ms, buffer = cfg.buffer_size, "capture started");
         }
         Ok(me)
     }
 }
 
+impl Capture {
+    /// After a change of `routes` (its generation bumped to `g`): wakes every capture thread and
+    /// waits until each has installed the new filter, so that a datagram sent after a
+    /// subscriber exists is captured (a frame arriving before the kernel filter takes its port
+    /// is dropped by the kernel, unseen). Bounded by `APPLY_WAIT`. A capture thread calling this
+    /// (a callback creating a subscriber) cannot wait for itself: its routes apply once the
+    /// callback returns.
+    pub fn apply(&self, routes: &Routes, g: u64) {
+        if self.threads.iter().any(ReceiveThread::is_current) {
+            return;
+        }
+        for w in &self.wakeups {
+            w.wake();
+        }
+        let late = routes.wait_applied(g, APPLY_WAIT);
+        for i in late {
+            tracing::warn!(device = %self.devices[i], waited_ms = APPLY_WAIT.as_millis() as u64,
+                "the capture thread has not applied new routes yet (busy in a callback?); frames for the new \
+                 port or group are missed until it does");
+        }
+    }
+}
+
 impl Drop for Capture {
     fn drop(&mut self) {
         // Joins each thread, except the one running this (a callback that dropped the last
-        // transport of its node): that one ends when it is back in its loop.
+        // transport of its node): that one ends when it is back in its loop. Woken first, so
+        // that none sits out its wait for frames.
+        for t in &self.threads {
+            t.signal_stop();
+        }
+        for w in &self.wakeups {
+            w.wake();
+        }
         for t in &self.threads {
             t.stop();
         }
@@ -309,22 +398,30 @@ const SPIN_MAX_PARTIALS: usize = 4;
 /// The longest one pass of the capture loop keeps reading without going back to its top.
 const SPIN_PASS_MAX: Duration = Duration::from_millis(5);
 
+/// A capture thread's index among the threads, and the filter it has installed (installed again
+/// only when its text changes: libpcap on Linux drops every frame for a moment while it swaps
+/// filters).
+struct Applied {
+    index: usize,
+    filter: String,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     mut cap: Handle,
     (link, dlt): (LinkType, i32),
     ip: crate::ip_reassembly::IpReassemblyConfig,
     (spin, latency): (Option<Duration>, Duration),
-    routes: &Routes,
+    (routes, mut applied, wake): (&Routes, Applied, &crate::sys::Wakeup),
     stop: &AtomicBool,
     stats: &Mutex<DeviceStats>,
     device: &str,
     tap: Option<&FrameTap>,
 ) {
     let mut demux = Demux::new(link, ip);
-    // Routes may change between the handle's first filter and this thread's start: compare
-    // against a value no generation has, so the first pass always installs the current filter.
-    let mut generation = u64::MAX;
+    // Routes may change between the handle's first filter and this thread's start: the first
+    // pass always takes the current routes (and installs the filter if it changed meanwhile).
+    let mut generation = None;
     let mut snapshot = RouteSnapshot::default();
     let mut last_stats = Instant::now();
     let (mut filter_updates, mut read_errors) = (0u64, 0u64);
@@ -334,13 +431,19 @@ fn run(
     let panics = std::cell::Cell::new(0u64);
     while !stop.load(Ordering::Relaxed) {
         let g = routes.generation.load(Ordering::Acquire);
-        if g != generation {
-            generation = g;
+        if generation != Some(g) {
+            generation = Some(g);
             snapshot = routes.snapshot();
-            match cap.set_filter(&routes.filter()) {
-                Ok(()) => filter_updates += 1,
-                Err(e) => tracing::warn!(%device, error = %e, "updating the capture filter failed"),
+            let filter = routes.filter();
+            if filter != applied.filter {
+                match cap.set_filter(&filter) {
+                    Ok(()) => filter_updates += 1,
+                    Err(e) => tracing::warn!(%device, error = %e, "updating the capture filter failed"),
+                }
+                applied.filter = filter;
             }
+            // Reported even when installing failed (it is logged): waiters must not hang on it.
+            routes.applied(applied.index, g);
         }
         let read = |cap: &mut Handle, demux: &mut Demux| {
             let now = Instant::now();
@@ -370,7 +473,7 @@ fn run(
                 Ok(0)
             })
         };
-        let r = if crate::sys::wait_readable(&cap, latency) {
+        let r = if crate::sys::wait_readable(&cap, latency, wake) {
             let mut r = read(&mut cap, &mut demux);
             // Immediate mode: while an IPv4 datagram is incomplete its next fragment is
             // microseconds away; reading on instead of sleeping in poll saves a wake-up per

@@ -477,9 +477,12 @@ impl NpcapTransport {
             return Err(TransportError::Closed);
         }
         write(&self.shared.routes.ports).insert(self.port, Arc::clone(&self.slot));
-        self.shared.routes.generation.fetch_add(1, Ordering::Release);
+        let g = self.shared.routes.changed();
         *receiving = true;
         drop(receiving);
+        // Receiving has started once the capture threads filter for the port: a datagram sent
+        // after this returns (e.g. once a peer saw our subscriber) is captured.
+        self.shared.capture.apply(&self.shared.routes, g);
         self.join_group(self.group)
     }
 
@@ -494,7 +497,8 @@ impl NpcapTransport {
                     d.push(group);
                 }
                 drop(d);
-                self.shared.routes.generation.fetch_add(1, Ordering::Release);
+                let g = self.shared.routes.changed();
+                self.shared.capture.apply(&self.shared.routes, g);
             }
         }
         Ok(())
@@ -592,7 +596,7 @@ impl Transport for NpcapTransport {
             }
         };
         if removed.is_some() {
-            self.shared.routes.generation.fetch_add(1, Ordering::Release);
+            self.shared.routes.changed();
         }
         // Detached before the lock is released (a later `start_receiving` sees it closed);
         // in-progress calls are waited for after it is released.

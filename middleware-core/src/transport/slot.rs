@@ -179,6 +179,18 @@ impl ReceiveThread {
         Ok(Self { stop, handle: Mutex::new(Some(handle)) })
     }
 
+    /// Sets the stop flag without waiting (then wake the thread, then [`ReceiveThread::stop`]).
+    pub fn signal_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the caller is this thread (a callback running on it): it cannot wait for its own
+    /// loop.
+    pub fn is_current(&self) -> bool {
+        let handle = self.handle.lock().unwrap_or_else(PoisonError::into_inner);
+        handle.as_ref().is_some_and(|h| h.thread().id() == std::thread::current().id())
+    }
+
     /// Sets the stop flag and joins the thread, unless called from that thread itself (then it
     /// ends once the current call returns to its loop). Idempotent.
     pub fn stop(&self) {

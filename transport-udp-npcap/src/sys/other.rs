@@ -90,21 +90,79 @@ pub(crate) fn kernel_buffer_size(configured: usize) -> usize {
 /// No "minimum to copy" in libpcap.
 pub(crate) const MIN_TO_COPY_FN: Option<&str> = None;
 
-/// Waits until the capture has something to read. The ring's own block timeout bounds how long
-/// a frame waits in a partly filled block (`npcap.timeout_ms`), so `_latency` needs no wake-up
-/// here: the wait ends after 100 ms at most, for the loop's housekeeping.
-pub(crate) fn wait_readable(h: &Handle, _latency: Duration) -> bool {
+/// Wakes a capture thread out of [`wait_readable`] (a pipe: Linux and macOS), so that a route
+/// change is applied at once rather than after the next frame or the 100 ms housekeeping wait.
+#[derive(Debug)]
+pub(crate) struct Wakeup {
+    read: libc::c_int,
+    write: libc::c_int,
+}
+
+impl Wakeup {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let me = Self { read: fds[0], write: fds[1] };
+        for fd in fds {
+            // SAFETY: descriptors just opened and owned by `me`; flags only.
+            unsafe {
+                let fl = libc::fcntl(fd, libc::F_GETFL);
+                libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        Ok(me)
+    }
+
+    /// Makes the thread's current or next wait return at once.
+    pub(crate) fn wake(&self) {
+        // A full pipe already holds a wake-up: EAGAIN is fine.
+        // SAFETY: one byte from a valid buffer to our own open descriptor.
+        let _ = unsafe { libc::write(self.write, [1u8].as_ptr().cast(), 1) };
+    }
+
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        // SAFETY: reads into a local buffer of the length given, from our own descriptor.
+        while unsafe { libc::read(self.read, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    }
+}
+
+impl Drop for Wakeup {
+    fn drop(&mut self) {
+        // SAFETY: both descriptors are ours and closed once.
+        unsafe {
+            libc::close(self.read);
+            libc::close(self.write);
+        }
+    }
+}
+
+/// Waits until the capture has something to read, or `wake` is woken. The ring's own block
+/// timeout bounds how long a frame waits in a partly filled block (`npcap.timeout_ms`), so
+/// `_latency` needs no wake-up here: the wait ends after 100 ms at most, for the loop's
+/// housekeeping. False when there is nothing to read (timed out or woken).
+pub(crate) fn wait_readable(h: &Handle, _latency: Duration, wake: &Wakeup) -> bool {
     let timeout = Duration::from_millis(100);
     let Some(fd) = h.waitable().filter(|fd| *fd >= 0) else {
         // No selectable descriptor (rare platforms): poll the non-blocking handle gently.
         std::thread::sleep(Duration::from_millis(1));
         return true;
     };
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = [
+        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: wake.read, events: libc::POLLIN, revents: 0 },
+    ];
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd, count 1; the descriptor belongs to `h`, open while borrowed.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    n > 0
+    // SAFETY: two valid pollfds; the descriptors belong to `h` and `wake`, open while borrowed.
+    let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, ms) };
+    if n > 0 && pfd[1].revents != 0 {
+        wake.drain();
+    }
+    n > 0 && pfd[0].revents != 0
 }
 
 /// How a device is named in logs and `doctor`.

@@ -127,9 +127,22 @@ pub(crate) fn prepare_reads(h: &mut Handle, min_to_copy: Option<usize>) -> Resul
 /// Reads return at once when nothing is buffered.
 pub(crate) const NONBLOCKING_READS: bool = true;
 
+/// Nothing to wake here: [`wait_readable`] returns within `latency` (at most 100 ms; 2 ms with
+/// the default `npcap.timeout_ms`), and a route change waits that long at most.
+#[derive(Debug)]
+pub(crate) struct Wakeup;
+
+impl Wakeup {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    pub(crate) fn wake(&self) {}
+}
+
 /// Waits for the capture's event at most `latency` (the longest a frame may wait in a partly
 /// filled buffer), or sleeps 1 ms where there is no event; then the caller reads what is there.
-pub(crate) fn wait_readable(h: &Handle, latency: Duration) -> bool {
+pub(crate) fn wait_readable(h: &Handle, latency: Duration, _wake: &Wakeup) -> bool {
     let ms = latency.as_millis().clamp(1, 100) as u32;
     match h.waitable().filter(|e| !e.is_null()) {
         Some(event) => {

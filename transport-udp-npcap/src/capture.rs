@@ -23,6 +23,10 @@ pub struct Routes {
     pub destinations: RwLock<Vec<Ipv4Addr>>,
     /// Set when ports or destinations change: the threads recompile their filters.
     pub generation: AtomicU64,
+    /// The range of topic groups (network, mask) the filter passes as a whole, so that joining
+    /// a topic's group does not change it (network mode with eCAL's v2 mapping); which groups
+    /// are joined is checked per frame against `destinations`.
+    pub topic_range: Option<(Ipv4Addr, Ipv4Addr)>,
     /// Per capture thread, the generation it has applied (filter installed, routes copied).
     applied: Mutex<Vec<u64>>,
     applied_changed: Condvar,
@@ -33,6 +37,11 @@ pub struct Routes {
 const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 impl Routes {
+    /// No ports or destinations yet; `topic_range` as [`Routes::topic_range`].
+    pub fn new(topic_range: Option<(Ipv4Addr, Ipv4Addr)>) -> Self {
+        Self { topic_range, ..Self::default() }
+    }
+
     /// A copy of the routes for one capture thread, which takes a new one when `generation`
     /// changes: no lock per datagram. A port removed meanwhile may still get a datagram or a
     /// tick from a thread's older copy, until the thread's next pass: its slot is closed by
@@ -77,7 +86,7 @@ impl Routes {
         let d = read(&self.destinations).clone();
         let mut p: Vec<u16> = read(&self.ports).keys().copied().collect();
         p.sort_unstable();
-        bpf(&d, &p)
+        bpf(&d, self.topic_range, &p)
     }
 }
 
@@ -116,6 +125,10 @@ struct Routing<'a> {
 impl Route for Routing<'_> {
     fn wanted(&self, destination: SocketAddrV4) -> bool {
         self.snapshot.wanted(destination)
+    }
+
+    fn wanted_address(&self, address: Ipv4Addr) -> bool {
+        self.snapshot.destinations.contains(&address)
     }
 
     fn deliver(&mut self, d: Delivery<'_>, now: Instant) {
@@ -176,7 +189,8 @@ pub struct CapturedFrame<'a> {
     pub data: &'a [u8],
 }
 
-/// Sees every frame that passed the kernel filter (only the ports and groups a node listens to).
+/// Sees every frame that passed the kernel filter (the ports a node listens on, at its groups or, in
+/// network mode, anywhere in its range of topic groups).
 pub type FrameTap = Arc<dyn Fn(&CapturedFrame<'_>) + Send + Sync>;
 
 /// Counters of one device, updated by its thread.

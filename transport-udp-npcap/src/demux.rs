@@ -43,6 +43,9 @@ pub struct DemuxStats {
     pub udp_malformed: u64,
     /// UDP datagrams to a port or destination nobody here listens on.
     pub udp_unwanted: u64,
+    /// IPv4 fragments to an address nobody here listens at, dropped before reassembly (the
+    /// kernel filter passes a topic-group range, of which only some groups are joined).
+    pub fragments_unwanted: u64,
     /// UDP datagrams handed on.
     pub delivered: u64,
     /// UDP payload bytes handed on.
@@ -64,6 +67,12 @@ pub struct DemuxStats {
 pub trait Route {
     /// Whether anyone listens at `destination`.
     fn wanted(&self, destination: SocketAddrV4) -> bool;
+    /// Whether anyone listens at `address` on some port: asked of every IPv4 fragment, whose
+    /// port only the first one carries. Default: yes.
+    fn wanted_address(&self, address: std::net::Ipv4Addr) -> bool {
+        let _ = address;
+        true
+    }
     /// A complete UDP datagram for a wanted destination, read at `now`.
     fn deliver(&mut self, d: Delivery<'_>, now: Instant);
     /// A fragmented datagram for a wanted destination, of `len` UDP payload bytes, `first` of
@@ -305,8 +314,14 @@ impl Demux {
             return;
         }
         let (src, dst) = (packet.src, packet.dst);
-        if packet.is_fragment() && self.place(now, &packet, route) {
-            return;
+        if packet.is_fragment() {
+            if !route.wanted_address(dst) {
+                self.stats.fragments_unwanted += 1;
+                return;
+            }
+            if self.place(now, &packet, route) {
+                return;
+            }
         }
         let Some(ip_payload) = self.ip.push(now, &packet) else { return };
         match parse_udp(&ip_payload) {
@@ -438,6 +453,7 @@ mod tests {
     use super::*;
     use crate::fuzzing::{ecal_frames, EcalRoute};
     use middleware_core::wire::MAX_DATAGRAM_LEN;
+    use std::net::Ipv4Addr;
     use std::time::Duration;
 
     fn message(len: usize) -> Vec<u8> {
@@ -481,6 +497,34 @@ mod tests {
         let (demux, route) = run(&ecal_frames(&small, MAX_DATAGRAM_LEN, 4, 1, 40_000), true, Default::default());
         assert_eq!(route.messages, vec![small]);
         assert_eq!((demux.stats().streamed, route.ecal.stats().leased), (1, 1));
+    }
+
+    #[test]
+    fn fragments_to_an_address_nobody_listens_at_are_dropped_before_reassembly() {
+        // The kernel filter passes a whole topic-group range; only joined groups are wanted.
+        let msg = message(200_000);
+        let frames = ecal_frames(&msg, MAX_DATAGRAM_LEN, 3, 1, 40_000);
+        for (only, delivered) in [(Ipv4Addr::new(239, 0, 0, 2), false), (Ipv4Addr::new(239, 0, 0, 1), true)] {
+            let mut demux = Demux::new(LinkType::Ethernet, IpReassemblyConfig::default());
+            let mut route = EcalRoute::new(true);
+            route.only = Some(only);
+            for f in &frames {
+                demux.on_frame_to(Instant::now(), f, &mut route);
+            }
+            let (st, ip) = (demux.stats(), demux.ip_stats());
+            if delivered {
+                assert_eq!(route.messages, vec![msg.clone()]);
+                assert_eq!(st.fragments_unwanted, 0);
+            } else {
+                assert!(route.messages.is_empty());
+                // IPv4 flags and fragment offset (frame bytes 20..22): MF set or an offset.
+                let fragments = frames.iter().filter(|f| u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0).count();
+                assert!(fragments > 100, "{fragments}");
+                assert_eq!(st.fragments_unwanted, fragments as u64, "{st:?}");
+                assert_eq!(st.udp_unwanted, (frames.len() - fragments) as u64);
+                assert_eq!((ip.fragments, demux.partial_ip_datagrams(), st.streamed), (0, 0, 0));
+            }
+        }
     }
 
     #[test]

@@ -128,19 +128,21 @@ pub struct EcalRoute {
     pub messages: Vec<Vec<u8>>,
     /// Whether to take leases ([`Route::begin`]).
     pub direct: bool,
+    /// The only address listened at (`None`: every address).
+    pub only: Option<std::net::Ipv4Addr>,
 }
 
 impl EcalRoute {
     /// A route with a default-bounded reassembler.
     pub fn new(direct: bool) -> Self {
-        Self { ecal: Reassembler::new(ReassemblyConfig::default()), messages: Vec::new(), direct }
+        Self { ecal: Reassembler::new(ReassemblyConfig::default()), messages: Vec::new(), direct, only: None }
     }
 
     /// A route whose reassembler joins bytes 16..4096 of a message apart (as a node's data
     /// channel joins a payload apart; see `Reassembler::with_splitter`), bounded by `config`.
     pub fn with_splitter(direct: bool, config: ReassemblyConfig) -> Self {
         let splitter = |first: &[u8]| (first.len() >= 16).then_some(16..4096);
-        Self { ecal: Reassembler::with_splitter(config, splitter), messages: Vec::new(), direct }
+        Self { ecal: Reassembler::with_splitter(config, splitter), messages: Vec::new(), direct, only: None }
     }
 
     fn take(&mut self, o: Outcome<'_>) {
@@ -153,8 +155,11 @@ impl EcalRoute {
 }
 
 impl Route for EcalRoute {
-    fn wanted(&self, _: SocketAddrV4) -> bool {
-        true
+    fn wanted(&self, d: SocketAddrV4) -> bool {
+        self.wanted_address(*d.ip())
+    }
+    fn wanted_address(&self, address: std::net::Ipv4Addr) -> bool {
+        self.only.is_none_or(|a| a == address)
     }
     fn deliver(&mut self, d: Delivery<'_>, now: Instant) {
         let o = self.ecal.on_datagram(now, d.source, d.payload);

@@ -170,6 +170,8 @@ pub struct NpcapFactory {
     mode: Mode,
     interface: Option<String>,
     group: Ipv4Addr,
+    /// Network mode, v2 mapping: every topic's group lies in (base & mask, mask).
+    topic_range: Option<(Ipv4Addr, Ipv4Addr)>,
     multicast_loopback: bool,
     /// When the registration channel's capture counts as deaf (`hearing::deaf_after`).
     deaf_after: std::time::Duration,
@@ -193,6 +195,13 @@ impl NpcapFactory {
             mode: config.mode,
             interface: config.interface.clone(),
             group: config.destination(),
+            topic_range: match (config.mode, config.group_mapping) {
+                (Mode::Network, middleware_core::topic_group::GroupMapping::V2) => Some((
+                    Ipv4Addr::from(u32::from(config.network_group) & u32::from(config.network_mask)),
+                    config.network_mask,
+                )),
+                _ => None,
+            },
             multicast_loopback: config.multicast_loopback,
             deaf_after: hearing::deaf_after(config.registration_refresh),
             shared: Mutex::new(None),
@@ -273,7 +282,7 @@ impl NpcapFactory {
             return Ok(Arc::clone(s));
         }
         let devices = self.devices()?;
-        let routes = Arc::new(Routes::default());
+        let routes = Arc::new(Routes::new(self.topic_range));
         write(&routes.destinations).push(self.group);
         let membership = match self.mode {
             Mode::Network => Some(Membership::open(self.interface.as_deref())?),
@@ -555,6 +564,7 @@ impl Transport for NpcapTransport {
             add("frames_not_udp", d.demux.frames_not_udp);
             add("udp_malformed", d.demux.udp_malformed);
             add("udp_unwanted", d.demux.udp_unwanted);
+            add("fragments_unwanted", d.demux.fragments_unwanted);
             add("ip_fragments", d.ip.fragments);
             add("ip_completed", d.ip.completed);
             add("ip_duplicates", d.ip.duplicates);

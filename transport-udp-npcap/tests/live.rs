@@ -26,7 +26,8 @@ impl DatagramSink for Collect {
 /// when the port is joined.
 #[test]
 fn a_datagram_sent_right_after_join_is_captured() {
-    let base = 40_000 + 40 * (std::process::id() % 500) as u16;
+    // Ports no other test uses (socket tests end at 52016, callback tests start at 53000).
+    let base = 52_100 + 16 * (std::process::id() % 50) as u16;
     for round in 0..8u16 {
         let mut c = Config::default();
         c.set("mode", "local").unwrap();
@@ -44,12 +45,12 @@ fn a_datagram_sent_right_after_join_is_captured() {
         t.join(ep.group).unwrap();
         let payload = format!("first after join, round {round}");
         t.send(b"", payload.as_bytes()).unwrap();
+        let heard = || sink.0.lock().unwrap().iter().any(|d| d == payload.as_bytes());
         let end = Instant::now() + Duration::from_secs(2);
-        while sink.0.lock().unwrap().is_empty() && Instant::now() < end {
+        while !heard() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let got = sink.0.lock().unwrap().clone();
-        assert_eq!(got, vec![payload.into_bytes()], "round {round}: {:?}", t.stats());
+        assert!(heard(), "round {round}: not captured; {:?}", t.stats());
         t.close();
     }
 }

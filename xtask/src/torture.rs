@@ -252,6 +252,7 @@ fn counters(sub: &Value) -> String {
                     "ip_completed",
                     "filter_updates",
                     "udp_unwanted",
+                    "fragments_unwanted",
                     "receive_gro_buffers",
                 ];
                 // What the transport sends with (a capability flag and the sender's calls).

@@ -350,7 +350,7 @@ impl Capture {
     /// (a callback creating a subscriber) cannot wait for itself: its routes apply once the
     /// callback returns.
     pub fn apply(&self, routes: &Routes, g: u64) {
-        if self.threads.iter().any(ReceiveThread::is_current) {
+        if self.threads.iter().any(ReceiveThread::is_current) || routes.wait_applied(g, Duration::ZERO).is_empty() {
             return;
         }
         for w in &self.wakeups {
@@ -432,6 +432,14 @@ fn run(
     device: &str,
     tap: Option<&FrameTap>,
 ) {
+    // However this thread ends, nobody waits for it to apply routes any more.
+    struct Done<'a>(&'a Routes, usize);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.applied(self.1, u64::MAX);
+        }
+    }
+    let _done = Done(routes, applied.index);
     let mut demux = Demux::new(link, ip);
     // Routes may change between the handle's first filter and this thread's start: the first
     // pass always takes the current routes (and installs the filter if it changed meanwhile).
@@ -451,10 +459,13 @@ fn run(
             let filter = routes.filter();
             if filter != applied.filter {
                 match cap.set_filter(&filter) {
-                    Ok(()) => filter_updates += 1,
+                    Ok(()) => {
+                        filter_updates += 1;
+                        applied.filter = filter;
+                    }
+                    // Tried again at the next change of routes.
                     Err(e) => tracing::warn!(%device, error = %e, "updating the capture filter failed"),
                 }
-                applied.filter = filter;
             }
             // Reported even when installing failed (it is logged): waiters must not hang on it.
             routes.applied(applied.index, g);

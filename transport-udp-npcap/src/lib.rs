@@ -164,6 +164,18 @@ pub fn decide(mode: Mode, a: &Availability) -> Decision {
     }
 }
 
+/// The range every topic's group lies in (network mode, eCAL's v2 mapping): (base & mask,
+/// mask), when it is all multicast (a mask shorter than /4 would let unicast traffic through
+/// the filter); otherwise `None`, and the filter lists the groups joined.
+fn topic_range(config: &Config) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let (base, mask) = (config.network_group, config.network_mask);
+    let multicast = base.is_multicast() && u32::from(mask) >> 28 == 0xf;
+    (config.mode == Mode::Network
+        && config.group_mapping == middleware_core::topic_group::GroupMapping::V2
+        && multicast)
+        .then(|| (Ipv4Addr::from(u32::from(base) & u32::from(mask)), mask))
+}
+
 /// Opens capture transports. One capture (one thread per device) serves every channel of a node.
 pub struct NpcapFactory {
     config: NpcapConfig,
@@ -195,13 +207,7 @@ impl NpcapFactory {
             mode: config.mode,
             interface: config.interface.clone(),
             group: config.destination(),
-            topic_range: match (config.mode, config.group_mapping) {
-                (Mode::Network, middleware_core::topic_group::GroupMapping::V2) => Some((
-                    Ipv4Addr::from(u32::from(config.network_group) & u32::from(config.network_mask)),
-                    config.network_mask,
-                )),
-                _ => None,
-            },
+            topic_range: topic_range(config),
             multicast_loopback: config.multicast_loopback,
             deaf_after: hearing::deaf_after(config.registration_refresh),
             shared: Mutex::new(None),
@@ -345,6 +351,7 @@ impl TransportFactory for NpcapFactory {
         };
         if !ep.receive_on_demand {
             t.start_receiving()?;
+            t.routes_applied();
         }
         Ok(Box::new(t))
     }
@@ -486,13 +493,19 @@ impl NpcapTransport {
             return Err(TransportError::Closed);
         }
         write(&self.shared.routes.ports).insert(self.port, Arc::clone(&self.slot));
-        let g = self.shared.routes.changed();
+        self.shared.routes.changed();
         *receiving = true;
         drop(receiving);
-        // Receiving has started once the capture threads filter for the port: a datagram sent
-        // after this returns (e.g. once a peer saw our subscriber) is captured.
-        self.shared.capture.apply(&self.shared.routes, g);
         self.join_group(self.group)
+    }
+
+    /// Waits (bounded) until the capture threads have applied the routes as they are now, ours
+    /// and any other caller's change still in flight: receiving has started once the kernel
+    /// filter passes the port and group, so a datagram sent after this returns (e.g. once a
+    /// peer saw our subscriber) is captured. Instant when nothing changed.
+    fn routes_applied(&self) {
+        let g = self.shared.routes.generation.load(Ordering::Acquire);
+        self.shared.capture.apply(&self.shared.routes, g);
     }
 
     fn join_group(&self, group: Ipv4Addr) -> Result<(), TransportError> {
@@ -500,14 +513,17 @@ impl NpcapTransport {
             return Ok(());
         }
         if let Some(m) = &self.shared.membership {
-            if m.join(group)? {
-                let mut d = write(&self.shared.routes.destinations);
-                if !d.contains(&group) {
-                    d.push(group);
-                }
-                drop(d);
-                let g = self.shared.routes.changed();
-                self.shared.capture.apply(&self.shared.routes, g);
+            m.join(group)?;
+            // Routed by whichever caller gets here first, even when another one joined the
+            // group a moment ago and has not routed it yet: then both wait for the same change.
+            let mut d = write(&self.shared.routes.destinations);
+            let added = !d.contains(&group);
+            if added {
+                d.push(group);
+            }
+            drop(d);
+            if added {
+                self.shared.routes.changed();
             }
         }
         Ok(())
@@ -545,7 +561,9 @@ impl Transport for NpcapTransport {
 
     fn join(&self, group: Ipv4Addr) -> Result<(), TransportError> {
         self.start_receiving()?;
-        self.join_group(group)
+        self.join_group(group)?;
+        self.routes_applied();
+        Ok(())
     }
 
     fn stats(&self) -> TransportStats {
@@ -628,6 +646,23 @@ mod tests {
 
     fn lib() -> Result<(String, String), String> {
         Ok(("libpcap.so.1".into(), "libpcap version 1.10.3".into()))
+    }
+
+    #[test]
+    fn the_filter_passes_a_topic_range_only_when_it_is_all_multicast() {
+        let mut c = Config::default();
+        c.set("mode", "network").unwrap();
+        let range = |c: &Config| topic_range(c);
+        assert_eq!(range(&c), Some((Ipv4Addr::new(239, 0, 0, 0), Ipv4Addr::new(255, 255, 255, 240))));
+        let mut wide = c.clone();
+        wide.set("network.mask", "0.0.0.0").unwrap();
+        assert_eq!(range(&wide), None, "a mask shorter than /4 reaches unicast addresses");
+        let mut v1 = c.clone();
+        v1.set("network.group_mapping", "v1").unwrap();
+        assert_eq!(range(&v1), None, "v1 groups are not one range");
+        let mut local = c.clone();
+        local.set("mode", "local").unwrap();
+        assert_eq!(range(&local), None);
     }
 
     #[test]

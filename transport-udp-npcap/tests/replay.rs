@@ -244,6 +244,37 @@ fn real_ecal_messages_split_around_their_payload_decode_as_whole_ones() {
     }
 }
 
+/// The capture filter as libpcap compiles and runs it, over real eCAL traffic to 239.0.0.1
+/// (ports 14000 and 14002, IP-fragmented in cap3): the topic-group range passes what the group
+/// passes; a range and a group elsewhere pass nothing; a port elsewhere passes only the
+/// fragments after the first (which carry no port).
+#[test]
+fn the_capture_filter_compiles_and_passes_what_it_should() {
+    use transport_udp_npcap::filter::bpf;
+    let lib = transport_udp_npcap::libpcap::load(None).expect("libpcap installed (CI installs libpcap0.8)");
+    let count = |name: &str, filter: &str| {
+        let mut cap = transport_udp_npcap::libpcap::Handle::open_file(lib, &path(name)).expect("pcap file opens");
+        cap.set_filter(filter).unwrap_or_else(|e| panic!("`{filter}`: {e}"));
+        let mut n = 0usize;
+        while cap.dispatch(|_| n += 1).unwrap_or_else(|e| panic!("{name}: {e}")) > 0 {}
+        n
+    };
+    let mask = Ipv4Addr::new(255, 255, 255, 240);
+    let (group, ports) = (Ipv4Addr::new(239, 0, 0, 1), [14000, 14002]);
+    for name in ["cap3_1MiB_message.pcap", "cap4_two_topics.pcap"] {
+        let listed = count(name, &bpf(&[group], None, &ports));
+        assert!(listed > 0, "{name}");
+        assert_eq!(count(name, &bpf(&[group], Some((Ipv4Addr::new(239, 0, 0, 0), mask)), &ports)), listed, "{name}");
+        let elsewhere = Ipv4Addr::new(239, 0, 1, 1);
+        assert_eq!(count(name, &bpf(&[elsewhere], Some((Ipv4Addr::new(239, 0, 1, 0), mask)), &ports)), 0, "{name}");
+        let other_port = count(name, &bpf(&[group], Some((Ipv4Addr::new(239, 0, 0, 0), mask)), &[9]));
+        assert!(other_port < listed, "{name}: {other_port} of {listed}");
+        if name.starts_with("cap3") {
+            assert!(other_port > 0, "cap3's fragments after the first pass whatever the port");
+        }
+    }
+}
+
 #[test]
 fn the_libpcap_binding_reads_every_capture_as_pcap_file_does() {
     let lib = transport_udp_npcap::libpcap::load(None).expect("libpcap installed (CI installs libpcap0.8)");

@@ -101,17 +101,29 @@ pub(crate) struct Wakeup {
 impl Wakeup {
     pub(crate) fn new() -> std::io::Result<Self> {
         let mut fds = [0 as libc::c_int; 2];
+        // Both ends non-blocking (a blocked drain would stop the capture thread) and closed on
+        // exec. Linux sets both atomically; macOS has no pipe2.
+        #[cfg(target_os = "linux")]
+        // SAFETY: `fds` has room for the two descriptors pipe2(2) writes.
+        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        #[cfg(not(target_os = "linux"))]
         // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
-        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        let r = unsafe { libc::pipe(fds.as_mut_ptr()) };
+        if r != 0 {
             return Err(std::io::Error::last_os_error());
         }
         let me = Self { read: fds[0], write: fds[1] };
+        #[cfg(not(target_os = "linux"))]
         for fd in fds {
             // SAFETY: descriptors just opened and owned by `me`; flags only.
-            unsafe {
+            let ok = unsafe {
                 let fl = libc::fcntl(fd, libc::F_GETFL);
-                libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                fl >= 0
+                    && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
+                    && libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == 0
+            };
+            if !ok {
+                return Err(std::io::Error::last_os_error());
             }
         }
         Ok(me)

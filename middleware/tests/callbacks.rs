@@ -31,9 +31,11 @@ struct World {
 
 impl World {
     fn new(kind: Kind) -> Self {
-        // Ports unique per scenario and process: 53000 + 2 * ((pid mod 300) * 16 + n) < 62632.
+        // Ports unique per scenario and process: 2000 + 2 * ((pid mod 500) * 16 + n) <= 17998,
+        // below Linux's ephemeral range (32768-60999), where any socket bound to port 0 (a
+        // sender's) may sit first and make the bind fail.
         let n = NEXT.fetch_add(1, Ordering::Relaxed) % 16;
-        let base = 53_000 + 2 * ((std::process::id() % 300) as u16 * 16 + n);
+        let base = 2_000 + 2 * ((std::process::id() % 500) as u16 * 16 + n);
         let mut c = Config::default();
         c.set("mode", "local").unwrap();
         c.set("ports.registration", &base.to_string()).unwrap();
@@ -147,7 +149,9 @@ fn callback_drops_its_subscriber(kind: Kind) {
     *slot.lock().unwrap() = Some(sub);
     let witness = node.subscriber::<Raw>("self_drop").unwrap();
     let p = node.publisher::<Raw>("self_drop").unwrap();
-    connected(&p);
+    // Both subscribers known to the publisher: when the first drops itself, the witness keeps
+    // the publisher connected (with only the first one heard yet, it would send into nothing).
+    wait_until("the publisher to know both subscribers", || p.connections().0 == 2);
     send_paced(&p, 3);
     for k in 0..3u8 {
         assert_eq!(witness.recv_timeout(WAIT).expect("witness receives").value, vec![k; 100]);

@@ -11,9 +11,10 @@ use std::time::Duration;
 static NEXT: AtomicU16 = AtomicU16::new(0);
 
 fn config() -> Config {
-    // Ports unique per test and per process: 20000 + 2 * (pid mod 2000 * 8 + n) <= 52016.
+    // Ports unique per test and per process: 20000 + 2 * (pid mod 750 * 8 + n) <= 32000, below
+    // Linux's ephemeral range (32768-60999), where any socket bound to port 0 may sit first.
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let base = 20_000 + 2 * ((std::process::id() % 2000) as u16 * 8 + n);
+    let base = 20_000 + 2 * ((std::process::id() % 750) as u16 * 8 + n);
     let mut c = Config::default();
     c.set("mode", "local").unwrap();
     c.set("ports.registration", &base.to_string()).unwrap();

@@ -53,9 +53,9 @@ impl Routes {
         }
     }
 
-    /// Bumps the generation after a change of ports or destinations; returns the new one.
-    pub fn changed(&self) -> u64 {
-        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    /// Bumps the generation after a change of ports or destinations.
+    pub fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Called by capture thread `index` once it has applied generation `g`.
@@ -343,13 +343,14 @@ impl Capture {
 }
 
 impl Capture {
-    /// After a change of `routes` (its generation bumped to `g`): wakes every capture thread and
-    /// waits until each has installed the new filter, so that a datagram sent after a
+    /// Waits until every capture thread has applied `routes` as they are now (this caller's
+    /// change and any other still in flight), waking them first: a datagram sent after a
     /// subscriber exists is captured (a frame arriving before the kernel filter takes its port
-    /// is dropped by the kernel, unseen). Bounded by `APPLY_WAIT`. A capture thread calling this
-    /// (a callback creating a subscriber) cannot wait for itself: its routes apply once the
-    /// callback returns.
-    pub fn apply(&self, routes: &Routes, g: u64) {
+    /// is dropped by the kernel, unseen). Instant when nothing changed; bounded by `APPLY_WAIT`.
+    /// A capture thread calling this (a callback creating a subscriber) cannot wait for itself:
+    /// its routes apply once the callback returns.
+    pub fn apply(&self, routes: &Routes) {
+        let g = routes.generation.load(Ordering::Acquire);
         if self.threads.iter().any(ReceiveThread::is_current) || routes.wait_applied(g, Duration::ZERO).is_empty() {
             return;
         }

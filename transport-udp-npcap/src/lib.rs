@@ -499,13 +499,10 @@ impl NpcapTransport {
         self.join_group(self.group)
     }
 
-    /// Waits (bounded) until the capture threads have applied the routes as they are now, ours
-    /// and any other caller's change still in flight: receiving has started once the kernel
-    /// filter passes the port and group, so a datagram sent after this returns (e.g. once a
-    /// peer saw our subscriber) is captured. Instant when nothing changed.
+    /// Receiving has started once the capture threads filter for the port and group: a
+    /// datagram sent after this returns (e.g. once a peer saw our subscriber) is captured.
     fn routes_applied(&self) {
-        let g = self.shared.routes.generation.load(Ordering::Acquire);
-        self.shared.capture.apply(&self.shared.routes, g);
+        self.shared.capture.apply(&self.shared.routes);
     }
 
     fn join_group(&self, group: Ipv4Addr) -> Result<(), TransportError> {

@@ -571,6 +571,7 @@ impl Handle {
             }
             let data =
                 if data.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(data, h.caplen as usize) } };
+            sys::prefetch_next_frame(data);
             let pkt = Packet { timestamp_us: sys::timeval_micros(&h.ts), original_len: h.len, data };
             // A panic must not unwind into C: keep it and re-raise after pcap_dispatch returns.
             if let Err(p) = catch_unwind(AssertUnwindSafe(|| (ctx.f)(&pkt))) {

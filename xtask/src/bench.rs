@@ -150,16 +150,19 @@ impl Row {
     }
 }
 
-/// Messages per row: enough that every receiver uses about a second of CPU (measured at 20 000 /
-/// 1 200 / 150 messages of 64 KiB / 1 MiB / 8 MiB: about 0.4 s), so per-message CPU figures
-/// resolve differences well below 2x.
+/// Messages per row: enough that even the cheapest receiver of a row (the capture path, whose
+/// CPU per message is the smallest) uses about a second of CPU, so per-message CPU figures resolve
+/// differences well below 2x and its fixed costs (the capture opening its 64 MiB ring: 25-40 ms
+/// of page clearing) stay a few percent of the figure. Measured on 2026-12-05: the capture
+/// receiver used 1 / 1.2 / 10-17 / 100-190 / 1500-1800 us per message of 64 B / 1 KiB / 64 KiB /
+/// 1 MiB / 8 MiB, so the previous 600 000 / 50 000 / 3 000 / 400 messages gave it 0.3-0.8 s.
 fn count_for(size: usize) -> u64 {
     match size {
         s if s <= 64 => 1_000_000,
-        s if s <= 1024 => 600_000,
-        s if s <= 65_536 => 50_000,
-        s if s <= 1 << 20 => 3_000,
-        _ => 400,
+        s if s <= 1024 => 900_000,
+        s if s <= 65_536 => 100_000,
+        s if s <= 1 << 20 => 7_000,
+        _ => 800,
     }
 }
 

@@ -20,3 +20,31 @@ pub(crate) use imp::{
     prepare_reads, sockaddr_family, timeval_micros, wait_readable, waitable_offered, Timeval, Waitable, Wakeup,
     INSTALL_HINT, MIN_TO_COPY_FN, NONBLOCKING_READS, NO_DEVICES_HINT, NO_LOOPBACK_DEVICE, WAITABLE_FN,
 };
+
+/// Asks the CPU to start loading the frame that most likely follows `frame` in the capture
+/// buffer (libpcap's ring block, Npcap's read buffer: frames lie one after the other, each
+/// behind a header of a few dozen bytes), as far as a frame of the same length reaches, while
+/// this one is processed. The frames were just written by the kernel, usually on another CPU,
+/// so each first touch is a cache miss. A hint only: a prefetch never faults, whatever the
+/// address, and costs nothing on other architectures, where it is a no-op.
+#[inline]
+#[allow(unsafe_code)] // the prefetch intrinsic only
+pub(crate) fn prefetch_next_frame(frame: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        const LINE: usize = 64;
+        const HEADERS: usize = 128; // the next frame's capture header and link / IP / UDP headers
+        let start = frame.as_ptr().wrapping_add(frame.len());
+        let reach = HEADERS + frame.len().min(2048);
+        let mut off = 0;
+        while off < reach {
+            // SAFETY: a prefetch is a hint that never faults and reads nothing into the program;
+            // the address is computed with wrapping arithmetic and never dereferenced.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(off).cast::<i8>()) };
+            off += LINE;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = frame;
+}

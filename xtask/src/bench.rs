@@ -21,7 +21,7 @@
 use crate::ecal;
 use crate::netns::{Host, Lab};
 use crate::{cargo, project_root};
-use anyhow::Context;
+use anyhow::{bail, Context};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::io::Read;
@@ -457,6 +457,18 @@ fn latency(
 const ANALYSIS: &str = "## Against the targets";
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
+    // A mistyped option must not start a half-hour run of every row.
+    const VALUED: [&str; 4] = ["--sizes", "--pairs", "--before", "--repeat"];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            v if VALUED.contains(&v) => {
+                it.next().with_context(|| format!("bench: {v} needs a value"))?;
+            }
+            "--no-latency" | "--latency-only" => {}
+            other => bail!("bench: unknown argument {other} (cargo xtask help)"),
+        }
+    }
     let sizes: Vec<usize> = match args.iter().position(|a| a == "--sizes") {
         Some(i) => args.get(i + 1).context("--sizes LIST")?.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
         None => vec![64, 1024, 65_536, 1 << 20, 8 << 20],
@@ -670,4 +682,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         eprintln!("partial run: wrote target/xtask/bench.md only");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Arguments are checked before anything is built or run: a typo must not start every row.
+    #[test]
+    fn unknown_or_incomplete_arguments_are_refused_before_any_work() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let err = super::run(&args(&["--help-me"])).unwrap_err().to_string();
+        assert!(err.contains("unknown argument --help-me"), "{err}");
+        let err = super::run(&args(&["--no-latency", "--pairs"])).unwrap_err().to_string();
+        assert!(err.contains("--pairs needs a value"), "{err}");
+    }
 }

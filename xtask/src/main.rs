@@ -52,24 +52,50 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every command and its options (`cargo xtask help`, `cargo xtask <command> --help`).
+const USAGE: &str = "usage: cargo xtask <command> [options]   (root for those that build a lab of network namespaces)
+
+  demo [--json] [--transport T ..]
+                                  build and run a subscriber and a publisher talking (local mode); other
+                                  options go to both programs
+  readme                          build the README's first example against `middleware` alone and run it (root)
+  test [--filter TEXT]            every test: fmt, workspace tests, docs, windows, readme, fuzz, interop (TEXT
+                                  selects its rows), parity, tools, scale --check, torture (root)
+  bench [--sizes 64,1024,..] [--pairs LIST] [--repeat N] [--before DIR] [--no-latency | --latency-only]
+                                  throughput, CPU and latency against raw UDP and eCAL (root); only a run with
+                                  no option rewrites BENCHMARKS.md, others write target/xtask/bench.md
+  interop [--filter TEXT]         interop matrix against real eCAL 6.1.1 in network namespaces (root)
+  tools [CASE ..]                 mwctl monitor / echo / record / replay / doctor against real eCAL and ours (root)
+  parity                          registration fields of ours against real eCAL's (root)
+  scale [--processes N,..] [--topics M] [--ecal N,..] [--before DIR] [--receive-buffer BYTES] [--check]
+                                  registration cost with the number of processes and entities (root)
+  windows [--require] [--filter TEXT]
+                                  the x86_64-pc-windows-gnu build and its import check, then the Wine rows (root)
+  fuzz [--seconds N] [--target NAME]
+                                  the fuzz targets (cargo-fuzz, nightly)
+  torture [--transport LIST] [--sustain-seconds N] [--filter TEXT]
+                                  hostile traffic against a subscriber (root)
+  ecal-venv                       create or reuse the eclipse-ecal 6.1.1 virtual environment
+  help                            this text";
+
 fn usage() -> ! {
-    eprintln!(
-        "usage: cargo xtask <command>\n\
-         \n  demo [--transport T] [--json]  build and run a subscriber and a publisher talking (default transport, local mode)\
-         \n  readme                     build the README's first example against `middleware` alone and run it (root)\
-         \n  bench [--sizes 64,1024]    end-to-end throughput table (root; writes BENCHMARKS.md)\
-         \n  test                       workspace tests (nextest when installed, else cargo test), then interop and tools\
-         \n  interop [--filter TEXT]    interop matrix in network namespaces (root), with real eCAL 6.1.1\
-         \n  tools                      mwctl monitor/echo/record/replay/doctor vs real eCAL and ours (root)\
-         \n  ecal-venv                  create/reuse the eclipse-ecal 6.1.1 virtual environment"
-    );
+    eprintln!("{USAGE}");
     std::process::exit(2)
+}
+
+/// Whether the arguments ask for help rather than for work.
+fn asks_help(args: &[String]) -> bool {
+    args.iter().any(|a| a == "-h" || a == "--help")
 }
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else { usage() };
     let rest = &args[1..];
+    if cmd == "help" || asks_help(&args) {
+        println!("{USAGE}");
+        return Ok(());
+    }
     match cmd.as_str() {
         "interop" => interop::run(rest),
         "ecal-venv" => ecal::venv().map(|p| println!("{}", p.display())),

@@ -167,16 +167,31 @@ impl SinkSlot {
 pub struct ReceiveThread {
     stop: Arc<AtomicBool>,
     handle: Mutex<Option<JoinHandle<()>>>,
+    /// Set (and notified) when `f` has returned or unwound: joins wait on it, bounded.
+    ended: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl ReceiveThread {
     /// # Errors
     /// The OS could not start a thread.
     pub fn spawn(name: String, f: impl FnOnce(&AtomicBool) + Send + 'static) -> std::io::Result<Self> {
+        /// Marks the thread ended however `f` ends, a panic included.
+        struct Ended(Arc<(Mutex<bool>, Condvar)>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                let (flag, cv) = &*self.0;
+                *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
+                cv.notify_all();
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
-        let s = Arc::clone(&stop);
-        let handle = std::thread::Builder::new().name(name).spawn(move || f(&s))?;
-        Ok(Self { stop, handle: Mutex::new(Some(handle)) })
+        let ended = Arc::new((Mutex::new(false), Condvar::new()));
+        let (s, e) = (Arc::clone(&stop), Arc::clone(&ended));
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            let _ended = Ended(e);
+            f(&s);
+        })?;
+        Ok(Self { stop, handle: Mutex::new(Some(handle)), ended })
     }
 
     /// Sets the stop flag without waiting (then wake the thread, then [`ReceiveThread::stop`]).
@@ -188,22 +203,37 @@ impl ReceiveThread {
     /// loop.
     pub fn is_current(&self) -> bool {
         let handle = self.handle.lock().unwrap_or_else(PoisonError::into_inner);
-        handle.as_ref().is_some_and(|h| h.thread().id() == std::thread::current().id())
+        handle.as_ref().is_some_and(|h| h.thread().id() == current_thread_id())
     }
 
     /// Sets the stop flag and joins the thread, unless called from that thread itself (then it
-    /// ends once the current call returns to its loop). Idempotent.
+    /// ends once the current call returns to its loop). Idempotent. Bounded: a thread that has
+    /// not ended after [`CLOSE_WAIT`] (a callback blocked for good: [`SinkSlot::close`] has
+    /// already given up on it) is left to end by itself, and an error says so.
     pub fn stop(&self) {
+        self.stop_within(CLOSE_WAIT);
+    }
+
+    fn stop_within(&self, wait: std::time::Duration) {
         self.stop.store(true, Ordering::SeqCst);
         let handle = self.handle.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(h) = handle {
-            if h.thread().id() == std::thread::current().id() {
-                return; // detached: it exits by itself
-            }
-            let name = h.thread().name().unwrap_or("receive").to_string();
-            if h.join().is_err() {
-                tracing::error!(thread = %name, "receive thread ended by a panic");
-            }
+        let Some(h) = handle else { return };
+        if h.thread().id() == current_thread_id() {
+            return; // detached: it exits by itself
+        }
+        let name = h.thread().name().unwrap_or("receive").to_string();
+        let (flag, cv) = &*self.ended;
+        let ended = flag.lock().unwrap_or_else(PoisonError::into_inner);
+        let (ended, _) = cv.wait_timeout_while(ended, wait, |e| !*e).unwrap_or_else(PoisonError::into_inner);
+        if !*ended {
+            drop(ended);
+            tracing::error!(thread = %name, waited_s = wait.as_secs_f64(),
+                "receive thread did not end (a callback blocked?); left to end by itself");
+            return; // the handle is dropped: detached
+        }
+        drop(ended);
+        if h.join().is_err() {
+            tracing::error!(thread = %name, "receive thread ended by a panic");
         }
     }
 }
@@ -233,6 +263,45 @@ mod tests {
 
     fn addr() -> SocketAddr {
         "127.0.0.1:1".parse().unwrap()
+    }
+
+    #[test]
+    fn stopping_a_thread_that_never_ends_gives_up_within_its_bound() {
+        // The thread ignores its stop flag until released (a callback blocked for good).
+        let release = Arc::new(AtomicBool::new(false));
+        let r = Arc::clone(&release);
+        let t = ReceiveThread::spawn("mw-test-stuck".into(), move |_stop| {
+            while !r.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .unwrap();
+        let t = Arc::new(t);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stopper = Arc::clone(&t);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            stopper.stop_within(Duration::from_millis(200));
+            let _ = tx.send(started.elapsed());
+        });
+        // Watchdog: an unbounded join would never return here.
+        let waited = rx.recv_timeout(Duration::from_secs(5));
+        release.store(true, Ordering::SeqCst);
+        let waited = waited.expect("stop did not return within 5 s: the join is not bounded");
+        assert!(waited >= Duration::from_millis(200), "gave up early: {waited:?}");
+        // Stopping again does nothing (the handle is gone), and a thread that ends is joined
+        // at once, however long the bound.
+        t.stop();
+        let quick = ReceiveThread::spawn("mw-test-quick".into(), |stop| {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap();
+        let started = Instant::now();
+        quick.stop();
+        assert!(started.elapsed() < Duration::from_secs(5), "a thread that ends is joined promptly");
+        assert!(quick.handle.lock().unwrap().is_none());
     }
 
     #[test]

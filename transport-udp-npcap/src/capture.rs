@@ -212,8 +212,12 @@ pub struct DeviceStats {
     pub filter_updates: u64,
     /// Failed capture reads (the first and every 1000th is logged; capturing goes on).
     pub read_errors: u64,
-    /// Panics caught in the frame path (a defect; capturing went on).
+    /// Frames whose processing panicked (a defect; the panic was caught, the other frames of
+    /// their batch were processed and capturing went on).
     pub panics: u64,
+    /// Panics caught in the frame tap (`with_frame_tap`: user code, as `mwctl record`); the
+    /// frame was received all the same.
+    pub tap_panics: u64,
 }
 
 /// The running capture on one or more devices.
@@ -451,7 +455,7 @@ fn run(
     // pcap's counters are 32-bit and wrap (4 G frames is hours at line rate): widen them.
     let mut counters = WideStats::default();
     let mut last_tick = Instant::now();
-    let panics = std::cell::Cell::new(0u64);
+    let (panics, tap_panics) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     while !stop.load(Ordering::Relaxed) {
         let g = routes.generation.load(Ordering::Acquire);
         if generation != Some(g) {
@@ -475,13 +479,22 @@ fn run(
             let now = Instant::now();
             cap.dispatch(|pkt| {
                 if let Some(tap) = tap {
-                    tap(&CapturedFrame {
+                    let frame = CapturedFrame {
                         device,
                         link_type: dlt,
                         timestamp_us: pkt.timestamp_us,
                         original_len: pkt.original_len,
                         data: pkt.data,
-                    });
+                    };
+                    // User code: its panic is caught and counted, and the frame still received.
+                    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tap(&frame))) {
+                        let n = tap_panics.get() + 1;
+                        tap_panics.set(n);
+                        if n == 1 || n.is_multiple_of(1000) {
+                            tracing::error!(%device, panic = %middleware_core::transport::panic_message(&*p), count = n,
+                                "panic in the frame tap caught; the frame is received all the same");
+                        }
+                    }
                 }
                 demux.on_frame_to(now, pkt.data, &mut Routing { snapshot: &snapshot });
             })
@@ -557,7 +570,8 @@ fn run(
             (s.pcap_received, s.pcap_dropped, s.pcap_if_dropped) = counters.totals();
             s.filter_updates = filter_updates;
             s.read_errors = read_errors;
-            s.panics = panics.get();
+            s.panics = cap.panicked_frames();
+            s.tap_panics = tap_panics.get();
         }
     }
     let mut s = stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -594,6 +594,7 @@ impl Transport for NpcapTransport {
             add("filter_updates", d.filter_updates);
             add("read_errors", d.read_errors);
             add("capture_panics", d.panics);
+            add("tap_panics", d.tap_panics);
         }
         add("sink_panics", self.slot.panics());
         if self.hearing.checked() {

@@ -393,6 +393,8 @@ pub struct Packet<'a> {
 pub struct Handle {
     lib: &'static Library,
     p: NonNull<Pcap>,
+    /// Frames whose callback panicked in [`Handle::dispatch`], all calls together.
+    panicked_frames: u64,
 }
 
 // SAFETY: a pcap_t may be used from any thread as long as one thread uses it at a time, which
@@ -423,7 +425,7 @@ impl Handle {
         // SAFETY: NUL-terminated name, errbuf of PCAP_ERRBUF_SIZE.
         let p = unsafe { (lib.api.create)(name.as_ptr(), errbuf.as_mut_ptr()) };
         let p = NonNull::new(p).ok_or_else(|| OpenError::Other(errbuf_text(&errbuf)))?;
-        let h = Self { lib, p };
+        let h = Self { lib, p, panicked_frames: 0 };
         let api = &lib.api;
         // SAFETY (this block): `p` is a created, not yet activated pcap_t; setters only fail
         // once activated.
@@ -467,7 +469,9 @@ impl Handle {
         let mut errbuf = [0 as c_char; ERRBUF_SIZE];
         // SAFETY: NUL-terminated path, errbuf of PCAP_ERRBUF_SIZE.
         let p = unsafe { (lib.api.open_offline)(name.as_ptr(), errbuf.as_mut_ptr()) };
-        NonNull::new(p).map(|p| Self { lib, p }).ok_or_else(|| OpenError::Other(errbuf_text(&errbuf)))
+        NonNull::new(p)
+            .map(|p| Self { lib, p, panicked_frames: 0 })
+            .ok_or_else(|| OpenError::Other(errbuf_text(&errbuf)))
     }
 
     fn status_text(&self, status: c_int) -> String {
@@ -555,30 +559,36 @@ impl Handle {
     /// Hands the frames in the library's current buffer (live) or the next ones of the file
     /// (offline), at most [`DISPATCH_MAX`], to `f`. Returns how many were handed over (0: none buffered, or end of file).
     ///
+    /// # Panics
+    /// Re-raises the first panic of `f`, once every frame of the batch has been handed to it
+    /// (counted in [`Handle::panicked_frames`]).
+    ///
     /// # Errors
     /// A read error (the library's message).
     pub fn dispatch<F: FnMut(&Packet<'_>)>(&mut self, mut f: F) -> Result<usize, String> {
         struct Ctx<'f, F> {
             f: &'f mut F,
+            /// The first panic of this call, re-raised once the library has returned.
             panic: Option<Box<dyn std::any::Any + Send>>,
+            panicked: u64,
         }
         unsafe extern "C" fn trampoline<F: FnMut(&Packet<'_>)>(user: *mut u8, h: *const PktHdr, data: *const u8) {
             // SAFETY: `user` is the Ctx passed to pcap_dispatch below, alive for the call; `h`
             // and `data` describe one frame of `caplen` bytes, valid during this callback.
             let (ctx, h) = unsafe { (&mut *user.cast::<Ctx<'_, F>>(), &*h) };
-            if ctx.panic.is_some() {
-                return;
-            }
             let data =
                 if data.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(data, h.caplen as usize) } };
             sys::prefetch_next_frame(data);
             let pkt = Packet { timestamp_us: sys::timeval_micros(&h.ts), original_len: h.len, data };
-            // A panic must not unwind into C: keep it and re-raise after pcap_dispatch returns.
+            // A panic must not unwind into C: the first is kept and re-raised after pcap_dispatch
+            // returns; the frames after it are still handed over (the library has taken them
+            // from its buffer: skipping them would lose them uncounted).
             if let Err(p) = catch_unwind(AssertUnwindSafe(|| (ctx.f)(&pkt))) {
-                ctx.panic = Some(p);
+                ctx.panicked += 1;
+                ctx.panic.get_or_insert(p);
             }
         }
-        let mut ctx = Ctx { f: &mut f, panic: None };
+        let mut ctx = Ctx { f: &mut f, panic: None, panicked: 0 };
         // SAFETY: handle valid; the callback gets `ctx` back, which outlives the call.
         // A positive, bounded count: libpcap and Npcap read at most one buffer's worth either
         // way (the rest at the next call), but some implementations (Wine's wpcap) loop
@@ -587,6 +597,7 @@ impl Handle {
         let n = unsafe {
             (self.lib.api.dispatch)(self.p.as_ptr(), DISPATCH_MAX, trampoline::<F>, (&raw mut ctx).cast::<u8>())
         };
+        self.panicked_frames += ctx.panicked;
         if let Some(p) = ctx.panic {
             std::panic::resume_unwind(p);
         }
@@ -595,6 +606,12 @@ impl Handle {
             -2 => Ok(0), // pcap_breakloop: nobody calls it, treat as nothing read
             _ => Err(self.last_error()),
         }
+    }
+
+    /// Frames whose callback panicked in [`Handle::dispatch`] so far (each was still followed by
+    /// the rest of its batch).
+    pub fn panicked_frames(&self) -> u64 {
+        self.panicked_frames
     }
 
     /// # Errors

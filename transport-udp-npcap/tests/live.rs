@@ -55,3 +55,51 @@ fn a_datagram_sent_right_after_join_is_captured() {
         t.close();
     }
 }
+
+/// The frame tap is user code (`mwctl record` is one): a tap that panics on every frame costs
+/// nothing but its own work. Each panic is counted (`tap_panics`) and every frame is still
+/// received, the ones after it in the same batch included.
+#[test]
+fn a_panicking_frame_tap_is_counted_and_every_frame_still_received() {
+    let base = 18_100 + 16 * (std::process::id() % 100) as u16 + 1_600;
+    let mut c = Config::default();
+    c.set("mode", "local").unwrap();
+    c.set("ports.registration", &base.to_string()).unwrap();
+    c.set("ports.data", &(base + 1).to_string()).unwrap();
+    let tapped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t2 = Arc::clone(&tapped);
+    let tap: transport_udp_npcap::FrameTap = Arc::new(move |_f: &transport_udp_npcap::CapturedFrame<'_>| {
+        t2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        panic!("tap panic (test)");
+    });
+    let factory = NpcapFactory::new(&c).unwrap().with_frame_tap(tap);
+    let ep = Endpoint::from_config(&c, Channel::Data);
+    let sink = Arc::new(Collect::default());
+    let t = factory.open(&ep, Arc::clone(&sink) as Arc<dyn DatagramSink>).unwrap_or_else(|e| {
+        panic!("the capture transport cannot open here ({e}); this test needs root or CAP_NET_RAW+CAP_NET_ADMIN (CI runs as root)")
+    });
+    t.join(ep.group).unwrap();
+    const N: usize = 20;
+    // Sent back to back, so that several land in one batch of the ring.
+    for k in 0..N {
+        t.send(b"", format!("tapped {k}").as_bytes()).unwrap();
+    }
+    let count = || sink.0.lock().unwrap().iter().filter(|d| d.starts_with(b"tapped ")).count();
+    let end = Instant::now() + Duration::from_secs(3);
+    while count() < N && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(count(), N, "every datagram received despite the tap's panics; {:?}", t.stats());
+    // The counters reach the stats about every 100 ms.
+    let tap_panics = || t.stats().details.get("tap_panics").copied().unwrap_or(0);
+    let end = Instant::now() + Duration::from_secs(3);
+    let seen = || tapped.load(std::sync::atomic::Ordering::SeqCst);
+    while (tap_panics() < N as u64 || tap_panics() != seen()) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = seen();
+    assert!(seen >= N as u64, "the tap saw {seen} frames");
+    assert_eq!(tap_panics(), seen, "each tap panic counted; {:?}", t.stats());
+    assert_eq!(t.stats().details.get("capture_panics").copied(), Some(0), "{:?}", t.stats());
+    t.close();
+}

@@ -210,6 +210,9 @@ pub struct DeviceStats {
     pub pcap_if_dropped: u64,
     /// Kernel filter updates installed (a new group or port joined).
     pub filter_updates: u64,
+    /// Kernel filter updates refused (each logged; every frame is captured meanwhile, and the
+    /// filter tried again each second).
+    pub filter_errors: u64,
     /// Failed capture reads (the first and every 1000th is logged; capturing goes on).
     pub read_errors: u64,
     /// Frames whose processing panicked (a defect; the panic was caught, the other frames of
@@ -322,7 +325,7 @@ impl Capture {
             let name = dev.clone();
             let tap = tap.clone();
             let wake = Arc::clone(&wakeup);
-            let applied = Applied { index, filter };
+            let applied = Applied::new(index, filter);
             let t = ReceiveThread::spawn(format!("mw-pcap-{dev}"), move |stop| {
                 run(
                     cap,
@@ -417,12 +420,83 @@ const SPIN_MAX_PARTIALS: usize = 4;
 /// The longest one pass of the capture loop keeps reading without going back to its top.
 const SPIN_PASS_MAX: Duration = Duration::from_millis(5);
 
+/// What a capture thread does with its kernel filter (a trait so that a test can refuse).
+trait FilterTarget {
+    fn set_filter(&mut self, text: &str) -> Result<(), String>;
+}
+
+impl FilterTarget for Handle {
+    fn set_filter(&mut self, text: &str) -> Result<(), String> {
+        Handle::set_filter(self, text)
+    }
+}
+
+/// The filter that passes every frame (an empty expression): what goes in when the wanted one
+/// is refused, so that frames for new routes are captured all the same; user space drops and
+/// counts what nobody wants.
+const PASS_ALL: &str = "";
+/// How long after a refused filter it is tried again (the refusal may be passing: memory).
+const FILTER_RETRY: Duration = Duration::from_secs(1);
+
 /// A capture thread's index among the threads, and the filter it has installed (installed again
 /// only when its text changes: libpcap on Linux drops every frame for a moment while it swaps
 /// filters).
 struct Applied {
     index: usize,
     filter: String,
+    /// When a refused filter is tried again.
+    retry_at: Option<Instant>,
+    updates: u64,
+    errors: u64,
+}
+
+impl Applied {
+    fn new(index: usize, filter: String) -> Self {
+        Self { index, filter, retry_at: None, updates: 0, errors: 0 }
+    }
+
+    /// Installs `wanted` unless it is in already. A refusal (libpcap cannot compile it, the
+    /// kernel will not take it) is counted and logged, the filter that passes everything goes in
+    /// instead (a new port's frames must not be dropped by the kernel unseen), and `wanted` is
+    /// tried again [`FILTER_RETRY`] later ([`Applied::retry_due`]).
+    fn install(&mut self, cap: &mut impl FilterTarget, wanted: String, device: &str, now: Instant) {
+        if wanted == self.filter {
+            self.retry_at = None;
+            return;
+        }
+        match cap.set_filter(&wanted) {
+            Ok(()) => {
+                self.updates += 1;
+                if self.retry_at.take().is_some() {
+                    tracing::info!(%device, filter = %wanted, "capture filter installed after all");
+                }
+                self.filter = wanted;
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.retry_at = Some(now + FILTER_RETRY);
+                let passing_all = self.filter == PASS_ALL || cap.set_filter(PASS_ALL).is_ok();
+                if passing_all {
+                    self.filter = PASS_ALL.to_string();
+                }
+                if self.errors == 1 || self.errors.is_multiple_of(100) {
+                    if passing_all {
+                        tracing::warn!(%device, error = %e, count = self.errors,
+                            "updating the capture filter failed; capturing every frame until it can be installed \
+                             (tried again each second)");
+                    } else {
+                        tracing::error!(%device, error = %e, count = self.errors,
+                            "updating the capture filter failed, and so did passing every frame: frames for new \
+                             ports or groups are missed until it can be installed (tried again each second)");
+                    }
+                }
+            }
+        }
+    }
+
+    fn retry_due(&self, now: Instant) -> bool {
+        self.retry_at.is_some_and(|t| now >= t)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -451,28 +525,19 @@ fn run(
     let mut generation = None;
     let mut snapshot = RouteSnapshot::default();
     let mut last_stats = Instant::now();
-    let (mut filter_updates, mut read_errors) = (0u64, 0u64);
+    let mut read_errors = 0u64;
     // pcap's counters are 32-bit and wrap (4 G frames is hours at line rate): widen them.
     let mut counters = WideStats::default();
     let mut last_tick = Instant::now();
     let (panics, tap_panics) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     while !stop.load(Ordering::Relaxed) {
         let g = routes.generation.load(Ordering::Acquire);
-        if generation != Some(g) {
+        if generation != Some(g) || applied.retry_due(Instant::now()) {
             generation = Some(g);
             snapshot = routes.snapshot();
-            let filter = routes.filter();
-            if filter != applied.filter {
-                match cap.set_filter(&filter) {
-                    Ok(()) => {
-                        filter_updates += 1;
-                        applied.filter = filter;
-                    }
-                    // Tried again at the next change of routes.
-                    Err(e) => tracing::warn!(%device, error = %e, "updating the capture filter failed"),
-                }
-            }
-            // Reported even when installing failed (it is logged): waiters must not hang on it.
+            applied.install(&mut cap, routes.filter(), device, Instant::now());
+            // Reported even when installing failed (counted, logged, retried): waiters must not
+            // hang on it.
             routes.applied(applied.index, g);
         }
         let read = |cap: &mut Handle, demux: &mut Demux| {
@@ -568,7 +633,8 @@ fn run(
             s.demux = demux.stats();
             s.ip = demux.ip_stats();
             (s.pcap_received, s.pcap_dropped, s.pcap_if_dropped) = counters.totals();
-            s.filter_updates = filter_updates;
+            s.filter_updates = applied.updates;
+            s.filter_errors = applied.errors;
             s.read_errors = read_errors;
             s.panics = cap.panicked_frames();
             s.tap_panics = tap_panics.get();
@@ -583,6 +649,62 @@ fn run(
 mod tests {
     use super::*;
     use crate::libpcap::Stats;
+
+    /// Accepts every filter text except those in `refuse`; records what it was asked.
+    #[derive(Default)]
+    struct Target {
+        refuse: Vec<String>,
+        asked: Vec<String>,
+    }
+
+    impl FilterTarget for Target {
+        fn set_filter(&mut self, text: &str) -> Result<(), String> {
+            self.asked.push(text.to_string());
+            if self.refuse.iter().any(|r| r == text) {
+                Err(format!("refused `{text}`"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_filter_lets_every_frame_through_and_is_tried_again() {
+        let t0 = Instant::now();
+        let mut a = Applied::new(0, "udp dst port 1".into());
+        let mut cap = Target { refuse: vec!["udp dst port 2".into()], ..Target::default() };
+        // Unchanged text: nothing installed (a swap costs frames).
+        a.install(&mut cap, "udp dst port 1".into(), "lo", t0);
+        assert!(cap.asked.is_empty());
+        // Refused: every frame passes meanwhile, counted, tried again a second later.
+        a.install(&mut cap, "udp dst port 2".into(), "lo", t0);
+        assert_eq!(cap.asked, ["udp dst port 2", PASS_ALL]);
+        assert_eq!((a.filter.as_str(), a.errors, a.updates), (PASS_ALL, 1, 0));
+        assert!(!a.retry_due(t0 + FILTER_RETRY / 2));
+        assert!(a.retry_due(t0 + FILTER_RETRY));
+        // Refused again: the pass-all filter is in already, not swapped again.
+        a.install(&mut cap, "udp dst port 2".into(), "lo", t0 + FILTER_RETRY);
+        assert_eq!(cap.asked.len(), 3);
+        assert_eq!((a.filter.as_str(), a.errors), (PASS_ALL, 2));
+        // Accepted at last: installed, no retry pending.
+        cap.refuse.clear();
+        a.install(&mut cap, "udp dst port 2".into(), "lo", t0 + 2 * FILTER_RETRY);
+        assert_eq!((a.filter.as_str(), a.errors, a.updates), ("udp dst port 2", 2, 1));
+        assert!(!a.retry_due(t0 + 10 * FILTER_RETRY));
+    }
+
+    #[test]
+    fn when_even_passing_every_frame_is_refused_the_old_filter_stays_and_is_retried() {
+        let t0 = Instant::now();
+        let mut a = Applied::new(0, "udp dst port 1".into());
+        let mut cap = Target { refuse: vec!["udp dst port 2".into(), PASS_ALL.into()], ..Target::default() };
+        a.install(&mut cap, "udp dst port 2".into(), "lo", t0);
+        assert_eq!((a.filter.as_str(), a.errors), ("udp dst port 1", 1));
+        assert!(a.retry_due(t0 + FILTER_RETRY));
+        // The routes went back to what is installed: nothing to retry.
+        a.install(&mut cap, "udp dst port 1".into(), "lo", t0 + FILTER_RETRY);
+        assert!(!a.retry_due(t0 + 10 * FILTER_RETRY));
+    }
 
     #[test]
     fn pcap_counters_keep_counting_across_the_32_bit_wrap() {

@@ -592,6 +592,7 @@ impl Transport for NpcapTransport {
             add("ip_streams_expired", d.demux.streams_expired);
             add("ip_streams_evicted", d.demux.streams_evicted);
             add("filter_updates", d.filter_updates);
+            add("filter_errors", d.filter_errors);
             add("read_errors", d.read_errors);
             add("capture_panics", d.panics);
             add("tap_panics", d.tap_panics);

@@ -272,6 +272,9 @@ fn the_capture_filter_compiles_and_passes_what_it_should() {
         if name.starts_with("cap3") {
             assert!(other_port > 0, "cap3's fragments after the first pass whatever the port");
         }
+        // The empty filter, which a capture installs when the wanted one is refused, passes
+        // every frame.
+        assert_eq!(count(name, ""), frames(name).len(), "{name}");
     }
 }
 

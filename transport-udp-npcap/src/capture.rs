@@ -611,7 +611,7 @@ fn run(
             Err(_) if stop.load(Ordering::Relaxed) => break,
             Err(e) => {
                 read_errors += 1;
-                if read_errors == 1 || read_errors % 1000 == 0 {
+                if read_errors == 1 || read_errors.is_multiple_of(1000) {
                     tracing::error!(%device, error = %e, "capture read failed");
                 }
                 std::thread::sleep(Duration::from_millis(50));

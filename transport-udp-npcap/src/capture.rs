@@ -515,6 +515,9 @@ fn run(
     struct Done<'a>(&'a Routes, usize);
     impl Drop for Done<'_> {
         fn drop(&mut self) {
+            if std::thread::panicking() {
+                tracing::error!(thread = self.1, "capture thread ended by a panic: this device is no longer captured");
+            }
             self.0.applied(self.1, u64::MAX);
         }
     }

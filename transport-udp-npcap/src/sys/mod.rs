@@ -23,10 +23,12 @@ pub(crate) use imp::{
 
 /// Asks the CPU to start loading the frame that most likely follows `frame` in the capture
 /// buffer (libpcap's ring block, Npcap's read buffer: frames lie one after the other, each
-/// behind a header of a few dozen bytes), as far as a frame of the same length reaches, while
-/// this one is processed. The frames were just written by the kernel, usually on another CPU,
-/// so each first touch is a cache miss. A hint only: a prefetch never faults, whatever the
-/// address, and costs nothing on other architectures, where it is a no-op.
+/// behind a header of a few dozen bytes): its headers and as many bytes as `frame` has, up to
+/// 2 KiB (a frame of an Ethernet MTU; a longer one, an offload buffer crossing veth uncut, is
+/// read in order and the hardware prefetcher follows), while this one is processed. The frames
+/// were just written by the kernel, usually on another CPU, so each first touch is a cache miss.
+/// A hint only: a prefetch never faults, whatever the address; on other architectures this is
+/// a no-op.
 #[inline]
 #[allow(unsafe_code)] // the prefetch intrinsic only
 pub(crate) fn prefetch_next_frame(frame: &[u8]) {

@@ -15,8 +15,8 @@
 //! * Buffer: `npcap.buffer_size` sizes the driver's kernel buffer (Npcap's default is 1 MiB).
 //! * Direction: where Npcap refuses `pcap_setdirection` a warning is logged; frames this host
 //!   sends to a group it joined reach the loopback adapter only after the cold start below.
-//! * Many adapters: one thread per adapter, each blocking in its own read, so the 64-handle
-//!   limit of `WaitForMultipleObjects` never applies.
+//! * Many adapters: one thread per adapter, each waiting on its own adapter's event (then reading
+//!   without blocking), so the 64-handle limit of `WaitForMultipleObjects` never applies.
 //! * Timestamps: `struct timeval` has 32-bit fields (`long` is 32-bit on Windows).
 
 #![allow(unsafe_code)]

@@ -210,8 +210,8 @@ pub struct DeviceStats {
     pub pcap_if_dropped: u64,
     /// Kernel filter updates installed (a new group or port joined).
     pub filter_updates: u64,
-    /// Kernel filter updates refused (each logged; every frame is captured meanwhile, and the
-    /// filter tried again each second).
+    /// Kernel filter updates refused (the first of each spell logged, and every 100th; every
+    /// frame is captured meanwhile, and the filter tried again each second).
     pub filter_errors: u64,
     /// Failed capture reads (the first and every 1000th is logged; capturing goes on).
     pub read_errors: u64,
@@ -384,8 +384,10 @@ impl Drop for Capture {
         for w in &self.wakeups {
             w.wake();
         }
+        // One bound for all of them, not one each.
+        let deadline = Instant::now() + middleware_core::transport::CLOSE_WAIT;
         for t in &self.threads {
-            t.stop();
+            t.stop_within(deadline.saturating_duration_since(Instant::now()));
         }
     }
 }
@@ -474,12 +476,13 @@ impl Applied {
             }
             Err(e) => {
                 self.errors += 1;
-                self.retry_at = Some(now + FILTER_RETRY);
+                // The first refusal of a spell is logged, and every 100th.
+                let new_spell = self.retry_at.replace(now + FILTER_RETRY).is_none();
                 let passing_all = self.filter == PASS_ALL || cap.set_filter(PASS_ALL).is_ok();
                 if passing_all {
                     self.filter = PASS_ALL.to_string();
                 }
-                if self.errors == 1 || self.errors.is_multiple_of(100) {
+                if new_spell || self.errors.is_multiple_of(100) {
                     if passing_all {
                         tracing::warn!(%device, error = %e, count = self.errors,
                             "updating the capture filter failed; capturing every frame until it can be installed \
@@ -512,16 +515,16 @@ fn run(
     tap: Option<&FrameTap>,
 ) {
     // However this thread ends, nobody waits for it to apply routes any more.
-    struct Done<'a>(&'a Routes, usize);
+    struct Done<'a>(&'a Routes, usize, &'a str);
     impl Drop for Done<'_> {
         fn drop(&mut self) {
             if std::thread::panicking() {
-                tracing::error!(thread = self.1, "capture thread ended by a panic: this device is no longer captured");
+                tracing::error!(device = %self.2, "capture thread ended by a panic: this device is no longer captured");
             }
             self.0.applied(self.1, u64::MAX);
         }
     }
-    let _done = Done(routes, applied.index);
+    let _done = Done(routes, applied.index, device);
     let mut demux = Demux::new(link, ip);
     // Routes may change between the handle's first filter and this thread's start: the first
     // pass always takes the current routes (and installs the filter if it changed meanwhile).
@@ -532,7 +535,10 @@ fn run(
     // pcap's counters are 32-bit and wrap (4 G frames is hours at line rate): widen them.
     let mut counters = WideStats::default();
     let mut last_tick = Instant::now();
-    let (panics, tap_panics) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    // Reads that ended in a panic (for the log's pace), panics outside the frame callback, and
+    // panics of the frame tap.
+    let (panic_batches, other_panics, tap_panics) =
+        (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     while !stop.load(Ordering::Relaxed) {
         let g = routes.generation.load(Ordering::Acquire);
         if generation != Some(g) || applied.retry_due(Instant::now()) {
@@ -570,15 +576,25 @@ fn run(
         // A panic in the frame path (a defect: sinks catch their own) must not end capturing
         // for good: caught, counted, logged, and the loop goes on (as a read of no frame).
         let read = |cap: &mut Handle, demux: &mut Demux| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(cap, demux))).unwrap_or_else(|p| {
-                let n = panics.get() + 1;
-                panics.set(n);
-                if n == 1 || n.is_multiple_of(1000) {
-                    tracing::error!(%device, panic = %middleware_core::transport::panic_message(&*p), count = n,
-                        "panic in the capture path caught; capturing goes on");
+            let before = cap.panicked_frames();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(cap, demux))) {
+                Ok(r) => r,
+                Err(p) => {
+                    // Panics in the frame callback are counted by `dispatch` (each frame); one
+                    // outside it (in the binding itself) is counted here.
+                    if cap.panicked_frames() == before {
+                        other_panics.set(other_panics.get() + 1);
+                    }
+                    let batches = panic_batches.get() + 1;
+                    panic_batches.set(batches);
+                    if batches == 1 || batches.is_multiple_of(1000) {
+                        tracing::error!(%device, panic = %middleware_core::transport::panic_message(&*p),
+                            count = cap.panicked_frames() + other_panics.get(),
+                            "panic in the capture path caught; capturing goes on");
+                    }
+                    Ok(0)
                 }
-                Ok(0)
-            })
+            }
         };
         let r = if crate::sys::wait_readable(&cap, latency, wake) {
             let mut r = read(&mut cap, &mut demux);
@@ -639,7 +655,7 @@ fn run(
             s.filter_updates = applied.updates;
             s.filter_errors = applied.errors;
             s.read_errors = read_errors;
-            s.panics = cap.panicked_frames();
+            s.panics = cap.panicked_frames() + other_panics.get();
             s.tap_panics = tap_panics.get();
         }
     }

@@ -585,7 +585,13 @@ impl Handle {
             // from its buffer: skipping them would lose them uncounted).
             if let Err(p) = catch_unwind(AssertUnwindSafe(|| (ctx.f)(&pkt))) {
                 ctx.panicked += 1;
-                ctx.panic.get_or_insert(p);
+                if ctx.panic.is_none() {
+                    ctx.panic = Some(p);
+                } else {
+                    // A later payload is dropped here, where a panic of its own drop cannot
+                    // unwind into C either.
+                    let _ = catch_unwind(AssertUnwindSafe(move || drop(p)));
+                }
             }
         }
         let mut ctx = Ctx { f: &mut f, panic: None, panicked: 0 };

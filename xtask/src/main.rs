@@ -83,16 +83,17 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-/// Whether the arguments ask for help rather than for work.
+/// Whether the arguments ask for help rather than for work: `help`, `-h` or `--help` as the
+/// command, or right after it (later, an option's value or an unknown argument).
 fn asks_help(args: &[String]) -> bool {
-    args.iter().any(|a| a == "-h" || a == "--help")
+    args.iter().take(2).any(|a| a == "-h" || a == "--help") || args.first().is_some_and(|a| a == "help")
 }
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else { usage() };
     let rest = &args[1..];
-    if cmd == "help" || asks_help(&args) {
+    if asks_help(&args) {
         println!("{USAGE}");
         return Ok(());
     }

@@ -214,7 +214,9 @@ impl ReceiveThread {
         self.stop_within(CLOSE_WAIT);
     }
 
-    fn stop_within(&self, wait: std::time::Duration) {
+    /// [`ReceiveThread::stop`] with a bound of `wait` (a caller stopping several threads gives
+    /// them one bound together).
+    pub fn stop_within(&self, wait: std::time::Duration) {
         self.stop.store(true, Ordering::SeqCst);
         let handle = self.handle.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(h) = handle else { return };
@@ -301,7 +303,6 @@ mod tests {
         let started = Instant::now();
         quick.stop();
         assert!(started.elapsed() < Duration::from_secs(5), "a thread that ends is joined promptly");
-        assert!(quick.handle.lock().unwrap().is_none());
     }
 
     #[test]

@@ -502,6 +502,11 @@ impl Applied {
     }
 }
 
+/// Whether the `n`th occurrence of a repeated error is logged: the first and every 1000th.
+fn log_now(n: u64) -> bool {
+    n == 1 || n.is_multiple_of(1000)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     mut cap: Handle,
@@ -564,7 +569,7 @@ fn run(
                     if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tap(&frame))) {
                         let n = tap_panics.get() + 1;
                         tap_panics.set(n);
-                        if n == 1 || n.is_multiple_of(1000) {
+                        if log_now(n) {
                             tracing::error!(%device, panic = %middleware_core::transport::panic_message(&*p), count = n,
                                 "panic in the frame tap caught; the frame is received all the same");
                         }
@@ -587,7 +592,7 @@ fn run(
                     }
                     let batches = panic_batches.get() + 1;
                     panic_batches.set(batches);
-                    if batches == 1 || batches.is_multiple_of(1000) {
+                    if log_now(batches) {
                         tracing::error!(%device, panic = %middleware_core::transport::panic_message(&*p),
                             count = cap.panicked_frames() + other_panics.get(),
                             "panic in the capture path caught; capturing goes on");
@@ -630,7 +635,7 @@ fn run(
             Err(_) if stop.load(Ordering::Relaxed) => break,
             Err(e) => {
                 read_errors += 1;
-                if read_errors == 1 || read_errors.is_multiple_of(1000) {
+                if log_now(read_errors) {
                     tracing::error!(%device, error = %e, "capture read failed");
                 }
                 std::thread::sleep(Duration::from_millis(50));

@@ -278,6 +278,46 @@ fn the_capture_filter_compiles_and_passes_what_it_should() {
     }
 }
 
+/// A panic in the frame callback must not cost the frames after it in the same batch: libpcap
+/// has taken them from its buffer, so skipping them would lose them uncounted. Each panicking
+/// frame is counted, and the first panic is raised again once the batch is through.
+#[test]
+fn a_panicking_frame_callback_still_gets_the_rest_of_its_batch() {
+    let lib = transport_udp_npcap::libpcap::load(None).expect("libpcap installed (CI installs libpcap0.8)");
+    let name = "cap3_1MiB_message.pcap";
+    let expected: Vec<Vec<u8>> = frames(name).into_iter().map(|f| f.3).collect();
+    assert!(expected.len() > 3, "{name}");
+    let mut cap = transport_udp_npcap::libpcap::Handle::open_file(lib, &path(name)).expect("pcap file opens");
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut raised = 0;
+    loop {
+        // Every third frame panics (after it was seen).
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cap.dispatch(|pkt| {
+                got.push(pkt.data.to_vec());
+                if got.len() % 3 == 1 {
+                    panic!("frame {} (test)", got.len());
+                }
+            })
+        }));
+        match r {
+            Ok(Ok(0)) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("{name}: {e}"),
+            Err(p) => {
+                raised += 1;
+                // The first panic of the batch is the one raised.
+                let text = p.downcast_ref::<String>().cloned().unwrap_or_default();
+                assert!(text.starts_with("frame ") && text.ends_with(" (test)"), "{text}");
+            }
+        }
+    }
+    assert_eq!(got, expected, "every frame handed over, in order, byte for byte");
+    let panicking = expected.len().div_ceil(3) as u64;
+    assert_eq!(cap.panicked_frames(), panicking);
+    assert!(raised >= 1 && raised as u64 <= panicking, "one raised per batch with a panic: {raised}");
+}
+
 #[test]
 fn the_libpcap_binding_reads_every_capture_as_pcap_file_does() {
     let lib = transport_udp_npcap::libpcap::load(None).expect("libpcap installed (CI installs libpcap0.8)");

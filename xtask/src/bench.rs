@@ -4,6 +4,8 @@
 //! * raw UDP baseline (`benches` crate `raw_udp`): the same datagrams, no middleware (the ceiling);
 //! * this project, socket -> socket;
 //! * this project, socket publisher -> pcap subscriber;
+//! * the capture floor (`benches` crate `raw_capture`): a frames-mode publisher's stream through
+//!   our capture transport and one copy of each payload byte, with no middleware core above it;
 //! * real eCAL 6.1.1 publisher -> real eCAL subscriber (Python-driven, UDP only).
 //!
 //! Senders run flat out (no pacing), receivers count what arrives and stop 2 s after the last
@@ -37,6 +39,9 @@ enum Pair {
     FramesSocket,
     /// Our socket publisher in `udp.send_mode = frames` -> our capture subscriber.
     FramesNpcap,
+    /// Our socket publisher in `udp.send_mode = frames` -> the capture floor (`benches` crate
+    /// `raw_capture`: our capture transport and one copy of each payload byte, no core).
+    CaptureFloor,
     /// eCAL 6.1.1 driven through its C++ API (`xtask/peers/ecal_native.cpp`), both sides.
     NativeNative,
     /// Our socket publisher -> the native eCAL subscriber.
@@ -57,6 +62,7 @@ impl Pair {
             Pair::SocketNpcap => "ours socket -> npcap",
             Pair::FramesSocket => "ours socket, frames -> socket",
             Pair::FramesNpcap => "ours socket, frames -> npcap",
+            Pair::CaptureFloor => "ours socket, frames -> capture floor",
             Pair::NativeNative => "eCAL C++ -> eCAL C++",
             Pair::OursNative => "ours socket -> eCAL C++",
             Pair::FramesNative => "ours socket, frames -> eCAL C++",
@@ -73,6 +79,7 @@ impl Pair {
             Pair::SocketNpcap => "npcap",
             Pair::FramesSocket => "frames-socket",
             Pair::FramesNpcap => "frames-npcap",
+            Pair::CaptureFloor => "capture-floor",
             Pair::NativeNative => "native",
             Pair::OursNative => "ours-native",
             Pair::FramesNative => "frames-native",
@@ -81,12 +88,13 @@ impl Pair {
         }
     }
 
-    const ALL: [Pair; 10] = [
+    const ALL: [Pair; 11] = [
         Pair::Raw,
         Pair::SocketSocket,
         Pair::SocketNpcap,
         Pair::FramesSocket,
         Pair::FramesNpcap,
+        Pair::CaptureFloor,
         Pair::NativeNative,
         Pair::OursNative,
         Pair::FramesNative,
@@ -277,18 +285,25 @@ fn run_pair(
             let tx = spawn(&lab.a, &prog, &t, None)?;
             (rx, tx)
         }
-        Pair::SocketSocket | Pair::SocketNpcap | Pair::FramesSocket | Pair::FramesNpcap => {
+        Pair::SocketSocket | Pair::SocketNpcap | Pair::FramesSocket | Pair::FramesNpcap | Pair::CaptureFloor => {
             let transport = if matches!(pair, Pair::SocketSocket | Pair::FramesSocket) { "socket" } else { "npcap" };
-            let frames = matches!(pair, Pair::FramesSocket | Pair::FramesNpcap);
-            let sub = bin.join("subscriber").display().to_string();
-            let mut sub_args = vec!["--mode", "network", "--transport", transport, "--timeout", "60", "--idle", "2"];
-            sub_args.extend(["--verify", "none", "--no-digest"]);
-            // Messages taken in a callback on the receive thread, as the eCAL peer does (older
-            // builds given with --before may predate the option).
-            if supports(&sub, "--callback") {
-                sub_args.push("--callback");
-            }
-            let rx = spawn(&lab.b, &sub, &common(&sub_args), None)?;
+            let frames = matches!(pair, Pair::FramesSocket | Pair::FramesNpcap | Pair::CaptureFloor);
+            let rx = if pair == Pair::CaptureFloor {
+                let count_s = count.to_string();
+                let r = ["--count", &count_s, "--timeout", "60", "--idle", "2"].map(String::from);
+                spawn(&lab.b, &bin.join("raw_capture").display().to_string(), &r, None)?
+            } else {
+                let sub = bin.join("subscriber").display().to_string();
+                let mut sub_args =
+                    vec!["--mode", "network", "--transport", transport, "--timeout", "60", "--idle", "2"];
+                sub_args.extend(["--verify", "none", "--no-digest"]);
+                // Messages taken in a callback on the receive thread, as the eCAL peer does (older
+                // builds given with --before may predate the option).
+                if supports(&sub, "--callback") {
+                    sub_args.push("--callback");
+                }
+                spawn(&lab.b, &sub, &common(&sub_args), None)?
+            };
             std::thread::sleep(Duration::from_millis(700));
             let send_mode: &[(&str, &str)] = if frames { &[("MW_UDP_SEND_MODE", "frames")] } else { &[] };
             let tx = spawn_env(
@@ -516,7 +531,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         for _round in 0..repeat {
             for &pair in pairs.iter() {
                 // A message that fits one frame goes out the same in either send mode.
-                if matches!(pair, Pair::FramesSocket | Pair::FramesNpcap | Pair::FramesNative) && size <= 1024 {
+                if matches!(pair, Pair::FramesSocket | Pair::FramesNpcap | Pair::FramesNative | Pair::CaptureFloor)
+                    && size <= 1024
+                {
                     continue;
                 }
                 // With --before DIR, the pairs whose receive side changes with our builds also run with

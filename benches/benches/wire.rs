@@ -1,10 +1,11 @@
 //! Pure-path benchmarks: header parse/emit, message split, reassembly (in order, reversed,
-//! shuffled) for 64 KiB / 1 MiB / 16 MiB messages, topic hash.
+//! shuffled) for 64 KiB / 1 MiB / 16 MiB messages, reassembly of `frames` send mode's
+//! frame-sized datagrams as a capture sees them (segmentation offload buffers uncut), topic hash.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use middleware_core::fragment::{split, Outcome, Reassembler, ReassemblyConfig};
 use middleware_core::topic_group::fnv1_32;
-use middleware_core::wire::{Datagram, DatagramRepr, MAX_DATAGRAM_LEN};
+use middleware_core::wire::{coalesced_segment_len, Datagram, DatagramRepr, MAX_DATAGRAM_LEN};
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -64,6 +65,52 @@ fn reassembly(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(msg.len() as u64));
     g.bench_function("1MiB", |b| b.iter(|| split(black_box(&msg), MAX_DATAGRAM_LEN, 1).unwrap().count()));
     g.finish();
+}
+
+/// A message in `frames` send mode (1472-byte datagrams) as a capture on the sending host or
+/// across veth sees it: the info datagram alone, then the fragments in segmentation offload
+/// buffers of up to 44 datagrams each, uncut. Each buffer goes through what the data channel
+/// does with it: the shape check (`coalesced_segment_len`), runs appended in place
+/// (`append_run`), each run's last datagram one by one.
+fn frames_run(c: &mut Criterion) {
+    const DATAGRAM: usize = 1472;
+    for (label, len) in [("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
+        let msg: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let mut pieces = split(&msg, DATAGRAM, 1).unwrap().map(|p| [&p.header[..], p.body].concat());
+        let info = pieces.next().unwrap();
+        let fragments: Vec<Vec<u8>> = pieces.collect();
+        let buffers: Vec<Vec<u8>> = fragments.chunks(44).map(|run| run.concat()).collect();
+        let mut g = c.benchmark_group(format!("frames_run/{label}"));
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function("reassemble", |b| {
+            let mut r = Reassembler::new(ReassemblyConfig::default());
+            let now = Instant::now();
+            let mut port = 0u16;
+            b.iter(|| {
+                port = port.wrapping_add(1);
+                let from = SocketAddr::from(([10, 0, 0, 1], port));
+                let mut n = 0;
+                assert!(matches!(r.on_datagram(now, from, &info), Outcome::Pending));
+                for buffer in &buffers {
+                    let size = coalesced_segment_len(buffer).unwrap_or(buffer.len());
+                    let mut rest = &buffer[..];
+                    while !rest.is_empty() {
+                        rest = &rest[r.append_run(now, from, rest, size)..];
+                        if rest.is_empty() {
+                            break;
+                        }
+                        let (piece, after) = rest.split_at(size.min(rest.len()));
+                        rest = after;
+                        if let Outcome::Message(m) = r.on_datagram(now, from, piece) {
+                            n += m.len();
+                        }
+                    }
+                }
+                assert_eq!(n, len);
+            })
+        });
+        g.finish();
+    }
 }
 
 fn topic_hash(c: &mut Criterion) {
@@ -197,5 +244,5 @@ fn registration(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, header, reassembly, ip_reassembly, frame_decode, topic_hash, registration);
+criterion_group!(benches, header, reassembly, frames_run, ip_reassembly, frame_decode, topic_hash, registration);
 criterion_main!(benches);

@@ -16,7 +16,8 @@
 //!
 //! Options for partial runs: `--sizes 64,1048576`, `--pairs raw,socket,npcap,ecal`,
 //! `--no-latency`, `--latency-only`, `--repeat N` (runs per row, default 3; the table shows the
-//! median by msg/s), and `--before DIR`: the socket, npcap and frames-npcap pairs also run with the
+//! median by msg/s), and `--before DIR`: the socket, npcap, frames-npcap and capture-floor (where DIR
+//! has `raw_capture`) pairs also run with the
 //! release binaries in DIR (an older build) right before the current ones, for before/after
 //! figures from the same run.
 
@@ -539,7 +540,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 // With --before DIR, the pairs whose receive side changes with our builds also run with
                 // DIR's binaries, right before.
                 let runs: &[Option<&std::path::Path>] = match (&before, pair) {
-                    (Some(dir), Pair::SocketSocket | Pair::SocketNpcap | Pair::FramesNpcap) => {
+                    (Some(dir), Pair::SocketSocket | Pair::SocketNpcap | Pair::FramesNpcap | Pair::CaptureFloor)
+                        if pair != Pair::CaptureFloor || dir.join("raw_capture").exists() =>
+                    {
                         &[Some(dir.as_path()), None]
                     }
                     _ => &[None],

@@ -628,7 +628,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
          includes the kernel's work for the link, done in its context). Our subscriber takes messages in a \
          callback on the receive thread (`--callback`), as the eCAL peers do. The raw baseline sends the same \
          datagrams with no middleware and counts datagrams (a message = its datagram count, not checked for \
-         completeness, so it is an upper bound). eCAL is eclipse-ecal 6.1.1 from PyPI, configured UDP only: \
+         completeness, so it is an upper bound). The capture floor receives our `frames` stream through our \
+         capture transport with no middleware core above it, only one copy of each payload byte into a buffer \
+         of the message's own (`benches` crate `raw_capture`): the floor under our capture subscriber's CPU. eCAL is eclipse-ecal 6.1.1 from PyPI, configured UDP only: \
          `eCAL C++` drives the wheel's `libecal_core.so.6` through its C++ API (`xtask/peers/ecal_native.cpp`, \
          built by the xtask), as eCAL's users run it, and is the reference of the ratios; `eCAL Python` drives \
          the same library through its Python binding, whose per-message callback limits it (kept for \

@@ -20,7 +20,7 @@
 use middleware_core::config::Config;
 use middleware_core::pubsub::{Node, Raw};
 use middleware_core::transport::{Channel, DatagramSink, Endpoint, Transport, TransportError, TransportFactory};
-use middleware_core::wire::{Datagram, DatagramKind, HEADER_LEN};
+use middleware_core::wire::{Datagram, DatagramKind, HEADER_LEN, MAX_DATAGRAM_LEN};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,28 +36,60 @@ fn cpu_seconds() -> Option<f64> {
     cpu_time::ProcessTime::try_now().ok().map(|t| t.as_duration().as_secs_f64())
 }
 
+/// Largest message the floor takes, as reassembly's default bound (`max_message_len`).
+const MAX_MESSAGE: usize = 128 << 20;
+
 #[derive(Default)]
 struct State {
     /// The message being filled: a buffer of its own, as a subscriber's message is.
     buf: Vec<u8>,
-    /// Declared length of the message being filled.
+    /// The message being filled: its id, declared length and next fragment's index.
+    id: i32,
     total: usize,
+    next: u32,
     filling: bool,
+    /// Messages begun and not completed (another began, a fragment out of turn, the end).
     incomplete: u64,
+    /// Datagrams that are not eCAL's, or announce an impossible message.
     malformed: u64,
-    first: Option<Instant>,
-    last: Option<Instant>,
+    /// Fragments of no message being filled, or not the next of it.
+    out_of_turn: u64,
     /// Every completed message (tests only).
     #[cfg(test)]
     delivered: Vec<Vec<u8>>,
 }
 
+impl State {
+    /// Gives up the message being filled, if any.
+    fn abandon(&mut self) {
+        if std::mem::take(&mut self.filling) {
+            self.incomplete += 1;
+            self.buf = Vec::new();
+        }
+    }
+}
+
 struct Floor {
     state: Mutex<State>,
     messages: AtomicU64,
+    /// Nanoseconds from `base` to the first and the last completed message (0: none yet), read
+    /// by the main thread without the state's lock.
+    base: Instant,
+    first_ns: AtomicU64,
+    last_ns: AtomicU64,
 }
 
 impl Floor {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            messages: AtomicU64::new(0),
+            base: Instant::now(),
+            first_ns: AtomicU64::new(0),
+            last_ns: AtomicU64::new(0),
+        }
+    }
+
     fn complete(&self, s: &mut State, now: Instant) {
         // Handed over and dropped, as after a subscriber's callback.
         let message = std::hint::black_box(std::mem::take(&mut s.buf));
@@ -66,9 +98,15 @@ impl Floor {
         #[cfg(not(test))]
         drop(message);
         s.filling = false;
-        s.first.get_or_insert(now);
-        s.last = Some(now);
+        let ns = (now.saturating_duration_since(self.base).as_nanos() as u64).max(1);
+        let _ = self.first_ns.compare_exchange(0, ns, Ordering::Relaxed, Ordering::Relaxed);
+        self.last_ns.store(ns, Ordering::Relaxed);
         self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn at(&self, ns: &AtomicU64) -> Option<Instant> {
+        let ns = ns.load(Ordering::Relaxed);
+        (ns > 0).then(|| self.base + Duration::from_nanos(ns))
     }
 }
 
@@ -77,34 +115,45 @@ impl DatagramSink for Floor {
         let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let s = &mut *s;
         // One eCAL datagram, or several back to back (a segmentation offload buffer seen uncut).
+        // `new_checked` guarantees the header and, for types 2 and 3, the `len` bytes after it.
         let mut rest = payload;
         while !rest.is_empty() {
             let Ok(d) = Datagram::new_checked(rest) else {
                 s.malformed += 1;
                 return;
             };
-            let (kind, len) = (d.kind(), d.len() as usize);
+            let (kind, id, num, len) = (d.kind(), d.id(), d.num(), d.len() as usize);
             match kind {
                 DatagramKind::FragmentInfo => {
-                    if s.filling {
-                        s.incomplete += 1;
+                    s.abandon();
+                    // What reassembly accepts: at least one byte per fragment, at most a whole
+                    // datagram's, within the bound.
+                    let count = num as usize;
+                    if count == 0 || len < count || len > MAX_MESSAGE || count.saturating_mul(MAX_DATAGRAM_LEN) < len {
+                        s.malformed += 1;
+                        return;
                     }
                     // Reserved once, as reassembly reserves the declared total.
                     s.buf = Vec::with_capacity(len);
-                    (s.total, s.filling) = (len, true);
+                    (s.id, s.total, s.next, s.filling) = (id, len, 0, true);
                     rest = &rest[HEADER_LEN..];
                 }
                 DatagramKind::Fragment => {
-                    let end = s.buf.len() + len;
-                    if s.filling && end <= s.total {
+                    // In turn on the bench's link; anything else is counted, not reordered.
+                    if s.filling && id == s.id && num == s.next && s.buf.len() + len <= s.total {
                         s.buf.extend_from_slice(&rest[HEADER_LEN..HEADER_LEN + len]);
-                        if end == s.total {
+                        s.next += 1;
+                        if s.buf.len() == s.total {
                             self.complete(s, now);
                         }
+                    } else {
+                        s.out_of_turn += 1;
+                        s.abandon();
                     }
                     rest = &rest[HEADER_LEN + len..];
                 }
                 DatagramKind::Whole => {
+                    s.abandon();
                     s.buf = rest[HEADER_LEN..HEADER_LEN + len].to_vec();
                     self.complete(s, now);
                     rest = &rest[HEADER_LEN + len..];
@@ -134,13 +183,18 @@ fn main() {
     let count: u64 = arg(&args, "--count", "1000").parse().expect("--count");
     let timeout: f64 = arg(&args, "--timeout", "30").parse().expect("--timeout");
     let idle: f64 = arg(&args, "--idle", "2").parse().expect("--idle");
-    let mut cfg = Config::default();
+    // Configured as the example programs are (MW_CONFIG, MW_* variables: the same npcap options
+    // as the subscriber it is compared with), in network mode.
+    let mut cfg = match Config::load(None) {
+        Ok(c) => c,
+        Err(e) => fail(&e),
+    };
     cfg.set("mode", "network").expect("mode");
     let npcap = match transport_udp_npcap::NpcapFactory::new(&cfg) {
         Ok(f) => f,
         Err(e) => fail(&e),
     };
-    let floor = Arc::new(Floor { state: Mutex::new(State::default()), messages: AtomicU64::new(0) });
+    let floor = Arc::new(Floor::new());
     // A node whose registration goes through sockets, as usual, so that publishers see a
     // subscriber and send; its data channel is the capture transport feeding the floor's sink
     // instead of the node's.
@@ -166,18 +220,19 @@ fn main() {
     let end = Instant::now() + Duration::from_secs_f64(timeout);
     while floor.messages.load(Ordering::Relaxed) < count && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
-        let last = floor.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last;
-        if last.is_some_and(|l| l.elapsed().as_secs_f64() >= idle) {
+        if floor.at(&floor.last_ns).is_some_and(|l| l.elapsed().as_secs_f64() >= idle) {
             break;
         }
     }
     let stats = node.stats().data.transport;
     drop(subscriber);
     drop(node);
-    let s = floor.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut s = floor.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    s.abandon();
     let line = serde_json::json!({"role": "sub", "impl": "capture-floor",
         "received": floor.messages.load(Ordering::Relaxed), "incomplete": s.incomplete, "malformed": s.malformed,
-        "first_to_last_s": s.first.zip(s.last).map(|(f, l)| (l - f).as_secs_f64()),
+        "out_of_turn": s.out_of_turn,
+        "first_to_last_s": floor.at(&floor.first_ns).zip(floor.at(&floor.last_ns)).map(|(f, l)| (l - f).as_secs_f64()),
         "cpu_s": cpu_seconds(), "transport": stats});
     println!("{line}");
 }
@@ -188,7 +243,7 @@ mod tests {
     use middleware_core::fragment::split;
 
     fn floor() -> Floor {
-        Floor { state: Mutex::new(State::default()), messages: AtomicU64::new(0) }
+        Floor::new()
     }
 
     /// The datagrams of `message` cut at `max` bytes: the info datagram alone, then the
@@ -219,7 +274,8 @@ mod tests {
         let s = f.state.lock().unwrap();
         assert_eq!(s.delivered, vec![a, b, b"small".to_vec()]);
         assert_eq!(f.messages.load(Ordering::Relaxed), 3);
-        assert_eq!((s.incomplete, s.malformed), (0, 0));
+        assert_eq!((s.incomplete, s.malformed, s.out_of_turn), (0, 0, 0));
+        assert!(f.at(&f.first_ns).unwrap() <= f.at(&f.last_ns).unwrap());
     }
 
     #[test]
@@ -233,12 +289,58 @@ mod tests {
         // The next message begins before the first completed.
         f.datagram(&info, src, Instant::now());
         f.datagram(&run, src, Instant::now());
-        // Fragments with no message announced (repeated here) are not a message.
+        // Fragments with no message announced (its four, repeated) are not a message.
         f.datagram(&run, src, Instant::now());
         f.datagram(b"not ecal at all, long enough for a header", src, Instant::now());
         let s = f.state.lock().unwrap();
         assert_eq!(f.messages.load(Ordering::Relaxed), 1);
         assert_eq!(s.delivered, vec![m]);
-        assert_eq!((s.incomplete, s.malformed), (1, 1));
+        assert_eq!((s.incomplete, s.malformed, s.out_of_turn), (1, 1, 4));
+    }
+
+    #[test]
+    fn odd_and_hostile_datagrams_are_counted_without_a_panic_or_a_huge_reservation() {
+        use middleware_core::wire::DatagramRepr;
+        let f = floor();
+        let src: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let send = |b: &[u8]| f.datagram(b, src, Instant::now());
+        let info = |id, count, total_len| DatagramRepr::FragmentInfo { id, count, total_len }.to_bytes().to_vec();
+        let frag = |id, index, body: &[u8]| {
+            [&DatagramRepr::Fragment { id, index, len: body.len() as u32 }.to_bytes()[..], body].concat()
+        };
+        // Impossible announcements: nothing reserved, nothing filling.
+        send(&info(1, 1, u32::MAX));
+        send(&info(1, 0, 10));
+        send(&info(1, 5, 3));
+        {
+            let s = f.state.lock().unwrap();
+            assert_eq!((s.buf.capacity(), s.filling), (0, false));
+        }
+        // A body declared longer than the datagram; an unknown type.
+        let mut short = frag(1, 0, &[1; 100]);
+        short.truncate(60);
+        send(&short);
+        let mut unknown = frag(1, 0, &[1; 10]);
+        unknown[8] = 9;
+        send(&unknown);
+        // Out of turn: another id, then a skipped index; each abandons the message.
+        send(&info(2, 2, 20));
+        send(&frag(3, 0, &[1; 10]));
+        send(&info(2, 2, 20));
+        send(&frag(2, 1, &[1; 10]));
+        // A whole message while one is being filled; trailing bytes after it.
+        send(&info(4, 2, 20));
+        send(&frag(4, 0, &[4; 10]));
+        send(&[&DatagramRepr::Whole { len: 3 }.to_bytes()[..], b"abc", b"xyz"].concat());
+        // A fragment past the declared total.
+        send(&info(5, 2, 20));
+        send(&[frag(5, 0, &[5; 10]), frag(5, 1, &[5; 11])].concat());
+        let s = f.state.lock().unwrap();
+        assert_eq!(s.delivered, vec![b"abc".to_vec()]);
+        assert_eq!(f.messages.load(Ordering::Relaxed), 1);
+        // 3 announcements, the short and the unknown datagram, the trailing bytes.
+        assert_eq!(s.malformed, 6);
+        assert_eq!(s.out_of_turn, 3);
+        assert_eq!(s.incomplete, 4);
     }
 }

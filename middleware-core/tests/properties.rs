@@ -273,14 +273,15 @@ proptest! {
     /// `on_datagram` for the rest), give exactly what the datagrams one by one give at the same
     /// instants: the same messages in the same order, the same counters, the same state left.
     /// Two messages in lockstep (each fragment of the second right where the first's next one
-    /// is expected, so a run must stop at a change of id), duplicates, swaps, losses, time
-    /// passing (expiry), and a byte limit that evicts.
+    /// is expected, so a run must stop at a change of id), duplicates, swaps, losses, an
+    /// announced total smaller than the fragments carry (a run must stop at the fragment past
+    /// it), time passing (expiry), and a byte limit that evicts.
     #[test]
     fn runs_appended_at_once_match_datagrams_one_by_one(
         len in 0usize..60_000,
         max in prop_oneof![(HEADER_LEN + 1)..200usize, 200..4000usize],
         other_len in 0usize..60_000,
-        edits in proptest::collection::vec((0usize..1000, 0u8..4), 0..12),
+        edits in proptest::collection::vec((0usize..1000, 0u8..5), 0..12),
         per_buffer in 2usize..=128,
         step_ms in 0u64..30,
         with_splitter in any::<bool>(),
@@ -303,7 +304,18 @@ proptest! {
                 0 => { let d = dgs[i].clone(); dgs.insert(i, d); }
                 1 if i + 1 < dgs.len() => dgs.swap(i, i + 1),
                 2 => { dgs.remove(i); if dgs.is_empty() { break; } }
-                _ => { let d = dgs[i].clone(); dgs.push(d); }
+                3 => { let d = dgs[i].clone(); dgs.push(d); }
+                // A lying announcement: the total made smaller than the fragments carry (still
+                // at least a byte per fragment), so that a run meets a fragment past it.
+                _ => {
+                    let is_info = |d: &Vec<u8>| d.len() >= HEADER_LEN && d[8..12] == 1u32.to_le_bytes();
+                    let Some(j) = (0..dgs.len()).map(|k| (i + k) % dgs.len()).find(|&j| is_info(&dgs[j])) else { continue };
+                    let d = &mut dgs[j];
+                    let field = |d: &[u8], at: usize| u32::from_le_bytes(d[at..at + 4].try_into().unwrap());
+                    let (count, total) = (field(d, 16), field(d, 20));
+                    let smaller = total.saturating_sub(at as u32 % 3000 + 1).max(count);
+                    d[20..24].copy_from_slice(&smaller.to_le_bytes());
+                }
             }
         }
         let config = ReassemblyConfig {
@@ -334,6 +346,9 @@ proptest! {
         let (mut by_one, mut by_runs) = (Vec::new(), Vec::new());
         for (k, (size, range)) in buffers.into_iter().enumerate() {
             let now = t0 + Duration::from_millis(step_ms * k as u64);
+            // The same state after every buffer, not only at the end.
+            prop_assert_eq!(runs.stats(), one.stats());
+            prop_assert_eq!((runs.partial_messages(), runs.buffered_bytes()), (one.partial_messages(), one.buffered_bytes()));
             by_one.extend(dgs[range.clone()].iter().filter_map(|d| owned(one.on_datagram(now, from(), d))));
             let buffer = dgs[range].concat();
             let mut rest = &buffer[..];

@@ -318,6 +318,14 @@ impl Partial {
         .then_some(count)
     }
 
+    /// Whether the next fragment in order, of `len` bytes, goes where the body lies with no
+    /// growth: within the declared total and the room reserved. With nothing waiting ahead or
+    /// lent, the same as [`takes_next`](Self::takes_next) for that fragment.
+    fn appends_in_place(&self, total: u32, len: usize) -> bool {
+        debug_assert!(self.ahead.is_empty() && self.leased.is_none());
+        self.payload_bytes() + len <= total as usize && self.head.capacity_with(len) == self.head.capacity()
+    }
+
     /// Cost after inserting a fragment of `len` bytes at `index` (an upper bound).
     fn cost_with(&self, index: u32, len: usize) -> usize {
         if index == self.next {
@@ -568,19 +576,24 @@ impl Reassembler {
         // Each piece parsed once: the first names the message, the run stops at the first piece
         // that is not a fragment.
         let mut pieces = buffer.chunks(size).map_while(|piece| fragment_parts(piece).map(|parts| (piece, parts)));
-        let Some(first) = pieces.next() else { return 0 };
-        let id = first.1 .0;
+        let Some((first, (id, index, body))) = pieces.next() else { return 0 };
         let Some(p) = self.partials.get_mut(&FragKey { sender, id }) else { return 0 };
-        let mut taken = 0;
-        for (piece, (piece_id, index, body)) in std::iter::once(first).chain(pieces) {
-            match p.takes_next(index, body.len()) {
-                Some(count) if piece_id == id && index + 1 < count => {
-                    p.last_touch = now;
-                    p.insert(index, body);
-                    taken += piece.len();
-                }
-                _ => break,
+        // The first goes through every check. What they establish (the info known, nothing
+        // waiting ahead, nothing lent) holds for the rest of the run, since appending the next
+        // fragment in order changes none of it: each next one needs only the checks that
+        // depend on it, the same outcome as `takes_next` and `insert` one by one.
+        let Some(count) = p.takes_next(index, body.len()).filter(|&c| index + 1 < c) else { return 0 };
+        let Some((_, total)) = p.info else { return 0 };
+        p.last_touch = now;
+        p.insert(index, body);
+        let mut taken = first.len();
+        for (piece, (piece_id, index, body)) in pieces {
+            if piece_id != id || index != p.next || index + 1 >= count || !p.appends_in_place(total, body.len()) {
+                break;
             }
+            p.head.extend(body);
+            p.next += 1;
+            taken += piece.len();
         }
         taken
     }

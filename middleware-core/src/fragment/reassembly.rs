@@ -1067,6 +1067,26 @@ mod tests {
             .collect()
     }
 
+    /// A run stops at a fragment past the declared total even where the body has room for it
+    /// (its first fragment came before the info and reserved more than a lying total), and
+    /// that fragment is then refused one by one.
+    #[test]
+    fn a_run_stops_at_a_fragment_past_the_declared_total_though_it_would_fit() {
+        use crate::wire::DatagramRepr;
+        let frag =
+            |index: u32| [&DatagramRepr::Fragment { id: 9, index, len: 2 }.to_bytes()[..], &[index as u8; 2]].concat();
+        let mut r = Reassembler::new(ReassemblyConfig::default());
+        let now = Instant::now();
+        assert!(matches!(r.on_datagram(now, addr(1), &frag(0)), Outcome::Pending));
+        let info = DatagramRepr::FragmentInfo { id: 9, count: 5, total_len: 7 }.to_bytes();
+        assert!(matches!(r.on_datagram(now, addr(1), &info), Outcome::Pending));
+        let run = [frag(1), frag(2), frag(3)].concat();
+        let taken = r.append_run(now, addr(1), &run, HEADER_LEN_FOR_TESTS + 2);
+        assert_eq!(taken, 2 * (HEADER_LEN_FOR_TESTS + 2), "fragments 1 and 2 only");
+        assert!(matches!(r.on_datagram(now, addr(1), &frag(3)), Outcome::Dropped));
+        assert_eq!((r.stats().rejected_fragment, r.partial_messages()), (1, 1));
+    }
+
     #[test]
     fn a_splitter_range_gets_an_exact_buffer_of_its_own_in_any_order_after_the_info() {
         let msg: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();

@@ -26,6 +26,13 @@ fn datagrams(len: usize) -> Vec<Vec<u8>> {
     split(&msg, MAX_DATAGRAM_LEN, 1).unwrap().map(|p| [&p.header[..], p.body].concat()).collect()
 }
 
+/// A new sender (port) for each round: the same (sender, id) again would be a late duplicate of
+/// a completed message.
+fn next_sender(port: &mut u16) -> SocketAddr {
+    *port = port.wrapping_add(1);
+    SocketAddr::from(([10, 0, 0, 1], *port))
+}
+
 fn reassembly(c: &mut Criterion) {
     for (label, len) in [("64KiB", 64 << 10), ("1MiB", 1 << 20), ("16MiB", 16 << 20)] {
         let mut g = c.benchmark_group(format!("reassemble/{label}"));
@@ -44,10 +51,7 @@ fn reassembly(c: &mut Criterion) {
                 let now = Instant::now();
                 let mut port = 0u16;
                 b.iter(|| {
-                    // A new sender port each round: the same (sender, id) again would be a late
-                    // duplicate of a completed message.
-                    port = port.wrapping_add(1);
-                    let from = SocketAddr::from(([10, 0, 0, 1], port));
+                    let from = next_sender(&mut port);
                     let mut n = 0;
                     for d in dgs {
                         if let Outcome::Message(m) = r.on_datagram(now, from, d) {
@@ -90,8 +94,7 @@ fn frames_run(c: &mut Criterion) {
             let now = Instant::now();
             let mut port = 0u16;
             b.iter(|| {
-                port = port.wrapping_add(1);
-                let from = SocketAddr::from(([10, 0, 0, 1], port));
+                let from = next_sender(&mut port);
                 let (mut n, mut in_runs) = (0, 0);
                 assert!(matches!(r.on_datagram(now, from, &info), Outcome::Pending));
                 for buffer in &buffers {

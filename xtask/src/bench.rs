@@ -16,10 +16,9 @@
 //!
 //! Options for partial runs: `--sizes 64,1048576`, `--pairs raw,socket,npcap,ecal`,
 //! `--no-latency`, `--latency-only`, `--repeat N` (runs per row, default 3; the table shows the
-//! median by msg/s), and `--before DIR`: the socket, npcap, frames-npcap and capture-floor (where DIR
-//! has `raw_capture`) pairs also run with the
-//! release binaries in DIR (an older build) right before the current ones, for before/after
-//! figures from the same run.
+//! median by msg/s), and `--before DIR`: the socket, npcap, frames-npcap and capture-floor
+//! (where DIR has `raw_capture`) pairs also run with the release binaries in DIR (an older
+//! build) right before the current ones, for before/after figures from the same run.
 
 use crate::ecal;
 use crate::netns::{Host, Lab};

@@ -119,6 +119,14 @@ pub struct SubscriberStats {
     pub out_of_order: u64,
     /// Clocks skipped between consecutive messages of a publisher: messages lost upstream.
     pub sequence_gaps: u64,
+    /// Delivered samples whose clock jumped more than `JUMP_CONFIRM` ahead of their
+    /// publisher's: held unconfirmed (the order state did not move; a lone forged clock stays
+    /// here), until a later sample of the stream confirms the jump (then counted in
+    /// `sequence_gaps`).
+    pub clock_jumps_held: u64,
+    /// Times the order filter followed a publisher's stream after a run of rejected samples
+    /// with rising clocks (a forged or replayed clock had raised its highest clock).
+    pub clock_resyncs: u64,
     /// Dropped: the receive queue was full (the application did not keep up).
     pub queue_overflow: u64,
     /// Payloads the typed subscriber could not decode.

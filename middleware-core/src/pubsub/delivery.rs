@@ -329,6 +329,17 @@ pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, now: Instant,
                     tracing::debug!(topic = %s.topic, publisher_id = sample.publisher_id, gap, "sequence gap");
                 }
             }
+            Verdict::Held => {
+                s.clock_jumps_held.inc();
+                tracing::debug!(topic = %s.topic, publisher_id = sample.publisher_id, clock = sample.clock,
+                    "clock jump held until the publisher's stream confirms it");
+            }
+            Verdict::Resync => {
+                s.clock_resyncs.inc();
+                tracing::warn!(topic = %s.topic, publisher_id = sample.publisher_id, clock = sample.clock,
+                    "order filter resynchronised to a publisher's stream after a run of rejected samples \
+                     (a forged or replayed clock had raised its highest clock)");
+            }
         }
         let value: Vec<u8> = if i == last {
             payload.take().map(Payload::into_vec).unwrap_or_default()

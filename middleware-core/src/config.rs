@@ -40,13 +40,13 @@
 //! | `udp.max_datagram_size` | `65507` | 25..=65507 |
 //! | `udp.send_mode` | `ecal` | `ecal` (messages in datagrams of up to `udp.max_datagram_size`, which IP fragmentation cuts into frames, as eCAL 6.1 sends), `frames` (messages in eCAL fragments that each fit one frame, `udp.frame_size`, sent many per system call with segmentation offload where the OS has it: no IP fragmentation), `auto` (`frames` where the data transport has segmentation offload, `ecal` elsewhere); data channel only |
 //! | `udp.frame_size` | `auto` | `auto` (the outgoing interface's MTU minus 28, or 1472 where it cannot be read), or the UDP payload bytes of one frame datagram, 25..=65507 |
-//! | `udp.send_timeout_ms` | `1000` | 1..: how long one datagram's send waits while the OS says `ENOBUFS`, then fails (counted) |
-//! | `reassembly.timeout_ms` | `5000` | 1.. |
+//! | `udp.send_timeout_ms` | `1000` | 1..=10^12: how long one datagram's send waits while the OS says `ENOBUFS`, then fails (counted) |
+//! | `reassembly.timeout_ms` | `5000` | 1..=10^12 |
 //! | `reassembly.max_message_size` | `128MiB` | bytes |
 //! | `reassembly.max_partial_messages` | `256` | 1.. |
 //! | `reassembly.max_buffered_bytes` | `256MiB` | bytes |
-//! | `registration.refresh_ms` | `1000` | 10.. |
-//! | `registration.timeout_ms` | `10000` | > refresh |
+//! | `registration.refresh_ms` | `1000` | 10..=10^12 |
+//! | `registration.timeout_ms` | `10000` | > refresh, ..=10^12 |
 //! | `registration.loopback` | `true` | bool: see this process's own entities |
 //! | `subscriber.drop_out_of_order` | `true` | bool |
 //! | `subscriber.queue_capacity` | `1024` | 1..: messages held for `recv` before the oldest is dropped |
@@ -66,6 +66,10 @@ use std::time::Duration;
 /// What a queued message costs a subscriber's byte bound beyond its payload (its bookkeeping),
 /// so that a flood of empty messages is bounded in bytes too.
 pub const QUEUE_ITEM_OVERHEAD: usize = 64;
+
+/// The largest value of a `*_ms` key (about 31 years): a deadline that far is none, and
+/// anything derived from such a value (a multiple, a sum with the clock) stays representable.
+pub const MAX_MS: u64 = 1_000_000_000_000;
 
 /// Prefix of the environment variables that override settings.
 pub const ENV_PREFIX: &str = "MW_";
@@ -414,33 +418,53 @@ impl Config {
     ///
     /// # Errors
     /// The first bad key or value, or an unreadable file.
+    ///
+    /// Rules between keys (`registration.timeout_ms` above `registration.refresh_ms`) are checked
+    /// once every source is applied, so neither the order of a file's keys nor which source sets
+    /// which key matters.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut c = Self::default();
         let env_path = std::env::var_os(ENV_CONFIG_FILE).map(PathBuf::from);
+        let mut last = Origin::Code;
         if let Some(p) = path.map(Path::to_path_buf).or(env_path) {
-            c.apply_file(&p)?;
+            c.apply_file_unchecked(&p)?;
+            last = Origin::File(p);
         }
-        c.apply_env(std::env::vars())?;
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        if let Some((name, _)) = vars.iter().filter(|(n, _)| n.starts_with(ENV_PREFIX)).last() {
+            last = Origin::Env(name.clone());
+        }
+        c.apply_env_unchecked(vars)?;
+        c.check_rules(&last)?;
         Ok(c)
     }
 
-    /// Applies a TOML file.
+    /// Applies a TOML file: all of it, or (on error) nothing.
     ///
     /// # Errors
-    /// Unreadable or unparsable file, unknown key, bad value.
+    /// Unreadable or unparsable file, unknown key, bad value, a rule between keys broken.
     pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        self.transaction(&Origin::File(path.into()), |c| c.apply_file_unchecked(path))
+    }
+
+    fn apply_file_unchecked(&mut self, path: &Path) -> Result<(), ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::File { path: path.into(), reason: e.to_string() })?;
-        self.apply_toml(&text, Origin::File(path.into()))?;
+        self.apply_toml_unchecked(&text, Origin::File(path.into()))?;
         self.file = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
         Ok(())
     }
 
-    /// Applies TOML text.
+    /// Applies TOML text: all of it, or (on error) nothing.
     ///
     /// # Errors
-    /// Unparsable text, unknown key, bad value.
+    /// Unparsable text, unknown key, bad value, a rule between keys broken.
     pub fn apply_toml(&mut self, text: &str, origin: Origin) -> Result<(), ConfigError> {
+        let o = origin.clone();
+        self.transaction(&o, |c| c.apply_toml_unchecked(text, origin))
+    }
+
+    fn apply_toml_unchecked(&mut self, text: &str, origin: Origin) -> Result<(), ConfigError> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
             path: match &origin {
                 Origin::File(p) => p.clone(),
@@ -451,16 +475,70 @@ impl Config {
         let mut leaves = Vec::new();
         flatten("", &toml::Value::Table(table), &mut leaves);
         for (key, value) in leaves {
-            self.set_from(&key, &value, origin.clone())?;
+            self.assign(&key, &value, origin.clone())?;
         }
         Ok(())
     }
 
-    /// Applies `MW_*` variables from `vars` (pass `std::env::vars()`). `MW_CONFIG` is skipped.
+    /// Applies `MW_*` variables from `vars` (pass `std::env::vars()`): all of them, or (on
+    /// error) none. `MW_CONFIG` is skipped.
     ///
     /// # Errors
-    /// A variable with the prefix that names no key, or a bad value.
+    /// A variable with the prefix that names no key, a bad value, a rule between keys broken.
     pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let origin = match vars.iter().filter(|(n, _)| n.starts_with(ENV_PREFIX)).last() {
+            Some((name, _)) => Origin::Env(name.clone()),
+            None => Origin::Code,
+        };
+        self.transaction(&origin, |c| c.apply_env_unchecked(vars))
+    }
+
+    /// Sets several keys from code at once: all of them, or (on error) none; rules between keys
+    /// are checked once all are set (so `registration.refresh_ms` may grow past the old
+    /// `registration.timeout_ms` together with it).
+    ///
+    /// # Errors
+    /// Unknown key, bad value, a rule between keys broken.
+    pub fn set_all<'a>(&mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<(), ConfigError> {
+        self.transaction(&Origin::Code, |c| {
+            for (k, v) in pairs {
+                c.assign(k, v, Origin::Code)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` on a copy and keeps it only when `f` and the rules between keys pass.
+    fn transaction(
+        &mut self,
+        origin: &Origin,
+        f: impl FnOnce(&mut Self) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let mut next = self.clone();
+        f(&mut next)?;
+        next.check_rules(origin)?;
+        *self = next;
+        Ok(())
+    }
+
+    /// The rules between keys.
+    fn check_rules(&self, origin: &Origin) -> Result<(), ConfigError> {
+        if self.registration_timeout <= self.registration_refresh {
+            return Err(ConfigError::InvalidValue {
+                key: "registration.timeout_ms".into(),
+                origin: origin.clone(),
+                value: self.registration_timeout.as_millis().to_string(),
+                expected: format!(
+                    "more than registration.refresh_ms ({}); set both together (Config::set_all, or one file)",
+                    self.registration_refresh.as_millis()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn apply_env_unchecked(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         for (name, value) in vars {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -476,20 +554,23 @@ impl Config {
                 .map(|k| k.to_string())
                 .or(npcap_key)
                 .unwrap_or(wanted);
-            self.set_from(&key, &value, Origin::Env(name.clone()))?;
+            self.assign(&key, &value, Origin::Env(name.clone()))?;
         }
         Ok(())
     }
 
-    /// Sets one key from code.
+    /// Sets one key from code; a value refused (by the key, or by a rule between keys) leaves
+    /// the configuration as it was.
     ///
     /// # Errors
-    /// Unknown key or bad value.
+    /// Unknown key, bad value, a rule between keys broken (set related keys with
+    /// [`Config::set_all`]).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        self.set_from(key, value, Origin::Code)
+        self.transaction(&Origin::Code, |c| c.assign(key, value, Origin::Code))
     }
 
-    fn set_from(&mut self, key: &str, value: &str, origin: Origin) -> Result<(), ConfigError> {
+    /// Parses and assigns one key; the rules between keys are the caller's.
+    fn assign(&mut self, key: &str, value: &str, origin: Origin) -> Result<(), ConfigError> {
         let bad = |expected: &str| ConfigError::InvalidValue {
             key: key.to_string(),
             origin: origin.clone(),
@@ -497,7 +578,9 @@ impl Config {
             expected: expected.to_string(),
         };
         let ipv4 = |v: &str| v.trim().parse::<Ipv4Addr>().ok();
-        let ms = |v: &str, lo: u64| parse_range::<u64>(v, lo, u64::MAX / 2).map(Duration::from_millis);
+        // At most about 31 years: any product of these with a small factor, or their sum with an
+        // `Instant`, stays representable.
+        let ms = |v: &str, lo: u64| parse_range::<u64>(v, lo, MAX_MS).map(Duration::from_millis);
         match key {
             "transport" => self.transport = value.parse().map_err(|e: String| bad(&e))?,
             "mode" => self.mode = value.parse().map_err(|e: String| bad(&e))?,
@@ -554,9 +637,11 @@ impl Config {
                     )
                 }
             }
-            "udp.send_timeout_ms" => self.send_timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?,
+            "udp.send_timeout_ms" => {
+                self.send_timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, 1..=1000000000000"))?
+            }
             "reassembly.timeout_ms" => {
-                self.reassembly.timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, at least 1"))?
+                self.reassembly.timeout = ms(value, 1).ok_or_else(|| bad("milliseconds, 1..=1000000000000"))?
             }
             "reassembly.max_message_size" => {
                 self.reassembly.max_message_len = parse_bytes(value)
@@ -573,10 +658,10 @@ impl Config {
                     .ok_or_else(|| bad("a size of at least 65536 bytes, e.g. 256MiB"))?
             }
             "registration.refresh_ms" => {
-                self.registration_refresh = ms(value, 10).ok_or_else(|| bad("milliseconds, at least 10"))?
+                self.registration_refresh = ms(value, 10).ok_or_else(|| bad("milliseconds, 10..=1000000000000"))?
             }
             "registration.timeout_ms" => {
-                self.registration_timeout = ms(value, 20).ok_or_else(|| bad("milliseconds, at least 20"))?
+                self.registration_timeout = ms(value, 20).ok_or_else(|| bad("milliseconds, 20..=1000000000000"))?
             }
             "registration.loopback" => {
                 self.registration_loopback = parse_bool(value).ok_or_else(|| bad("true or false"))?
@@ -600,9 +685,6 @@ impl Config {
             _ => {
                 return Err(ConfigError::UnknownKey { key: key.to_string(), origin, known: KEYS.join(", ") });
             }
-        }
-        if self.registration_timeout <= self.registration_refresh {
-            return Err(bad("registration.timeout_ms larger than registration.refresh_ms"));
         }
         Ok(())
     }
@@ -699,6 +781,50 @@ mod tests {
         let e = c.apply_toml("[network]\ntll = 3\n", Origin::Code).unwrap_err();
         assert!(matches!(e, ConfigError::UnknownKey { ref key, .. } if key == "network.tll"));
         assert!(matches!(c.apply_toml("mode = ", Origin::Code), Err(ConfigError::File { .. })));
+    }
+
+    #[test]
+    fn rules_between_keys_do_not_depend_on_order_and_a_refusal_changes_nothing() {
+        // One file raising both: valid whatever the order of its keys.
+        for text in [
+            "[registration]\nrefresh_ms = 20000\ntimeout_ms = 30000\n",
+            "[registration]\ntimeout_ms = 30000\nrefresh_ms = 20000\n",
+        ] {
+            let mut c = Config::default();
+            c.apply_toml(text, Origin::Code).unwrap();
+            assert_eq!(
+                (c.registration_refresh, c.registration_timeout),
+                (Duration::from_secs(20), Duration::from_secs(30))
+            );
+        }
+        // The environment too, and a file then the environment together (`load`'s order).
+        let mut c = Config::default();
+        c.apply_env([
+            ("MW_REGISTRATION_REFRESH_MS".to_string(), "20000".to_string()),
+            ("MW_REGISTRATION_TIMEOUT_MS".to_string(), "30000".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(c.registration_refresh, Duration::from_secs(20));
+        let mut c = Config::default();
+        c.apply_toml_unchecked("[registration]\nrefresh_ms = 20000\n", Origin::Code).unwrap();
+        c.apply_env_unchecked([("MW_REGISTRATION_TIMEOUT_MS".to_string(), "30000".to_string())]).unwrap();
+        c.check_rules(&Origin::Code).unwrap();
+        // A refused set, file or environment leaves everything as it was.
+        let before = Config::default();
+        let mut c = before.clone();
+        let e = c.set("registration.refresh_ms", "20000").unwrap_err();
+        assert!(e.to_string().contains("set both together"), "{e}");
+        assert_eq!(c, before);
+        assert!(c.apply_toml("mode = \"network\"\n[network]\nttl = 300\n", Origin::Code).is_err());
+        assert_eq!(c, before, "the file's valid keys were not kept either");
+        assert!(c
+            .apply_env([("MW_MODE".to_string(), "network".to_string()), ("MW_NETWORK_TTL".into(), "x".into())])
+            .is_err());
+        assert_eq!(c, before);
+        assert!(c.set_all([("registration.refresh_ms", "20000"), ("registration.timeout_ms", "15000")]).is_err());
+        assert_eq!(c, before);
+        c.set_all([("registration.refresh_ms", "20000"), ("registration.timeout_ms", "30000")]).unwrap();
+        assert_eq!(c.registration_timeout, Duration::from_secs(30));
     }
 
     #[test]

@@ -784,3 +784,41 @@ fn data_multicast_loopback_is_on_only_while_a_same_host_subscriber_is_registered
     assert!(p2.send(&[4]).unwrap());
     assert_eq!(looped(&d), Some(1));
 }
+
+/// `Duration::MAX` (and any timeout past what the clock represents) means no deadline: it
+/// neither panics nor returns early; a receive without deadline ends when the node is dropped,
+/// and the largest configurable timeouts open a node.
+#[test]
+fn duration_max_means_no_deadline() {
+    let bus = LoopbackBus::new();
+    let a = node(&bus, config());
+    let b = node(&bus, config());
+    let sub = b.subscriber::<Raw>("forever").unwrap();
+    let publ = a.publisher::<Raw>("forever").unwrap();
+    assert!(publ.wait_for_subscriber(Duration::MAX));
+    assert!(publ.send(&b"x".to_vec()).unwrap());
+    assert_eq!(sub.recv_timeout(Duration::MAX).expect("the message").value, b"x");
+    // A receive with no deadline on another thread ends when the node goes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let r = sub.recv_timeout(Duration::MAX);
+        tx.send(r.is_none()).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    drop(b);
+    assert_eq!(rx.recv_timeout(WAIT), Ok(true), "recv_timeout(Duration::MAX) did not end with the node");
+    waiter.join().unwrap();
+    // A bounded wait for nobody still ends.
+    let lonely = a.publisher::<Raw>("nobody").unwrap();
+    assert!(!lonely.wait_for_subscriber(Duration::from_millis(50)));
+    let mut big = Config::default();
+    big.set("registration.refresh_ms", "1000000000000").unwrap_err(); // not below the timeout
+    assert_eq!(big, Config::default(), "a refused value is not kept");
+    big.set("registration.timeout_ms", "1000000000000").unwrap();
+    big.set("registration.refresh_ms", "999999999999").unwrap();
+    big.set("reassembly.timeout_ms", "1000000000000").unwrap();
+    big.set("udp.send_timeout_ms", "1000000000000").unwrap();
+    assert!(big.set("udp.send_timeout_ms", "1000000000001").is_err());
+    let n = node(&bus, big);
+    let _s = n.subscriber::<Raw>("forever").unwrap();
+}

@@ -64,7 +64,8 @@ pub fn retry_no_buffer_space<T>(
     timeout: Duration,
     mut op: impl FnMut() -> std::io::Result<T>,
 ) -> Result<T, std::io::Error> {
-    let mut deadline: Option<Instant> = None;
+    // The deadline, once the OS first refuses; `Some(None)`: past what the clock represents, none.
+    let mut deadline: Option<Option<Instant>> = None;
     let mut pause = Duration::from_micros(50);
     loop {
         match op() {
@@ -72,11 +73,11 @@ pub fn retry_no_buffer_space<T>(
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if e.raw_os_error() == Some(sys::ENOBUFS) => {
                 let now = Instant::now();
-                let end = *deadline.get_or_insert(now + timeout);
-                if now >= end {
+                let end = *deadline.get_or_insert(now.checked_add(timeout));
+                if end.is_some_and(|end| now >= end) {
                     return Err(e);
                 }
-                std::thread::sleep(pause.min(end - now));
+                std::thread::sleep(end.map_or(pause, |end| pause.min(end - now)));
                 pause = (pause * 2).min(Duration::from_millis(5));
             }
             Err(e) => return Err(e),

@@ -115,11 +115,12 @@ impl<C: Codec> Publisher<C> {
         l + e > 0
     }
 
-    /// Waits up to `timeout` for at least one subscriber; returns whether one is connected.
+    /// Waits up to `timeout` for at least one subscriber (`Duration::MAX`: no deadline, until
+    /// one connects or the node closes); returns whether one is connected.
     pub fn wait_for_subscriber(&self, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
+        let end = Instant::now().checked_add(timeout);
         while !self.is_connected() {
-            if Instant::now() >= end || self.node.closed() {
+            if end.is_some_and(|end| Instant::now() >= end) || self.node.closed() {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -44,6 +44,8 @@ struct SubState {
     active: Vec<ThreadId>,
     /// Dropped: nothing is queued or called any more.
     closed: bool,
+    /// The node is gone: nothing more will be queued (what is queued can still be taken).
+    ended: bool,
     /// `close` calls waiting for `active` to empty (only then is `idle` signalled: a
     /// notification is a system call, and `leave` runs per delivered message).
     closers: usize,
@@ -273,9 +275,8 @@ impl SubShared {
         self.leave(st, me);
     }
 
-    /// Takes the next queued message, waiting up to `timeout`.
-    fn pop(&self, timeout: Duration) -> Option<Received<Vec<u8>>> {
-        let end = Instant::now() + timeout;
+    /// Takes the next queued message, waiting until `end` (`None`: no deadline).
+    fn pop(&self, end: Option<Instant>) -> Option<Received<Vec<u8>>> {
         let mut st = self.state();
         loop {
             if let Some(r) = st.items.pop_front() {
@@ -283,17 +284,21 @@ impl SubShared {
                 return Some(r);
             }
             let now = Instant::now();
-            if now >= end || st.closed {
+            if st.closed || st.ended || end.is_some_and(|end| now >= end) {
                 return None;
             }
             st.waiting += 1;
-            st = self.ready.wait_timeout(st, end - now).unwrap_or_else(PoisonError::into_inner).0;
+            st = match end {
+                Some(end) => self.ready.wait_timeout(st, end - now).unwrap_or_else(PoisonError::into_inner).0,
+                None => self.ready.wait(st).unwrap_or_else(PoisonError::into_inner),
+            };
             st.waiting -= 1;
         }
     }
 
-    /// Clears the callback (breaking any reference cycle through it) and waits until no other
-    /// thread is inside it; with `discard`, also stops delivery for good and empties the queue.
+    /// Clears the callback (breaking any reference cycle through it), ends waiting receives once
+    /// the queue is empty, and waits until no other thread is inside the callback; with
+    /// `discard`, also stops delivery for good and empties the queue.
     pub(crate) fn close(&self, discard: bool) {
         let me = crate::transport::current_thread_id();
         let mut st = self.state();
@@ -302,6 +307,7 @@ impl SubShared {
             st.items.clear();
             st.bytes = 0;
         }
+        st.ended = true;
         let cb = st.callback.take();
         let deadline = Instant::now() + DROP_WAIT;
         st.closers += 1;
@@ -363,12 +369,13 @@ impl<C: Codec> Subscriber<C> {
         self.shared.entity_id
     }
 
-    /// Blocking receive: waits up to `timeout` for the next message. Messages that fail to
-    /// decode are counted in `decode_errors` and skipped.
+    /// Blocking receive: waits up to `timeout` for the next message (`Duration::MAX`, or any
+    /// timeout past what the clock can represent: no deadline). Messages that fail to decode
+    /// are counted in `decode_errors` and skipped.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Received<C::Output>> {
-        let end = Instant::now() + timeout;
+        let end = Instant::now().checked_add(timeout);
         loop {
-            let r = self.shared.pop(end.saturating_duration_since(Instant::now()))?;
+            let r = self.shared.pop(end)?;
             if let Some(v) = typed::<C>(&self.shared, r) {
                 return Some(v);
             }

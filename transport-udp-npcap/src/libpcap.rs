@@ -153,12 +153,42 @@ type Loaded = Result<&'static Library, LoadError>;
 /// of configurations a process uses).
 static LOADED: Mutex<Vec<(Option<String>, Loaded)>> = Mutex::new(Vec::new());
 
-/// Loads the capture library: `explicit` (the `npcap.library` option) if given, otherwise the
-/// platform's usual places (see `sys::library_candidates`). The result is cached.
+/// The `npcap.library` path to load, if any: none in a privileged process (setuid, setgid,
+/// file capabilities), which says so once (warning).
+///
+/// A privileged program must not let whoever runs it choose code: the path may come from the
+/// environment (`MW_NPCAP_LIBRARY`), from a file the environment or the command line names
+/// (`MW_CONFIG`, `--config`), all of them the invoker's. So, as glibc's loader ignores
+/// `LD_LIBRARY_PATH` there, the option is ignored whatever its source and the system's usual
+/// places are searched (to use another libpcap there, install it where the system's loader
+/// finds it).
+pub(crate) fn trusted_library(explicit: Option<&str>, privileged: bool) -> Option<&str> {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    match explicit {
+        Some(path) if privileged => {
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    library = path,
+                    "npcap.library ignored: this program runs with elevated privileges (setuid, setgid or \
+                     file capabilities), and a privileged program loads no code that its environment, its \
+                     command line or a file they name could choose; the system's libpcap is loaded instead \
+                     (install another libpcap where the system's loader finds it to use that one)"
+                );
+            });
+            None
+        }
+        other => other,
+    }
+}
+
+/// Loads the capture library: `explicit` (the `npcap.library` option) if given and the process
+/// is not privileged (see [`trusted_library`]), otherwise the platform's usual places (see
+/// `sys::library_candidates`). The result is cached.
 ///
 /// # Errors
 /// No candidate loads, or one lacks a required function.
 pub fn load(explicit: Option<&str>) -> Result<&'static Library, LoadError> {
+    let explicit = trusted_library(explicit, sys::privileged());
     let key = explicit.map(str::to_string);
     let mut cache = LOADED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some((_, r)) = cache.iter().find(|(k, _)| *k == key) {
@@ -635,6 +665,15 @@ impl Handle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_privileged_process_ignores_the_configured_library() {
+        assert_eq!(trusted_library(Some("/tmp/evil.so"), true), None);
+        assert_eq!(trusted_library(Some("/opt/libpcap.so"), false), Some("/opt/libpcap.so"));
+        assert_eq!(trusted_library(None, true), None);
+        // The test runner itself is not privileged.
+        assert!(!sys::privileged());
+    }
 
     #[test]
     fn a_missing_library_is_an_error_that_names_every_place_tried_and_what_to_install() {

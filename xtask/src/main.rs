@@ -2,6 +2,8 @@
 //!
 //! * `interop [--filter S] [--keep-going]`: the sender x receiver matrix over two network
 //!   namespaces (and same-host), this project and real eCAL 6.1.1, comparing counts and digests;
+//! * `privileged`: a capability-granted program loads no library its invoker names (see
+//!   `privileged.rs`);
 //! * `parity`: eCAL's monitoring view of our processes against eCAL's own, field by field;
 //! * `tools [CASE..]`: the operator tool `mwctl` against real eCAL and this project's processes;
 //! * `test`: everything a user or CI runs: the workspace tests, the Windows build check, a short
@@ -23,6 +25,7 @@ mod hostile;
 mod interop;
 mod netns;
 mod parity;
+mod privileged;
 mod readme;
 mod scale;
 mod tools;
@@ -67,6 +70,8 @@ const USAGE: &str = "usage: cargo xtask <command> [options]   (root for those th
   interop [--filter TEXT]         interop matrix against real eCAL 6.1.1 in network namespaces (root)
   tools [CASE ..]                 mwctl monitor / echo / record / replay / doctor against real eCAL and ours (root)
   parity                          registration fields of ours against real eCAL's (root)
+  privileged                      a program with file capabilities, run by nobody, loads no library that its
+                                  environment or config file names (root)
   scale [--processes N,..] [--topics M] [--ecal N,..] [--before DIR] [--receive-buffer BYTES] [--check]
                                   registration cost with the number of processes and entities (root)
   windows [--require] [--filter TEXT]
@@ -107,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         "scale" => scale::run(rest),
         "tools" => tools::run(rest),
         "parity" => parity::run(rest),
+        "privileged" => privileged::run_cmd(rest),
         "windows" => windows::run_cmd(rest),
         "fuzz" => fuzz::run(rest),
         "torture" => torture::run(rest),
@@ -154,6 +160,8 @@ fn test_all(rest: &[String]) -> anyhow::Result<()> {
     windows::run_cmd(&["--require".into()])?;
     // The README's first example, as an outside application builds and runs it.
     readme::run_cmd(&[])?;
+    // A program with file capabilities loads no library its invoker names.
+    privileged::run_cmd(&[])?;
     // A short fuzz pass (the long one is `cargo xtask fuzz --seconds 60`).
     fuzz::run(&["--seconds".into(), "15".into()])?;
     interop::run(rest)?;

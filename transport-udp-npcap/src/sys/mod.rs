@@ -17,8 +17,8 @@ pub(crate) mod windows_rules;
 
 pub(crate) use imp::{
     cold_start, describe_device, device_matches, kernel_buffer_size, library_candidates, library_label, open_library,
-    prepare_reads, sockaddr_family, timeval_micros, wait_readable, waitable_offered, Timeval, Waitable, Wakeup,
-    INSTALL_HINT, MIN_TO_COPY_FN, NONBLOCKING_READS, NO_DEVICES_HINT, NO_LOOPBACK_DEVICE, WAITABLE_FN,
+    prepare_reads, privileged, sockaddr_family, timeval_micros, wait_readable, waitable_offered, Timeval, Waitable,
+    Wakeup, INSTALL_HINT, MIN_TO_COPY_FN, NONBLOCKING_READS, NO_DEVICES_HINT, NO_LOOPBACK_DEVICE, WAITABLE_FN,
 };
 
 /// Asks the CPU to start loading the frame that most likely follows `frame` in the capture

@@ -52,6 +52,41 @@ pub(crate) fn sockaddr_family(b: [u8; 2]) -> u16 {
     }
 }
 
+/// The process runs with privileges its invoker does not have: setuid, setgid or file
+/// capabilities (`setcap cap_net_raw,...=eip`). Linux: the kernel's `AT_SECURE` (what glibc's
+/// loader itself obeys, ignoring `LD_LIBRARY_PATH` and `LD_PRELOAD` paths); macOS and the BSDs:
+/// `issetugid()`; elsewhere no such check is known and this says no.
+pub(crate) fn privileged() -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: reads the auxiliary vector the kernel gave the process; no pointer involved.
+        unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+    }
+    #[cfg(any(
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd"
+    ))]
+    {
+        // SAFETY: no arguments, reads process state.
+        unsafe { libc::issetugid() != 0 }
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd"
+    )))]
+    {
+        false
+    }
+}
+
 /// Where to look for libpcap, in order.
 pub(crate) fn library_candidates(explicit: Option<&str>) -> Vec<String> {
     if let Some(p) = explicit {

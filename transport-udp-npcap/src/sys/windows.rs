@@ -77,6 +77,12 @@ pub(crate) fn library_candidates(explicit: Option<&str>) -> Vec<String> {
     windows_rules::library_candidates(explicit, root.as_deref())
 }
 
+/// Windows has no setuid or file capabilities: a program runs elevated only when its invoker
+/// chose to run it so (UAC), with that invoker's own environment. Nothing to refuse.
+pub(crate) fn privileged() -> bool {
+    false
+}
+
 pub(crate) fn open_library(path: &str) -> Result<libloading::Library, libloading::Error> {
     use libloading::os::windows::{Library, LOAD_LIBRARY_SEARCH_SYSTEM32, LOAD_WITH_ALTERED_SEARCH_PATH};
     let flags =

@@ -35,6 +35,7 @@ pub(crate) struct ChannelCounters {
     pub registration_table_full: Counter,
     pub registration_unchanged: Counter,
     pub coalesced: Counter,
+    pub tap_panics: Counter,
 }
 
 /// Snapshot of one channel's receive path.
@@ -66,6 +67,10 @@ pub struct ChannelStats {
     /// capture seeing a `udp.send_mode = frames` sender's segmentation offload buffer before the
     /// device cut it; not a loss).
     pub coalesced_datagrams: u64,
+    /// Calls of the node's `Tap` (user code: `mwctl record`, monitors) on this channel that
+    /// panicked: caught, counted, and receiving went on (the datagram or sample was still
+    /// handled).
+    pub tap_panics: u64,
 }
 
 impl ChannelStats {
@@ -102,6 +107,7 @@ impl ChannelCounters {
             registration_table_full: self.registration_table_full.get(),
             registration_unchanged: self.registration_unchanged.get(),
             coalesced_datagrams: self.coalesced.get(),
+            tap_panics: self.tap_panics.get(),
         }
     }
 }

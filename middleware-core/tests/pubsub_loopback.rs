@@ -822,3 +822,43 @@ fn duration_max_means_no_deadline() {
     let n = node(&bus, big);
     let _s = n.subscriber::<Raw>("forever").unwrap();
 }
+
+/// A tap is user code: one that panics on every call is caught and counted per channel, and
+/// the node receives exactly as without it (before, the panic escaped to the transport's
+/// guard, which dropped the datagram and the rest of its batch).
+#[test]
+fn a_panicking_tap_is_contained_and_counted() {
+    struct Panicky;
+    impl middleware_core::Tap for Panicky {
+        fn datagram(&self, _c: middleware_core::transport::Channel, _s: SocketAddr, _b: &[u8]) {
+            panic!("tap: datagram");
+        }
+        fn registration(&self, _s: &middleware_core::pb::Sample, _src: SocketAddr) {
+            panic!("tap: registration");
+        }
+        fn data_sample(&self, _s: &middleware_core::TappedSample<'_>) {
+            panic!("tap: data sample");
+        }
+    }
+    let bus = LoopbackBus::new();
+    let b2 = bus.clone();
+    let watcher = Node::with_tap(config(), &b2, Some(Arc::new(Panicky))).unwrap();
+    let a = node(&bus, config());
+    let sub = watcher.subscriber::<Raw>("panicky").unwrap();
+    let publ = a.publisher::<Raw>("panicky").unwrap();
+    assert!(publ.wait_for_subscriber(WAIT), "the tapped node's registration went out and was heard");
+    let n = 40usize;
+    for k in 0..n {
+        assert!(publ.send(&mod251(if k % 2 == 0 { 100 } else { 70_000 }, k)).unwrap());
+    }
+    for k in 0..n {
+        let r = sub.recv_timeout(WAIT).unwrap_or_else(|| panic!("message {k} lost behind a panicking tap"));
+        assert!(r.value == mod251(if k % 2 == 0 { 100 } else { 70_000 }, k), "message {k} differs");
+    }
+    let st = watcher.stats();
+    // Every data datagram (a 70 000 B message is several) and every sample panicked once each.
+    assert!(st.data.transport.received_datagrams > n as u64);
+    assert_eq!(st.data.tap_panics, st.data.transport.received_datagrams + n as u64, "{:?}", st.data);
+    assert!(st.registration.tap_panics > 0, "{:?}", st.registration);
+    assert_eq!(st.data.transport.details.get("sink_panics").copied().unwrap_or(0), 0);
+}

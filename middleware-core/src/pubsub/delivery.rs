@@ -10,7 +10,7 @@
 use super::filter::Verdict;
 use super::node::{lock, Received, Shared};
 use super::subscriber::SubShared;
-use super::tap::TappedSample;
+use super::tap::{guarded, TappedSample};
 use crate::fragment::{Outcome, Reassembler, ReassemblyStats, SplitMessage};
 use crate::pb::{CmdType, Sample};
 use crate::stats::ChannelCounters;
@@ -91,7 +91,7 @@ impl ChannelRx {
             rest = after;
             if let Some(tap) = &sh.tap {
                 drop(reassembler.take());
-                tap.datagram(self.channel, source, piece);
+                guarded(self.counters(), "datagram", || tap.datagram(self.channel, source, piece));
             }
             // The message borrows the datagram or is owned: nothing of the reassembler's.
             let outcome = reassembler.get_or_insert_with(|| lock(&self.reassembler)).on_datagram(now, source, piece);
@@ -398,15 +398,17 @@ fn on_data(sh: &Shared, msg: Message<'_>, source: SocketAddr, now: Instant) {
         Err(DataDrop::BadTopicId) => return c.bad_topic_id.inc(),
     };
     if let Some(tap) = &sh.tap {
-        tap.data_sample(&TappedSample {
-            topic,
-            publisher_id: sample.publisher_id,
-            host_name: &sample.host_name,
-            clock: sample.clock,
-            send_time_us: sample.time_us,
-            payload: &sample.payload,
-            message_len,
-            source,
+        guarded(c, "data_sample", || {
+            tap.data_sample(&TappedSample {
+                topic,
+                publisher_id: sample.publisher_id,
+                host_name: &sample.host_name,
+                clock: sample.clock,
+                send_time_us: sample.time_us,
+                payload: &sample.payload,
+                message_len,
+                source,
+            })
         });
     }
     if subs.is_empty() {

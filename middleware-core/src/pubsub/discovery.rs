@@ -131,7 +131,7 @@ impl Shared {
             return;
         };
         if let Some(tap) = &self.tap {
-            tap.registration(&sample, source);
+            super::tap::guarded(c, "registration", || tap.registration(&sample, source));
         }
         let result = {
             let mut remote = lock(&self.remote);

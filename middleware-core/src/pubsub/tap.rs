@@ -2,8 +2,24 @@
 //! recorders) rather than subscribe to it. A node without a tap pays nothing for this.
 
 use crate::pb::Sample;
+use crate::stats::ChannelCounters;
 use crate::transport::Channel;
 use std::net::SocketAddr;
+
+/// Calls user code of a tap, containing a panic: counted in the channel's `tap_panics`, logged
+/// at error level the first time and every 1000th (the panic hook prints its own message), and
+/// the caller goes on with the datagram or sample.
+pub(crate) fn guarded(counters: &ChannelCounters, what: &'static str, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        counters.tap_panics.inc();
+        let n = counters.tap_panics.get();
+        if n == 1 || n % 1000 == 0 {
+            tracing::error!(tap = what, panics = n, "a tap panicked (caught; receiving goes on)");
+        } else {
+            tracing::debug!(tap = what, panics = n, "a tap panicked (caught)");
+        }
+    }
+}
 
 /// One data sample as a node decoded it, whether or not a local subscriber wants the topic.
 #[derive(Debug, Clone, Copy)]
@@ -26,7 +42,8 @@ pub struct TappedSample<'a> {
     pub source: SocketAddr,
 }
 
-/// Observer of a node's receive path. Called on the receive threads: keep it short.
+/// Observer of a node's receive path. Called on the receive threads: keep it short. A panic is
+/// caught and counted (`tap_panics` of the channel's stats); receiving goes on.
 pub trait Tap: Send + Sync {
     /// Every datagram a transport delivered, before reassembly.
     fn datagram(&self, _channel: Channel, _source: SocketAddr, _bytes: &[u8]) {}

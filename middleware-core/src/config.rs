@@ -47,6 +47,9 @@
 //! | `reassembly.max_buffered_bytes` | `256MiB` | bytes |
 //! | `registration.refresh_ms` | `1000` | 10..=10^12 |
 //! | `registration.timeout_ms` | `10000` | > refresh, ..=10^12 |
+//! | `registration.max_table_bytes` | `64MiB` | bytes, at least 1MiB: what remote entities and processes may hold together (strings, descriptors, 512 B each); past it new or grown entries are ignored, counted `registration_over_budget` |
+//! | `registration.max_message_size` | `4MiB` | bytes, 64KiB..=4GiB: largest registration message reassembled |
+//! | `registration.max_buffered_bytes` | `16MiB` | bytes, at least 64KiB: partial registration messages held, apart from the data channel's |
 //! | `registration.loopback` | `true` | bool: see this process's own entities |
 //! | `subscriber.drop_out_of_order` | `true` | bool |
 //! | `subscriber.queue_capacity` | `1024` | 1..: messages held for `recv` before the oldest is dropped |
@@ -289,6 +292,17 @@ pub struct Config {
     pub registration_refresh: Duration,
     /// `registration.timeout_ms`: a remote entity or process not heard for this long is forgotten.
     pub registration_timeout: Duration,
+    /// `registration.max_table_bytes`: what the table of remote entities and processes may hold
+    /// (their strings and descriptors, plus 512 bytes each); past it new or grown entries are
+    /// ignored and counted (`registration_over_budget`).
+    pub registration_table_bytes: usize,
+    /// `registration.max_message_size`: the largest registration message reassembled (a
+    /// sample with a large datatype descriptor spans several datagrams).
+    pub registration_max_message: usize,
+    /// `registration.max_buffered_bytes`: bytes held in partial registration messages, apart
+    /// from the data channel's `reassembly.max_buffered_bytes` (a flood on one port cannot take
+    /// the other's).
+    pub registration_buffered_bytes: usize,
     /// `registration.loopback`: this process's own entities appear in its remote table (and its own
     /// publishers reach its own subscribers).
     pub registration_loopback: bool,
@@ -338,6 +352,9 @@ impl Default for Config {
             reassembly: ReassemblyConfig::default(),
             registration_refresh: Duration::from_secs(1),
             registration_timeout: Duration::from_secs(10),
+            registration_table_bytes: crate::registration::DEFAULT_TABLE_BYTES,
+            registration_max_message: 4 << 20,
+            registration_buffered_bytes: 16 << 20,
             registration_loopback: true,
             drop_out_of_order: true,
             queue_capacity: 1024,
@@ -376,6 +393,9 @@ pub const KEYS: &[&str] = &[
     "reassembly.max_buffered_bytes",
     "registration.refresh_ms",
     "registration.timeout_ms",
+    "registration.max_table_bytes",
+    "registration.max_message_size",
+    "registration.max_buffered_bytes",
     "registration.loopback",
     "subscriber.drop_out_of_order",
     "subscriber.queue_capacity",
@@ -663,6 +683,21 @@ impl Config {
             "registration.timeout_ms" => {
                 self.registration_timeout = ms(value, 20).ok_or_else(|| bad("milliseconds, 20..=1000000000000"))?
             }
+            "registration.max_table_bytes" => {
+                self.registration_table_bytes = parse_bytes(value)
+                    .filter(|v| *v >= 1 << 20)
+                    .ok_or_else(|| bad("a size of at least 1MiB, e.g. 64MiB"))?
+            }
+            "registration.max_message_size" => {
+                self.registration_max_message = parse_bytes(value)
+                    .filter(|v| *v >= 65536 && *v <= u32::MAX as usize)
+                    .ok_or_else(|| bad("a size from 64KiB to 4GiB, e.g. 4MiB"))?
+            }
+            "registration.max_buffered_bytes" => {
+                self.registration_buffered_bytes = parse_bytes(value)
+                    .filter(|v| *v >= 65536)
+                    .ok_or_else(|| bad("a size of at least 65536 bytes, e.g. 16MiB"))?
+            }
             "registration.loopback" => {
                 self.registration_loopback = parse_bool(value).ok_or_else(|| bad("true or false"))?
             }
@@ -687,6 +722,16 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The bounds of the registration channel's reassembly: its own message size and byte
+    /// budget, the data channel's timeout and partial-message count.
+    pub fn registration_reassembly(&self) -> ReassemblyConfig {
+        ReassemblyConfig {
+            max_message_len: self.registration_max_message,
+            max_buffered_bytes: self.registration_buffered_bytes,
+            ..self.reassembly.clone()
+        }
     }
 
     /// The destination group of both channels in the current mode.

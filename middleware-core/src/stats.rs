@@ -33,6 +33,7 @@ pub(crate) struct ChannelCounters {
     pub wrong_cmd: Counter,
     pub rejected_registration: Counter,
     pub registration_table_full: Counter,
+    pub registration_over_budget: Counter,
     pub registration_unchanged: Counter,
     pub coalesced: Counter,
     pub tap_panics: Counter,
@@ -60,6 +61,9 @@ pub struct ChannelStats {
     pub rejected_registration: u64,
     /// New remote entities or processes ignored because the table is at its bound.
     pub registration_table_full: u64,
+    /// New or grown remote entries ignored because the table is at its byte budget
+    /// (`registration.max_table_bytes`: a flood of made-up entities with large descriptors).
+    pub registration_over_budget: u64,
     /// Registration samples identical to the last one of their entity or process, which
     /// refreshed it without being decoded (not a loss: eCAL resends unchanged samples).
     pub registration_unchanged: u64,
@@ -87,6 +91,7 @@ impl ChannelStats {
             self.bad_frame,
             self.bad_protobuf,
             self.registration_table_full,
+            self.registration_over_budget,
         ]
         .iter()
         .fold(0u64, |a, b| a.saturating_add(*b))
@@ -105,6 +110,7 @@ impl ChannelCounters {
             wrong_cmd: self.wrong_cmd.get(),
             rejected_registration: self.rejected_registration.get(),
             registration_table_full: self.registration_table_full.get(),
+            registration_over_budget: self.registration_over_budget.get(),
             registration_unchanged: self.registration_unchanged.get(),
             coalesced_datagrams: self.coalesced.get(),
             tap_panics: self.tap_panics.get(),

@@ -862,3 +862,66 @@ fn a_panicking_tap_is_contained_and_counted() {
     assert!(st.registration.tap_panics > 0, "{:?}", st.registration);
     assert_eq!(st.data.transport.details.get("sink_panics").copied().unwrap_or(0), 0);
 }
+
+/// The registration channel reassembles under bounds of its own: a registration message larger
+/// than `registration.max_message_size` is refused there while the data channel would take it,
+/// and a flood of large made-up registrations stays within `registration.max_table_bytes`.
+#[test]
+fn registration_is_bounded_in_bytes_apart_from_data() {
+    use middleware_core::pb::{CmdType, DataTypeInformation as Dt, Sample, Topic};
+    use middleware_core::wire::SampleFrameRepr;
+    use prost::Message;
+    let bus = LoopbackBus::new();
+    let mut c = config();
+    c.set_all([("registration.max_message_size", "1MiB"), ("registration.max_table_bytes", "2MiB")]).unwrap();
+    c.set("mode", "network").unwrap();
+    let reg_port = c.registration_port;
+    let a = node(&bus, c);
+    let from: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+    let send = |id: i32, descriptor: usize| {
+        let sample = Sample {
+            cmd_type: CmdType::RegPublisher as i32,
+            topic: Some(Topic {
+                topic_name: format!("flood{id}"),
+                topic_id: (1000 + id).to_string(),
+                host_name: "liar".into(),
+                process_id: 666,
+                datatype_information: Some(Dt {
+                    name: "x".into(),
+                    encoding: "proto".into(),
+                    descriptor_information: vec![9; descriptor].into(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut msg = Vec::new();
+        SampleFrameRepr { name: "reg_sample" }.emit_prefix(&mut msg);
+        sample.encode_raw(&mut msg);
+        for p in middleware_core::fragment::split(&msg, 65_507, id).unwrap() {
+            bus.inject(reg_port, from, &[&p.header[..], p.body].concat());
+        }
+    };
+    // Over the registration message size: refused at reassembly, whatever the data channel takes.
+    send(1, 1_200_000);
+    // A flood of 100 KB descriptors: the table keeps what fits in 2 MiB, refuses the rest.
+    for id in 2..62 {
+        send(id, 100_000);
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    let seen = |a: &Node| {
+        let s = a.stats().registration;
+        s.reassembly.rejected_too_large + s.registration_over_budget + a.remote_entities().len() as u64
+    };
+    while seen(&a) < 61 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st = a.stats();
+    assert_eq!(st.registration.reassembly.rejected_too_large, 1, "{:?}", st.registration.reassembly);
+    let held = a.remote_entities().iter().filter(|e| e.host_name == "liar").count() as u64;
+    assert!(held > 0 && held < 60, "{held} held");
+    assert_eq!(held + st.registration.registration_over_budget, 60, "{:?}", st.registration);
+    assert!(st.remote_table_bytes <= 2 << 20, "{}", st.remote_table_bytes);
+    assert!(st.remote_table_bytes >= held * 100_000);
+    assert_eq!(st.data.reassembly.rejected_too_large, 0);
+}

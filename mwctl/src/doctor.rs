@@ -178,7 +178,8 @@ fn node_check(config: &Config, out: &mut Vec<Check>) -> Option<middleware::Node>
 /// What the node of [`node_check`] heard on the registration channel while the peer checks
 /// listened, and what it lost: each loss delays discovery by a refresh period.
 fn registration_check(node: &middleware::Node, seconds: f64, out: &mut Vec<Check>) {
-    let h = crate::monitor::RegistrationHealth::of(&node.stats().registration);
+    let st = node.stats();
+    let h = crate::monitor::RegistrationHealth::of(&st.registration, st.remote_table_bytes);
     let text = format!("{} ({seconds} s, this node's own included)", h.line());
     if h.lost == 0 {
         out.push(check("registration", Status::Ok, text, None));
@@ -189,6 +190,10 @@ fn registration_check(node: &middleware::Node, seconds: f64, out: &mut Vec<Check
          net.core.rmem_max=67108864), or give the process more CPU"
     } else if h.table_full > 0 {
         "more remote entities than the table holds: split the system into eCAL groups (other ports)"
+    } else if h.over_budget > 0 {
+        "the remote table reached its byte budget: raise registration.max_table_bytes if the system's \
+         datatype descriptors are that large, else find who floods registration with \
+         `mwctl record --out F.pcapng` (port 14000)"
     } else {
         "malformed or incomplete registration comes from a peer or the network: find the sender with \
          `mwctl record --out F.pcapng` (registration is on port 14000)"

@@ -123,11 +123,17 @@ pub struct RegistrationHealth {
     pub malformed: u64,
     /// New entities or processes refused because the table is at its bound.
     pub table_full: u64,
+    /// New or grown entries refused because the table is at its byte budget
+    /// (`registration.max_table_bytes`), and the bytes it holds now.
+    pub over_budget: u64,
+    pub table_bytes: u64,
 }
 
 impl RegistrationHealth {
-    pub fn of(s: &middleware::ChannelStats) -> Self {
+    pub fn of(s: &middleware::ChannelStats, table_bytes: u64) -> Self {
         Self {
+            over_budget: s.registration_over_budget,
+            table_bytes,
             datagrams: s.transport.received_datagrams,
             unchanged: s.registration_unchanged,
             lost: s.losses(),
@@ -140,11 +146,16 @@ impl RegistrationHealth {
 
     /// One line: counts, and the losses by cause when there are any.
     pub fn line(&self) -> String {
-        let mut t = format!("{} datagrams received, {} lost", self.datagrams, self.lost);
+        let mut t = format!(
+            "{} datagrams received, {} lost; table {:.1} MiB",
+            self.datagrams,
+            self.lost,
+            self.table_bytes as f64 / f64::from(1 << 20)
+        );
         if self.lost > 0 {
             t += &format!(
-                " ({} dropped by the OS or capture, {} incomplete, {} malformed, {} table full)",
-                self.dropped_by_os, self.incomplete, self.malformed, self.table_full
+                " ({} dropped by the OS or capture, {} incomplete, {} malformed, {} table full, {} over the byte budget)",
+                self.dropped_by_os, self.incomplete, self.malformed, self.table_full, self.over_budget
             );
         }
         t
@@ -256,7 +267,10 @@ impl Rates {
             entities,
             topics,
             untracked_samples: untracked,
-            registration: RegistrationHealth::of(&ctx.node.stats().registration),
+            registration: {
+                let st = ctx.node.stats();
+                RegistrationHealth::of(&st.registration, st.remote_table_bytes)
+            },
         }
     }
 }

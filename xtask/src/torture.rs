@@ -235,6 +235,8 @@ fn counters(sub: &Value) -> String {
             "wrong_cmd",
             "rejected_registration",
             "registration_table_full",
+            "registration_over_budget",
+            "tap_panics",
         ] {
             if u(&c[k]) > 0 {
                 v.push(format!("{short}{k}={}", u(&c[k])));

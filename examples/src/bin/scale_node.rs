@@ -109,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             "reg_bad_frame": s1.bad_frame,
             "reg_bad_protobuf": s1.bad_protobuf,
             "reg_table_full": s1.registration_table_full,
+            "reg_over_budget": s1.registration_over_budget,
             "reg_lost_messages": s1.reassembly.lost_messages(),
             "reg_truncated": s1.transport.truncated,
             // Samples recognised as unchanged (not decoded), % of those received in the window.

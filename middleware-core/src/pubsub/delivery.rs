@@ -33,7 +33,10 @@ pub(crate) struct ChannelRx {
 
 impl ChannelRx {
     pub(crate) fn new(shared: Arc<Shared>, channel: Channel) -> Self {
-        let config = shared.config.reassembly.clone();
+        let config = match channel {
+            Channel::Data => shared.config.reassembly.clone(),
+            Channel::Registration => shared.config.registration_reassembly(),
+        };
         // Data messages are reassembled with their payload in a buffer of its own, which the
         // subscriber is then handed: one copy per payload byte.
         let reassembler = Mutex::new(match channel {

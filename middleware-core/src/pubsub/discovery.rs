@@ -172,6 +172,10 @@ impl Shared {
                 c.registration_table_full.inc();
                 tracing::debug!("registration table full; sample ignored");
             }
+            Err(crate::registration::Rejected::OverBudget) => {
+                c.registration_over_budget.inc();
+                tracing::debug!("registration table at its byte budget (registration.max_table_bytes); sample ignored");
+            }
             Err(r) => {
                 c.rejected_registration.inc();
                 tracing::trace!(?r, "registration rejected");

@@ -73,6 +73,9 @@ pub struct NodeStats {
     pub data: ChannelStats,
     /// Registrations sent.
     pub registrations_sent: u64,
+    /// Bytes the remote table's entries are charged now (strings, descriptors and a fixed
+    /// overhead each), at most `registration.max_table_bytes`.
+    pub remote_table_bytes: u64,
     /// The transport this node uses, and why.
     pub transport: TransportChoice,
 }
@@ -248,7 +251,7 @@ impl Node {
             identity,
             publishers: Mutex::new(HashMap::new()),
             subscribers: RwLock::new(HashMap::new()),
-            remote: Mutex::new(RemoteTable::default()),
+            remote: Mutex::new(RemoteTable::with_budget(config.registration_table_bytes)),
             reg_counters: ChannelCounters::default(),
             data_counters: ChannelCounters::default(),
             registrations_sent: Counter::default(),
@@ -459,6 +462,7 @@ impl Node {
             registration: i.reg_counters.snapshot(i.reg.stats(), i.reg_rx.reassembly_stats()),
             data: i.data_counters.snapshot(i.data.stats(), i.data_rx.reassembly_stats()),
             registrations_sent: i.registrations_sent.get(),
+            remote_table_bytes: lock(&i.remote).bytes() as u64,
             transport: i.choice.clone(),
         }
     }

@@ -332,6 +332,9 @@ pub enum Rejected {
     Incomplete,
     /// A new entity or process while the table holds its maximum.
     TableFull,
+    /// The entry (new, or grown) would take the table past its byte budget
+    /// (`registration.max_table_bytes`).
+    OverBudget,
 }
 
 fn layer_name(l: &TransportLayer) -> String {
@@ -351,6 +354,36 @@ fn layer_name(l: &TransportLayer) -> String {
 /// Remote publishers and subscribers held at most (registration arrives from the network, so
 /// the table is bounded; real systems have hundreds).
 pub const MAX_REMOTE_ENTITIES: usize = 16_384;
+/// The remote table's default byte budget (`registration.max_table_bytes`): what its entries'
+/// strings and descriptors may hold together.
+pub const DEFAULT_TABLE_BYTES: usize = 64 << 20;
+/// What an entry costs the byte budget beyond its strings and descriptor: the record itself,
+/// its fingerprints both ways and its place in the topic index.
+pub const ENTRY_OVERHEAD: usize = 512;
+
+fn entity_cost(e: &RemoteEntity) -> usize {
+    ENTRY_OVERHEAD
+        + 2 * e.topic_name.len() // the record and the topic index
+        + e.host_name.len()
+        + e.process_name.len()
+        + e.unit_name.len()
+        + e.datatype_name.len()
+        + e.datatype_encoding.len()
+        + e.datatype_descriptor.len()
+        + e.layers.iter().map(|l| l.len() + std::mem::size_of::<String>()).sum::<usize>()
+}
+
+fn process_cost(p: &RemoteProcess) -> usize {
+    ENTRY_OVERHEAD
+        + 2 * p.host_name.len() // the record and its key
+        + p.process_name.len()
+        + p.unit_name.len()
+        + p.runtime_version.len()
+        + p.state_info.len()
+        + p.components.len()
+        + p.time_sync_module.len()
+        + p.config_file_path.len()
+}
 /// Remote processes held at most.
 pub const MAX_REMOTE_PROCESSES: usize = 4_096;
 
@@ -382,9 +415,14 @@ impl Acceptance {
     }
 }
 
-/// Everything heard through registration, with timeouts.
-#[derive(Debug, Default)]
+/// Everything heard through registration, with timeouts; bounded in entries
+/// ([`MAX_REMOTE_ENTITIES`], [`MAX_REMOTE_PROCESSES`]) and in bytes (a budget: strings and
+/// descriptors plus [`ENTRY_OVERHEAD`] per entry).
+#[derive(Debug)]
 pub struct RemoteTable {
+    /// Bytes charged for the entries now, and the most they may be charged.
+    bytes: usize,
+    budget: usize,
     entities: HashMap<u64, RemoteEntity>,
     processes: HashMap<(String, i32), RemoteProcess>,
     /// Entity ids by topic name, so the entities of one topic are found without a scan of the
@@ -407,7 +445,42 @@ enum Key {
     Process((String, i32)),
 }
 
+impl Default for RemoteTable {
+    fn default() -> Self {
+        Self::with_budget(DEFAULT_TABLE_BYTES)
+    }
+}
+
 impl RemoteTable {
+    /// An empty table whose entries may hold `budget` bytes together.
+    pub fn with_budget(budget: usize) -> Self {
+        Self {
+            bytes: 0,
+            budget,
+            entities: HashMap::new(),
+            processes: HashMap::new(),
+            by_topic: HashMap::new(),
+            fingerprints: HashMap::new(),
+            fingerprint_of: HashMap::new(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    /// Bytes the entries are charged now (at most the budget).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The byte budget.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Whether replacing an entry costing `old` by one costing `new` stays within the budget.
+    fn fits(&self, old: usize, new: usize) -> bool {
+        self.bytes - old + new <= self.budget
+    }
+
     /// The fingerprint of an encoded registration sample (its protobuf bytes), for
     /// [`refresh_unchanged`](Self::refresh_unchanged) and
     /// [`on_sample_fingerprinted`](Self::on_sample_fingerprinted): a keyed 64-bit hash (SipHash
@@ -497,29 +570,35 @@ impl RemoteTable {
                 let key = (p.host_name.clone(), p.process_id);
                 let new = cmd == CmdType::RegProcess && !self.processes.contains_key(&key);
                 if cmd == CmdType::UnregProcess {
-                    self.processes.remove(&key);
+                    if let Some(old) = self.processes.remove(&key) {
+                        self.bytes -= process_cost(&old);
+                    }
                     self.forget(&Key::Process(key));
                 } else if !self.processes.contains_key(&key) && self.processes.len() >= MAX_REMOTE_PROCESSES {
                     return Err(Rejected::TableFull);
                 } else {
-                    self.processes.insert(
-                        key,
-                        RemoteProcess {
-                            host_name: p.host_name.clone(),
-                            process_id: p.process_id,
-                            process_name: p.process_name.clone(),
-                            unit_name: p.unit_name.clone(),
-                            runtime_version: p.ecal_runtime_version.clone(),
-                            state_severity: p.state.as_ref().map_or(0, |s| s.severity),
-                            state_level: p.state.as_ref().map_or(0, |s| s.severity_level),
-                            state_info: p.state.as_ref().map(|s| s.info.clone()).unwrap_or_default(),
-                            components: p.component_init_info.clone(),
-                            time_sync_module: p.time_sync_module_name.clone(),
-                            time_sync_state: p.time_sync_state,
-                            config_file_path: p.config_file_path.clone(),
-                            last_seen: now,
-                        },
-                    );
+                    let record = RemoteProcess {
+                        host_name: p.host_name.clone(),
+                        process_id: p.process_id,
+                        process_name: p.process_name.clone(),
+                        unit_name: p.unit_name.clone(),
+                        runtime_version: p.ecal_runtime_version.clone(),
+                        state_severity: p.state.as_ref().map_or(0, |s| s.severity),
+                        state_level: p.state.as_ref().map_or(0, |s| s.severity_level),
+                        state_info: p.state.as_ref().map(|s| s.info.clone()).unwrap_or_default(),
+                        components: p.component_init_info.clone(),
+                        time_sync_module: p.time_sync_module_name.clone(),
+                        time_sync_state: p.time_sync_state,
+                        config_file_path: p.config_file_path.clone(),
+                        last_seen: now,
+                    };
+                    let old = self.processes.get(&key).map_or(0, process_cost);
+                    let cost = process_cost(&record);
+                    if !self.fits(old, cost) {
+                        return Err(Rejected::OverBudget);
+                    }
+                    self.bytes = self.bytes - old + cost;
+                    self.processes.insert(key, record);
                     self.remember(Key::Process((p.host_name.clone(), p.process_id)), fingerprint);
                 }
                 Ok(if new { Change::NewProcess } else { Change::Process })
@@ -531,6 +610,7 @@ impl RemoteTable {
                 if matches!(cmd, CmdType::UnregPublisher | CmdType::UnregSubscriber) {
                     return Ok(match self.entities.remove(&id) {
                         Some(e) => {
+                            self.bytes -= entity_cost(&e);
                             self.unindex(&e.topic_name, id);
                             self.forget(&Key::Entity(id));
                             Change::Removed(id)
@@ -545,38 +625,43 @@ impl RemoteTable {
                 if prev == 0 && self.entities.len() >= MAX_REMOTE_ENTITIES {
                     return Err(Rejected::TableFull);
                 }
-                if prev_topic != Some(t.topic_name.as_str()) {
-                    if let Some(old) = prev_topic.map(str::to_string) {
+                let prev_topic = prev_topic.map(str::to_string);
+                let record = RemoteEntity {
+                    entity_id: id,
+                    direction,
+                    topic_name: t.topic_name.clone(),
+                    host_name: t.host_name.clone(),
+                    process_id: t.process_id,
+                    process_name: t.process_name.clone(),
+                    unit_name: t.unit_name.clone(),
+                    datatype_name: dt.name,
+                    datatype_encoding: dt.encoding,
+                    datatype_descriptor: dt.descriptor_information,
+                    udp: t.transport_layer.iter().any(|l| l.r#type == LayerType::UdpMc as i32 && l.is_usable()),
+                    no_layers: t.transport_layer.is_empty(),
+                    layers: t.transport_layer.iter().filter(|l| l.is_usable()).map(layer_name).collect(),
+                    connections_local: t.connections_local,
+                    connections_external: t.connections_external,
+                    data_clock: t.data_clock,
+                    data_frequency_mhz: t.data_frequency,
+                    message_drops: t.message_drops,
+                    topic_size: t.topic_size,
+                    samples: prev + 1,
+                    last_seen: now,
+                };
+                let old = self.entities.get(&id).map_or(0, entity_cost);
+                let cost = entity_cost(&record);
+                if !self.fits(old, cost) {
+                    return Err(Rejected::OverBudget);
+                }
+                self.bytes = self.bytes - old + cost;
+                if prev_topic.as_deref() != Some(t.topic_name.as_str()) {
+                    if let Some(old) = prev_topic {
                         self.unindex(&old, id);
                     }
                     self.by_topic.entry(t.topic_name.clone()).or_default().insert(id);
                 }
-                self.entities.insert(
-                    id,
-                    RemoteEntity {
-                        entity_id: id,
-                        direction,
-                        topic_name: t.topic_name.clone(),
-                        host_name: t.host_name.clone(),
-                        process_id: t.process_id,
-                        process_name: t.process_name.clone(),
-                        unit_name: t.unit_name.clone(),
-                        datatype_name: dt.name,
-                        datatype_encoding: dt.encoding,
-                        datatype_descriptor: dt.descriptor_information,
-                        udp: t.transport_layer.iter().any(|l| l.r#type == LayerType::UdpMc as i32 && l.is_usable()),
-                        no_layers: t.transport_layer.is_empty(),
-                        layers: t.transport_layer.iter().filter(|l| l.is_usable()).map(layer_name).collect(),
-                        connections_local: t.connections_local,
-                        connections_external: t.connections_external,
-                        data_clock: t.data_clock,
-                        data_frequency_mhz: t.data_frequency,
-                        message_drops: t.message_drops,
-                        topic_size: t.topic_size,
-                        samples: prev + 1,
-                        last_seen: now,
-                    },
-                );
+                self.entities.insert(id, record);
                 self.remember(Key::Entity(id), fingerprint);
                 Ok(if prev == 0 { Change::New(id) } else { Change::Refreshed(id) })
             }
@@ -588,9 +673,11 @@ impl RemoteTable {
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<u64> {
         let mut gone = Vec::new();
         let mut gone_topics = Vec::new();
+        let mut freed = 0;
         self.entities.retain(|id, e| {
             let keep = now.saturating_duration_since(e.last_seen) < timeout;
             if !keep {
+                freed += entity_cost(e);
                 gone.push(*id);
                 gone_topics.push((std::mem::take(&mut e.topic_name), *id));
             }
@@ -604,10 +691,12 @@ impl RemoteTable {
         self.processes.retain(|k, p| {
             let keep = now.saturating_duration_since(p.last_seen) < timeout;
             if !keep {
+                freed += process_cost(p);
                 gone_processes.push(Key::Process(k.clone()));
             }
             keep
         });
+        self.bytes -= freed;
         for k in &gone_processes {
             self.forget(k);
         }
@@ -873,6 +962,114 @@ mod tests {
             t.on_sample(now, &topic_sample(&me, Direction::Subscriber, &r, false), &a),
             Ok(Change::Refreshed(5))
         );
+    }
+
+    #[test]
+    fn a_byte_budget_bounds_a_flood_of_large_descriptors_and_frees_what_expires() {
+        let me = ident("liar", 9);
+        let a = acc("h", 2, true, true);
+        let t0 = Instant::now();
+        let mut t = RemoteTable::with_budget(1 << 20);
+        let big = |id: u64, len: usize| {
+            let mut r = TopicReport { entity_id: id, topic_name: format!("flood{id}"), ..Default::default() };
+            r.datatype.descriptor_information = vec![7; len];
+            topic_sample(&me, Direction::Publisher, &r, false)
+        };
+        let mut over = 0;
+        for id in 0..100u64 {
+            match t.on_sample(t0, &big(id, 60_000), &a) {
+                Ok(Change::New(_)) => {}
+                Err(Rejected::OverBudget) => over += 1,
+                other => panic!("{other:?}"),
+            }
+            assert!(t.bytes() <= t.budget());
+        }
+        let held = t.entities().count();
+        assert_eq!(held, (1 << 20) / (60_000 + ENTRY_OVERHEAD + 2 * "floodNN".len() + 40));
+        assert_eq!(over, 100 - held);
+        // A known entry that grows past the budget is refused and keeps its old record.
+        assert_eq!(t.on_sample(t0, &big(0, 900_000), &a), Err(Rejected::OverBudget));
+        assert_eq!(t.entity(0).unwrap().datatype_descriptor.len(), 60_000);
+        // Shrinking is always allowed; unregistration and expiry give the bytes back exactly.
+        let before = t.bytes();
+        t.on_sample(t0, &big(0, 10), &a).unwrap();
+        assert_eq!(t.bytes(), before - 59_990);
+        t.on_sample(
+            t0,
+            &topic_sample(&me, Direction::Publisher, &TopicReport { entity_id: 1, ..Default::default() }, true),
+            &a,
+        )
+        .unwrap();
+        let p = process_sample(&me, &ProcessState::default(), false);
+        t.on_sample(t0, &p, &a).unwrap();
+        assert!(t.bytes() > 0);
+        t.expire(t0 + Duration::from_secs(11), Duration::from_secs(10));
+        assert_eq!((t.bytes(), t.entities().count(), t.processes().count()), (0, 0, 0));
+    }
+
+    /// What a forged registration naming a live identity can do, and that the real entity's next
+    /// refresh (its unchanged bytes, through the fast path a node uses) undoes it exactly.
+    #[test]
+    fn forged_registrations_of_live_identities_last_one_refresh_at_most() {
+        let me = ident("hostb", 7);
+        let a = acc("hosta", 1, true, true);
+        let t0 = Instant::now();
+        let report = TopicReport { entity_id: 5, topic_name: "steer".into(), ..Default::default() };
+        let real_pub = topic_sample(&me, Direction::Publisher, &report, false);
+        let real_proc = process_sample(&me, &ProcessState::default(), false);
+        let fresh = || {
+            let mut t = RemoteTable::default();
+            apply(&mut t, t0, &real_pub, &a).0.unwrap();
+            apply(&mut t, t0, &real_proc, &a).0.unwrap();
+            t
+        };
+        let view = |t: &RemoteTable| {
+            let e = t.entity(5).cloned().map(|mut e| {
+                e.samples = 0;
+                e.last_seen = t0;
+                e
+            });
+            let mut p: Vec<RemoteProcess> = t.processes().cloned().collect();
+            p.iter_mut().for_each(|p| p.last_seen = t0);
+            (e, p, t.publishers_of("steer").count(), t.bytes())
+        };
+        let want = view(&fresh());
+        let liar = ident("evilhost", 666);
+        let forgeries: Vec<(&str, Sample)> = vec![
+            ("unregister the live publisher", topic_sample(&me, Direction::Publisher, &report, true)),
+            (
+                "its id with another topic",
+                topic_sample(
+                    &me,
+                    Direction::Publisher,
+                    &TopicReport { topic_name: "other".into(), ..report.clone() },
+                    false,
+                ),
+            ),
+            ("its id from another host", topic_sample(&liar, Direction::Subscriber, &report, false)),
+            ("unregister the live process", process_sample(&me, &ProcessState::default(), true)),
+            (
+                "the live process with other fields",
+                process_sample(
+                    &Identity { unit_name: "impostor".into(), ..me.clone() },
+                    &ProcessState { severity: Severity::Failed, ..Default::default() },
+                    false,
+                ),
+            ),
+        ];
+        for (what, forged) in forgeries {
+            let mut t = fresh();
+            apply(&mut t, t0, &forged, &a).0.unwrap();
+            assert_ne!(view(&t), want, "{what}: the forgery had no effect, so this case proves nothing");
+            // One refresh period later the real process sends its registration again, unchanged.
+            let t1 = t0 + Duration::from_secs(1);
+            apply(&mut t, t1, &real_pub, &a).0.unwrap();
+            apply(&mut t, t1, &real_proc, &a).0.unwrap();
+            assert_eq!(view(&t), want, "{what}: not undone by the real entity's next refresh");
+            // Nothing of the forgery stays behind to expire later either.
+            t.expire(t1 + Duration::from_secs(10), Duration::from_secs(10));
+            assert_eq!(t.bytes(), 0, "{what}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod ecal;
 mod fuzz;
 mod hostile;
 mod interop;
+mod lies;
 mod netns;
 mod parity;
 mod privileged;
@@ -117,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         "fuzz" => fuzz::run(rest),
         "torture" => torture::run(rest),
         "torture-send" => hostile::run(rest),
+        "torture-lie" => lies::run(rest),
         _ => usage(),
     }
 }

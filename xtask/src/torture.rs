@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOPIC: &str = "torture";
+pub const TOPIC: &str = "torture";
 /// The IPv4 reassembly settings the README recommends for socket receivers.
 const KERNEL_SETTINGS: [&str; 2] = ["net.ipv4.ipfrag_time=5", "net.ipv4.ipfrag_high_thresh=67108864"];
 /// Linux's own IPv4 reassembly limits (4 MiB for 30 s), under which an IP-fragment attack stops
@@ -44,6 +44,8 @@ const CAPS: &[(&str, &str)] = &[
     ("MW_NPCAP_BUFFER_SIZE", "32MiB"),
     ("MW_NPCAP_IP_MAX_BUFFERED_BYTES", "16MiB"),
     ("MW_NPCAP_IP_TIMEOUT_MS", "1000"),
+    ("MW_REGISTRATION_MAX_TABLE_BYTES", "16MiB"),
+    ("MW_REGISTRATION_MAX_BUFFERED_BYTES", "8MiB"),
 ];
 
 /// Memory beyond the caps: program, thread stacks, allocator slack, and the few 1 MiB messages
@@ -53,10 +55,12 @@ const CAPS: &[(&str, &str)] = &[
 const BASE_MIB: u64 = 64;
 
 /// Peak RSS the subscriber may reach with `CAPS` on `transport`, in MiB: message reassembly
-/// (32) and the receive queue (16 x 1 MiB messages); for packet capture also the ring (32) and
+/// (32), the receive queue (16 x 1 MiB messages), the remote table (16) and partial
+/// registration messages (8); for packet capture also the ring (32) and
 /// IPv4 reassembly (16) (no datagram queue: the capture thread delivers to the node).
 fn rss_limit_mib(transport: &str) -> u64 {
-    let core = 32 + 16;
+    // Message reassembly, the queue, the remote table's byte budget and registration reassembly.
+    let core = 32 + 16 + 16 + 8;
     BASE_MIB + if transport == "npcap" { core + 32 + 16 } else { core }
 }
 
@@ -267,7 +271,7 @@ fn counters(sub: &Value) -> String {
             }
         }
     }
-    for k in ["sequence_gaps", "queue_overflow", "duplicates", "out_of_order"] {
+    for k in ["sequence_gaps", "queue_overflow", "duplicates", "out_of_order", "clock_jumps_held", "clock_resyncs"] {
         if u(&st["subscriber"][k]) > 0 {
             v.push(format!("sub.{k}={}", u(&st["subscriber"][k])));
         }
@@ -308,7 +312,9 @@ fn judge_stream(row: &mut Row, sub_code: Option<i32>, sub: Option<&Value>, publi
         return;
     };
     let id = publ["entity_id"].as_str().unwrap_or("");
-    row.sent = u(&publ["sent"]);
+    // Every `send` call advances the clock, also those that found no subscriber connected and
+    // sent nothing (counted by the publisher, a gap for the subscriber): messages published.
+    row.sent = u(&publ["sent"]) + u(&publ["stats"]["not_connected"]);
     let (delivered, last, bad) = from_publisher(sub, id);
     row.delivered = delivered;
     row.gaps = u(&sub["stats"]["subscriber"]["sequence_gaps"]);
@@ -378,6 +384,69 @@ fn hostile_case_with(
         row.fail(format!("the hostile sender did not run (exit {hcode:?})"));
     }
     row.case = format!("{case} ({hostile_sent} pkts)");
+    Ok(row)
+}
+
+/// Registration refresh period of the lab's programs (the default) and the stream's rate: a
+/// forged unregistration or identity of the live subscriber makes the publisher see nobody
+/// until the subscriber's next registration, so it may cost what is sent in one period.
+const REFRESH_S: f64 = 1.0;
+const LIE_RATE: f64 = 20.0;
+
+/// A lying-peer case (`lies.rs`): the same stream as a hostile case (1 MiB x 300 at 20/s), a
+/// peer on the publisher's host sending well-formed lies for 4 s from 2.5 s in. Passes when
+/// every real message is delivered or its loss counted, the stream's last message arrives, RSS
+/// stays within the limit, and the loss is within the bound stated for the case: none for a
+/// forged clock and for a registration flood; for forged unregistrations and identities, at
+/// most one refresh period's messages per forgery round (the publisher sees no subscriber
+/// until the subscriber's next registration; `send` counts them as not connected).
+fn lying_case(env: &Env, lab: &Lab, transport: &str, case: &str) -> anyhow::Result<Row> {
+    let mut row = Row::new(transport, case);
+    let tag = format!("{transport}-{case}");
+    let sub = env.subscriber(lab, transport, 21.0, &[], &format!("{tag}-sub"))?;
+    std::thread::sleep(Duration::from_millis(700));
+    let publ = env.publisher(lab, MIB, 300, LIE_RATE, &[], &format!("{tag}-pub"))?;
+    std::thread::sleep(Duration::from_millis(2500));
+    let xtask = env.xtask.display().to_string();
+    let liar = env.spawn(&lab.a, &xtask, &strings(&["torture-lie", case, "4"]), &[], &format!("{tag}-liar"))?;
+    let (lcode, lout) = wait_output(liar, Duration::from_secs(30));
+    let (_, pout) = wait_output(publ, Duration::from_secs(40));
+    let (scode, sout) = wait_output(sub, Duration::from_secs(30));
+    let s = summary(&sout, "sub");
+    let l: Value = lout.lines().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+    let lies = u(&l["datagrams"]);
+    if lcode != Some(0) || lies == 0 {
+        row.fail(format!("the lying peer did not run (exit {lcode:?})"));
+    }
+    let held = s.as_ref().map_or(0, |s| u(&s["stats"]["subscriber"]["clock_jumps_held"]));
+    judge_stream(&mut row, scode, s.as_ref(), summary(&pout, "pub").as_ref());
+    if case == "forged_max_clock" {
+        // The forgery itself is delivered (unauthenticated, as eCAL would) and held: the real
+        // messages are what it delivered besides.
+        row.delivered = row.delivered.saturating_sub(held);
+        row.failures.retain(|f| !f.contains(" lost but "));
+        if held == 0 {
+            row.fail("the forged sample never reached the subscriber's filter");
+        }
+    }
+    let lost = row.sent.saturating_sub(row.delivered);
+    let bound = match case {
+        "forged_unregistration" | "identity_collision" => {
+            let rounds = (lies / 2).max(1) as f64;
+            (rounds * (LIE_RATE * REFRESH_S + 1.0)) as u64
+        }
+        _ => 0,
+    };
+    if lost > bound {
+        row.fail(format!("{lost} real messages lost, more than the bound of {bound}"));
+    }
+    if case == "registration_flood" {
+        let over = s.as_ref().map_or(0, |s| u(&s["stats"]["registration"]["registration_over_budget"]));
+        if over == 0 {
+            row.fail("the flood never reached the remote table's byte budget: it proves nothing");
+        }
+    }
+    row.case = format!("lie: {case} ({lies} datagrams; bound {bound} lost)");
     Ok(row)
 }
 
@@ -699,6 +768,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         for (case, _, _) in hostile::CASES {
             if wanted(case) {
                 push(hostile_case(&env, &lab, t, case), t, case);
+            }
+        }
+        for (case, _) in crate::lies::CASES {
+            if wanted(case) {
+                push(lying_case(&env, &lab, t, case), t, case);
             }
         }
         if t == "socket" {

@@ -1,6 +1,7 @@
 //! Pure-path benchmarks: header parse/emit, message split, reassembly (in order, reversed,
 //! shuffled) for 64 KiB / 1 MiB / 16 MiB messages, reassembly of `frames` send mode's
-//! frame-sized datagrams as a capture sees them (segmentation offload buffers uncut), topic hash.
+//! frame-sized datagrams as a capture sees them (segmentation offload buffers uncut), a flood
+//! forcing an eviction per datagram from full tables, topic hash.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use middleware_core::fragment::{split, Outcome, Reassembler, ReassemblyConfig};
@@ -169,6 +170,67 @@ fn ip_reassembly(c: &mut Criterion) {
     g.finish();
 }
 
+/// A flood that forces an eviction per datagram: each table full (65 536 partial messages,
+/// eCAL's and IPv4's), every new datagram begins a message that never completes, so making
+/// room for it evicts the oldest. The cost per datagram at steady state: with the oldest found
+/// by a scan of the table it grew with the table; with the tables kept oldest first
+/// (`middleware_core::bounded`) it does not.
+fn eviction_flood(c: &mut Criterion) {
+    use std::net::Ipv4Addr;
+    use transport_udp_npcap::frame::Ipv4Packet;
+    use transport_udp_npcap::ip_reassembly::{IpReassembler, IpReassemblyConfig};
+    const FULL: usize = 65_536;
+    let mut g = c.benchmark_group("eviction_flood");
+    g.throughput(Throughput::Elements(1));
+    let now = Instant::now();
+    let from = SocketAddr::from(([10, 0, 0, 9], 4000));
+    let info = |id: i32| DatagramRepr::FragmentInfo { id, count: 2, total_len: 2800 }.to_bytes();
+    let config = ReassemblyConfig { max_partial_messages: FULL, max_buffered_bytes: 1 << 30, ..Default::default() };
+    let mut r = Reassembler::new(config);
+    let mut id = 0i32;
+    for _ in 0..FULL {
+        id += 1;
+        r.on_datagram(now, from, &info(id));
+    }
+    assert_eq!(r.partial_messages(), FULL);
+    g.bench_function("ecal_65536_partials", |b| {
+        b.iter(|| {
+            id = id.wrapping_add(1);
+            black_box(r.on_datagram(now, from, &info(id)));
+        })
+    });
+    assert_eq!(r.partial_messages(), FULL);
+    let config = IpReassemblyConfig { max_datagrams: FULL, max_buffered_bytes: 1 << 30, ..Default::default() };
+    let mut ip = IpReassembler::new(config);
+    let body = [7u8; 8];
+    let mut n = 0u32;
+    let push = |ip: &mut IpReassembler, n: u32| {
+        let p = Ipv4Packet {
+            src: Ipv4Addr::from(0x0a00_0000 | (n >> 16)),
+            dst: Ipv4Addr::new(239, 0, 0, 1),
+            protocol: 17,
+            identification: n as u16,
+            offset: 0,
+            more_fragments: true,
+            payload: &body,
+        };
+        black_box(ip.push(now, &p));
+    };
+    for _ in 0..FULL {
+        n += 1;
+        push(&mut ip, n);
+    }
+    assert_eq!(ip.partial_datagrams(), FULL);
+    g.bench_function("ipv4_65536_partials", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            push(&mut ip, n);
+        })
+    });
+    assert_eq!(ip.partial_datagrams(), FULL);
+    g.finish();
+}
+
 /// Link + IPv4 decode of every frame of a real eCAL capture (cap1: Ethernet, registration and
 /// data datagrams), as the capture thread does for each frame.
 fn frame_decode(c: &mut Criterion) {
@@ -255,5 +317,15 @@ fn registration(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, header, reassembly, frames_run, ip_reassembly, frame_decode, topic_hash, registration);
+criterion_group!(
+    benches,
+    header,
+    reassembly,
+    frames_run,
+    ip_reassembly,
+    eviction_flood,
+    frame_decode,
+    topic_hash,
+    registration
+);
 criterion_main!(benches);

@@ -138,6 +138,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bounded;
 pub mod config;
 pub mod fragment;
 #[doc(hidden)]

@@ -16,7 +16,6 @@
 //! leases hold are the receiver's, counted against its own limits.
 
 use crate::frame::{decode, parse_udp, parse_udp_header, FrameError, Ipv4Packet, LinkType};
-use crate::ip_reassembly::FragMap;
 use crate::ip_reassembly::{
     IpKey, IpReassembler, IpReassemblyConfig, IpReassemblyStats, EXPIRY_EVERY, MAX_DATAGRAM_PAYLOAD,
 };
@@ -133,11 +132,13 @@ struct Stream {
 
 /// The streams in progress. The one begun last is kept beside the map, where the next fragment
 /// of it (the usual case: a sender's fragments come back to back) is found without hashing;
-/// the others are in the map. A key is in one place or the other, never both.
+/// the others are in the map, in the order they began ([`middleware_core::bounded::OldestFirst`]:
+/// the previous last goes to its back when a newer one begins), so the oldest is found in O(1).
+/// A key is in one place or the other, never both.
 #[derive(Debug, Default)]
 struct Streams {
     last: Option<(IpKey, Stream)>,
-    others: FragMap<IpKey, Stream>,
+    others: middleware_core::bounded::OldestFirst<IpKey, Stream>,
 }
 
 impl Streams {
@@ -165,6 +166,11 @@ impl Streams {
         if let Some((k, previous)) = self.last.replace((key, st)) {
             self.others.insert(k, previous);
         }
+    }
+
+    /// The stream begun first.
+    fn oldest(&self) -> Option<IpKey> {
+        self.others.front().map(|(k, _)| *k).or_else(|| self.last.as_ref().map(|(k, _)| *k))
     }
 
     fn iter(&self) -> impl Iterator<Item = (&IpKey, &Stream)> {
@@ -434,7 +440,7 @@ impl Demux {
         while self.streams.len() >= self.ip_config.max_datagrams.max(1)
             || self.stream_bytes + udp_len > self.ip_config.max_buffered_bytes
         {
-            let Some(oldest) = self.streams.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k) else { break };
+            let Some(oldest) = self.streams.oldest() else { break };
             self.give_up(&oldest);
             self.stats.streams_evicted += 1;
             tracing::debug!(src = %oldest.src, id = oldest.id, "directly placed datagram evicted unfinished");

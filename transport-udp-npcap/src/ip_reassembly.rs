@@ -21,11 +21,11 @@
 use crate::frame::Ipv4Packet;
 use std::borrow::Cow;
 
-/// A map keyed by IPv4 fragment identity, looked up for every fragment (here and in the
-/// demultiplexer's streams): foldhash, seeded per process, several times cheaper than std's
-/// SipHash on these small keys. Every such map is bounded (`ip_max_datagrams`, the stream
-/// bound), so crafted collisions cost at most a scan of that many.
-pub(crate) type FragMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+// The maps keyed by IPv4 fragment identity, looked up for every fragment (here and in the
+// demultiplexer's streams), are `middleware_core::bounded::OldestFirst`: foldhash, seeded per
+// process, several times cheaper than std's SipHash on these small keys. Every such map is
+// bounded (`ip_max_datagrams`, the stream bound), so crafted collisions cost at most a scan of
+// that many.
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -97,7 +97,6 @@ struct Partial {
     ranges: Vec<(usize, usize)>,
     total: Option<usize>,
     created: Instant,
-    touched: Instant,
 }
 
 enum Fit {
@@ -169,7 +168,9 @@ impl Partial {
 #[derive(Debug)]
 pub struct IpReassembler {
     config: IpReassemblyConfig,
-    partials: FragMap<IpKey, Partial>,
+    /// Least recently touched first ([`middleware_core::bounded::OldestFirst`]): a fragment
+    /// that adds bytes moves its datagram to the back, so eviction takes the front in O(1).
+    partials: middleware_core::bounded::OldestFirst<IpKey, Partial>,
     buffered: usize,
     stats: IpReassemblyStats,
     pool: Vec<Vec<u8>>,
@@ -189,7 +190,7 @@ impl IpReassembler {
     pub fn new(config: IpReassemblyConfig) -> Self {
         Self {
             config,
-            partials: FragMap::default(),
+            partials: middleware_core::bounded::oldest_first(),
             buffered: 0,
             stats: IpReassemblyStats::default(),
             pool: Vec::new(),
@@ -279,10 +280,10 @@ impl IpReassembler {
                     if self.buffered + end.saturating_sub(part.buf.capacity()) <= self.config.max_buffered_bytes =>
                 {
                     let before = part.buf.capacity();
-                    part.touched = now;
                     part.insert(start, end, p.more_fragments, p.payload);
                     self.buffered = self.buffered + part.buf.capacity() - before;
                     if !part.complete() {
+                        self.partials.to_back(&key);
                         return None;
                     }
                     let part = self.partials.remove(&key).expect("present");
@@ -318,14 +319,12 @@ impl IpReassembler {
             }
             None => self.new_partial(now),
         };
-        part.touched = now;
         // Room for this partial at its final size (it grows to `end` now, at most 65 515).
         let need = part.buf.capacity().max(end);
         while self.partials.len() >= self.config.max_datagrams.max(1)
             || self.buffered + need > self.config.max_buffered_bytes
         {
-            let Some(oldest) = self.partials.iter().min_by_key(|(_, q)| q.touched).map(|(k, _)| *k) else { break };
-            let q = self.partials.remove(&oldest).expect("present");
+            let Some((_, q)) = self.partials.pop_front() else { break };
             self.release(q);
             self.stats.evicted += 1;
         }
@@ -344,7 +343,7 @@ impl IpReassembler {
 
     fn new_partial(&mut self, now: Instant) -> Partial {
         let buf = self.pool.pop().unwrap_or_default();
-        Partial { buf, ranges: Vec::new(), total: None, created: now, touched: now }
+        Partial { buf, ranges: Vec::new(), total: None, created: now }
     }
 
     /// Drops partial datagrams older than the timeout (counted from their first fragment).

@@ -13,7 +13,8 @@
 //! * limits: a declared total above `max_message_len`, a fragment count that cannot describe the
 //!   total, a fragment index at or above the count are rejected before anything is allocated;
 //!   when a new partial message would exceed `max_partial_messages` or `max_buffered_bytes`,
-//!   the least recently touched partial messages are evicted. Every drop is counted;
+//!   the least recently handled partial messages are evicted (the front of a table kept in
+//!   that order, O(1) per eviction). Every drop is counted;
 //! * a datagram arriving in pieces (a capture transport's IPv4 fragments) may be written
 //!   straight into its message's buffer through a [`DatagramLease`] when it is a whole message or
 //!   the next fragment in order: same checks, same limits (the lent buffer stays counted), and
@@ -38,10 +39,10 @@ pub const EXPIRY_EVERY: Duration = Duration::from_millis(100);
 
 /// Maps keyed by what the network sends (sender, message id), looked up for every fragment:
 /// foldhash with a per-process random seed, several times faster than std's SipHash on these
-/// small keys. Its weaker resistance to crafted collisions is bounded here: the maps hold at
-/// most `max_partial_messages` partial and a bounded number of recently completed keys, so a
-/// worst case costs a scan of that many.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// small keys (the partials' table, [`crate::bounded::OldestFirst`], uses it too). Its weaker
+/// resistance to crafted collisions is bounded here: the maps hold at most
+/// `max_partial_messages` partial and a bounded number of recently completed keys, so a worst
+/// case costs a scan of that many.
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Reassembly bounds. Defaults are documented on each field.
@@ -446,7 +447,9 @@ impl DatagramLease {
 #[derive(Debug)]
 pub struct Reassembler {
     config: ReassemblyConfig,
-    partials: HashMap<FragKey, Partial>,
+    /// Oldest handled first: a partial is put back at the newest end each time it is handled
+    /// (taken out and put back, or appended to in place), so eviction takes the front.
+    partials: crate::bounded::OldestFirst<FragKey, Partial>,
     buffered: usize,
     stats: ReassemblyStats,
     /// When partials are next checked for expiry (`None`: at the next datagram).
@@ -487,7 +490,7 @@ impl Reassembler {
         Self {
             splitter,
             config,
-            partials: HashMap::default(),
+            partials: crate::bounded::oldest_first(),
             buffered: 0,
             stats: ReassemblyStats::default(),
             expiry_due: None,
@@ -577,7 +580,7 @@ impl Reassembler {
         // that is not a fragment.
         let mut pieces = buffer.chunks(size).map_while(|piece| fragment_parts(piece).map(|parts| (piece, parts)));
         let Some((first, (id, index, body))) = pieces.next() else { return 0 };
-        let Some(p) = self.partials.get_mut(&FragKey { sender, id }) else { return 0 };
+        let Some(p) = self.partials.to_back(&FragKey { sender, id }) else { return 0 };
         // The first goes through every check. What they establish (the info known, nothing
         // waiting ahead, nothing lent) holds for the rest of the run, since appending the next
         // fragment in order changes none of it: each next one needs only the checks that
@@ -690,7 +693,7 @@ impl Reassembler {
         // may be decided by the splitter) of a message whose body is reserved is appended where
         // the partial lies. Its cost does not change, so no limit needs checking again. (A
         // partial's key is never in `done`: both paths below check that before creating one.)
-        if let Some(p) = self.partials.get_mut(&key) {
+        if let Some(p) = self.partials.to_back(&key) {
             if let Some(count) = p.takes_next(index, body.len()) {
                 p.last_touch = now;
                 p.insert(index, body);
@@ -954,10 +957,10 @@ impl Reassembler {
         true
     }
 
-    /// Evicts the least recently touched partials while the bytes held exceed the limit.
+    /// Evicts the least recently handled partials while the bytes held exceed the limit.
     fn trim(&mut self) {
         while self.buffered + self.lent() > self.config.max_buffered_bytes {
-            let Some(oldest) = self.partials.iter().min_by_key(|(_, p)| p.last_touch).map(|(k, _)| *k) else {
+            let Some(oldest) = self.partials.front().map(|(k, _)| *k) else {
                 break;
             };
             self.take(&oldest);
@@ -977,8 +980,9 @@ impl Reassembler {
         self.partials.insert(key, p);
     }
 
-    /// Evicts least recently touched partials until `extra` more bytes and one more partial fit.
-    /// Returns false when even an empty table could not take `extra` bytes.
+    /// Evicts least recently handled partials (O(1) each: the front of the table) until `extra`
+    /// more bytes and one more partial fit. Returns false when even an empty table could not
+    /// take `extra` bytes.
     fn make_room(&mut self, extra: usize) -> bool {
         if extra > self.config.max_buffered_bytes {
             return false;
@@ -986,7 +990,7 @@ impl Reassembler {
         while self.partials.len() >= self.config.max_partial_messages.max(1)
             || self.buffered + self.lent() + extra > self.config.max_buffered_bytes
         {
-            let Some(oldest) = self.partials.iter().min_by_key(|(_, p)| p.last_touch).map(|(k, _)| *k) else {
+            let Some(oldest) = self.partials.front().map(|(k, _)| *k) else {
                 break;
             };
             self.take(&oldest);

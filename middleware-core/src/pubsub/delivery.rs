@@ -64,8 +64,8 @@ impl ChannelRx {
         let sh = &self.shared;
         match (outcome, self.channel) {
             (Outcome::Message(m), Channel::Registration) => sh.on_registration(&m, source, now),
-            (Outcome::Message(m), Channel::Data) => on_data(sh, Message::Whole(m), source, now),
-            (Outcome::Split(m), Channel::Data) => on_data(sh, Message::Split(m), source, now),
+            (Outcome::Message(m), Channel::Data) => on_data(sh, Message::Whole(m), source),
+            (Outcome::Split(m), Channel::Data) => on_data(sh, Message::Split(m), source),
             (Outcome::Split(m), Channel::Registration) => sh.on_registration(&m.joined(), source, now),
             (Outcome::Pending | Outcome::Dropped, _) => {}
         }
@@ -311,12 +311,12 @@ pub(crate) fn decode_split(m: SplitMessage, topic: &str) -> Result<DataSample, D
 
 /// Runs each subscriber's order filter and hands the message to those that accept it. The
 /// last one takes the payload buffer itself (moved, not copied).
-pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, now: Instant, drop_out_of_order: bool) {
+pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, drop_out_of_order: bool) {
     let mut payload = Some(sample.payload);
     let last = subs.len().saturating_sub(1);
     let recv_us = super::node::now_us();
     for (i, s) in subs.iter().enumerate() {
-        let verdict = lock(&s.filters).check(now, sample.publisher_id, sample.clock, drop_out_of_order);
+        let verdict = lock(&s.filters).check(sample.publisher_id, sample.clock, drop_out_of_order);
         match verdict {
             Verdict::Duplicate => {
                 s.duplicates.inc();
@@ -356,7 +356,7 @@ pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, now: Instant,
     }
 }
 
-fn on_data(sh: &Shared, msg: Message<'_>, source: SocketAddr, now: Instant) {
+fn on_data(sh: &Shared, msg: Message<'_>, source: SocketAddr) {
     let c = &sh.data_counters;
     let (subs, body_start, unmatched_name) = {
         let (topic, body_start) = match data_frame(msg.front()) {
@@ -418,7 +418,7 @@ fn on_data(sh: &Shared, msg: Message<'_>, source: SocketAddr, now: Instant) {
         c.unmatched_topic.inc();
         return;
     }
-    fan_out(&subs, sample, now, sh.config.drop_out_of_order);
+    fan_out(&subs, sample, sh.config.drop_out_of_order);
 }
 
 #[cfg(test)]
@@ -461,7 +461,6 @@ mod tests {
 
     #[test]
     fn fan_out_filters_per_subscriber_and_bounds_queues_in_messages_and_bytes() {
-        let now = Instant::now();
         let (a, b) = (sub(1024, 4096), sub(2, 1 << 20));
         let subs = vec![Arc::clone(&a), Arc::clone(&b)];
         let sample = |clock: i64, len: usize| DataSample {
@@ -471,11 +470,11 @@ mod tests {
             time_us: 0,
             payload: Payload::Shared(bytes::Bytes::from(vec![clock as u8; len])),
         };
-        fan_out(&subs, sample(1, 1000), now, true);
-        fan_out(&subs, sample(1, 1000), now, true); // duplicate
-        fan_out(&subs, sample(3, 1000), now, true); // gap of 1
-        fan_out(&subs, sample(2, 1000), now, true); // out of order
-        fan_out(&subs, sample(4, 1000), now, true);
+        fan_out(&subs, sample(1, 1000), true);
+        fan_out(&subs, sample(1, 1000), true); // duplicate
+        fan_out(&subs, sample(3, 1000), true); // gap of 1
+        fan_out(&subs, sample(2, 1000), true); // out of order
+        fan_out(&subs, sample(4, 1000), true);
         for s in [&a, &b] {
             let st = s.stats();
             assert_eq!((st.delivered, st.duplicates, st.out_of_order, st.sequence_gaps), (3, 1, 1, 1));
@@ -486,16 +485,16 @@ mod tests {
         assert_eq!(b.queued(), (2, 2 * 1064));
         assert_eq!(b.stats().queue_overflow, 1);
         // Bytes bound: a 3000-byte message pushes out the oldest ones until it fits.
-        fan_out(&[Arc::clone(&a)], sample(5, 3000), now, true);
+        fan_out(&[Arc::clone(&a)], sample(5, 3000), true);
         assert_eq!(a.queued(), (1, 3064));
         assert_eq!(a.stats().queue_overflow, 3);
         // A message larger than the whole bound still queues, alone.
-        fan_out(&[Arc::clone(&a)], sample(6, 10_000), now, true);
+        fan_out(&[Arc::clone(&a)], sample(6, 10_000), true);
         assert_eq!(a.queued(), (1, 10_064));
         // Empty messages are bounded in bytes too (64 bytes of bookkeeping each).
         let c = sub(1 << 20, 64 * 100);
         for k in 0..1000 {
-            fan_out(&[Arc::clone(&c)], sample(k + 1, 0), now, true);
+            fan_out(&[Arc::clone(&c)], sample(k + 1, 0), true);
         }
         assert_eq!(c.queued(), (100, 6400));
         assert_eq!(c.stats().queue_overflow, 900);
@@ -503,7 +502,6 @@ mod tests {
 
     #[test]
     fn a_panicking_subscriber_does_not_stop_the_next_one() {
-        let now = Instant::now();
         let (a, b) = (sub(16, 1 << 20), sub(16, 1 << 20));
         let got = Arc::new(AtomicUsize::new(0));
         a.set_callback(Arc::new(|_| panic!("callback A panics")));
@@ -519,7 +517,7 @@ mod tests {
                 time_us: 0,
                 payload: Payload::Owned(vec![1u8]),
             };
-            fan_out(&[Arc::clone(&a), Arc::clone(&b)], s, now, true);
+            fan_out(&[Arc::clone(&a), Arc::clone(&b)], s, true);
         }
         assert_eq!(got.load(Ordering::SeqCst), 10);
         assert_eq!(a.stats().callback_panics, 10);

@@ -203,27 +203,36 @@ pub const MAX_TRACKED_PUBLISHERS: usize = 1024;
 
 /// The filters of one subscriber, bounded: when full, the publisher heard from least recently is
 /// forgotten (counted), so it restarts as a new publisher if it comes back.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FilterTable {
-    /// foldhash, seeded per process: looked up once per message; the ids come from the
-    /// network, but the table is bounded (a crafted collision costs a scan of at most that many).
-    filters: std::collections::HashMap<u64, (SeqFilter, std::time::Instant), foldhash::fast::RandomState>,
+    /// Least recently heard first ([`crate::bounded::OldestFirst`]: foldhash, seeded per
+    /// process): looked up once per message; the ids come from the network, but the table is
+    /// bounded (a crafted collision costs a scan of at most that many), and the publisher to
+    /// forget is its front, found in O(1).
+    filters: crate::bounded::OldestFirst<u64, SeqFilter>,
     forgotten: u64,
 }
 
+impl Default for FilterTable {
+    fn default() -> Self {
+        Self { filters: crate::bounded::oldest_first(), forgotten: 0 }
+    }
+}
+
 impl FilterTable {
-    /// The verdict for message `clock` of `publisher` received at `now`; the least recently heard
-    /// publisher is forgotten first when the table is full.
-    pub fn check(&mut self, now: std::time::Instant, publisher: u64, clock: i64, drop_out_of_order: bool) -> Verdict {
-        if self.filters.len() >= MAX_TRACKED_PUBLISHERS && !self.filters.contains_key(&publisher) {
-            if let Some(oldest) = self.filters.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
-                self.filters.remove(&oldest);
-                self.forgotten += 1;
-            }
+    /// The verdict for message `clock` of `publisher`; the least recently heard publisher is
+    /// forgotten first when the table is full.
+    pub fn check(&mut self, publisher: u64, clock: i64, drop_out_of_order: bool) -> Verdict {
+        if let Some(f) = self.filters.to_back(&publisher) {
+            return f.check(clock, drop_out_of_order);
         }
-        let (f, seen) = self.filters.entry(publisher).or_insert_with(|| (SeqFilter::default(), now));
-        *seen = now;
-        f.check(clock, drop_out_of_order)
+        if self.filters.len() >= MAX_TRACKED_PUBLISHERS && self.filters.pop_front().is_some() {
+            self.forgotten += 1;
+        }
+        let mut f = SeqFilter::default();
+        let v = f.check(clock, drop_out_of_order);
+        self.filters.insert(publisher, f);
+        v
     }
 
     /// Publishers forgotten to stay within [`MAX_TRACKED_PUBLISHERS`].
@@ -249,15 +258,20 @@ mod tests {
     #[test]
     fn table_is_bounded() {
         let mut t = FilterTable::default();
-        let t0 = std::time::Instant::now();
         for id in 0..(MAX_TRACKED_PUBLISHERS as u64 + 100) {
-            t.check(t0 + std::time::Duration::from_micros(id), id, 1, true);
+            t.check(id, 1, true);
         }
         assert_eq!(t.len(), MAX_TRACKED_PUBLISHERS);
         assert_eq!(t.forgotten(), 100);
         // The most recent publishers are kept: a repeat of the last clock is still a duplicate.
         let last = MAX_TRACKED_PUBLISHERS as u64 + 99;
-        assert_eq!(t.check(t0, last, 1, true), Verdict::Duplicate);
+        assert_eq!(t.check(last, 1, true), Verdict::Duplicate);
+        // Hearing the oldest again makes it the newest: the next newcomer forgets another.
+        let oldest = 100;
+        assert_eq!(t.check(oldest, 1, true), Verdict::Duplicate);
+        t.check(u64::MAX, 1, true);
+        assert_eq!(t.check(oldest, 1, true), Verdict::Duplicate, "kept");
+        assert_eq!(t.check(101, 1, true), Verdict::Accept { gap: 0 }, "forgotten, so new again");
     }
 
     #[test]

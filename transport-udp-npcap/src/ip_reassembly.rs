@@ -168,8 +168,8 @@ impl Partial {
 #[derive(Debug)]
 pub struct IpReassembler {
     config: IpReassemblyConfig,
-    /// Least recently touched first ([`middleware_core::bounded::OldestFirst`]): a fragment
-    /// that adds bytes moves its datagram to the back, so eviction takes the front in O(1).
+    /// Least recently touched first ([`middleware_core::bounded::OldestFirst`]): each fragment
+    /// of a datagram moves it to the back, so eviction takes the front in O(1).
     partials: middleware_core::bounded::OldestFirst<IpKey, Partial>,
     buffered: usize,
     stats: IpReassemblyStats,
@@ -270,7 +270,8 @@ impl IpReassembler {
         let key = IpKey { src: p.src, dst: p.dst, protocol: p.protocol, id: p.identification };
         // The common case, a further fragment of a datagram in progress that fits and needs no
         // eviction: updated in place (one lookup; no removal and re-insertion per fragment).
-        if let Some(part) = self.partials.get_mut(&key) {
+        // `to_back`: the lookup itself marks the datagram as the most recently touched.
+        if let Some(part) = self.partials.to_back(&key) {
             match part.fit(start, end, p.more_fragments, p.payload) {
                 Fit::Duplicate => {
                     self.stats.duplicates += 1;
@@ -283,7 +284,6 @@ impl IpReassembler {
                     part.insert(start, end, p.more_fragments, p.payload);
                     self.buffered = self.buffered + part.buf.capacity() - before;
                     if !part.complete() {
-                        self.partials.to_back(&key);
                         return None;
                     }
                     let part = self.partials.remove(&key).expect("present");

@@ -12,7 +12,7 @@
 //! let mut config = Config::default(); // eCAL's defaults: local mode, ports 14000 / 14002
 //! config.apply_toml("mode = \"network\"\n[network]\nttl = 2\n", Origin::Code)?;
 //! config.set("udp.receive_buffer", "16MiB")?;
-//! assert_eq!((config.mode, config.network_ttl, config.receive_buffer), (Mode::Network, 2, 16 << 20));
+//! assert_eq!((config.mode(), config.network_ttl(), config.receive_buffer()), (Mode::Network, 2, 16 << 20));
 //!
 //! // A mistake names the key, where it came from and what is accepted.
 //! let err = config.set("network.ttl", "300").unwrap_err();
@@ -20,6 +20,16 @@
 //! assert!(err.to_string().contains("0..=255"), "{err}");
 //! assert!(matches!(config.set("network.tll", "2"), Err(ConfigError::UnknownKey { .. })));
 //! # Ok::<(), ConfigError>(())
+//! ```
+//!
+//! A `Config` holds only what the parser accepts: its fields are private, read through getters
+//! of the same names, and written only by [`Config::set`], [`Config::set_all`], files and the
+//! environment (a refused value changes nothing). So a value the send path could not handle
+//! cannot be put there from code:
+//!
+//! ```compile_fail
+//! let mut config = middleware_core::config::Config::default();
+//! config.max_datagram_size = 10; // private: `config.set("udp.max_datagram_size", "10")` is refused
 //! ```
 //!
 //! | key | default | accepted |
@@ -243,90 +253,90 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// `transport`: which transport receives (sending always uses sockets).
-    pub transport: TransportKind,
+    pub(crate) transport: TransportKind,
     /// `mode`: local (this host) or network (multicast, cross-host).
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// `network.group`: base multicast address of network mode; topics map into the groups under
     /// `network.mask` (see [`crate::topic_group`]).
-    pub network_group: Ipv4Addr,
+    pub(crate) network_group: Ipv4Addr,
     /// `network.mask`: how many multicast groups topics spread over (`255.255.255.240`: 16).
-    pub network_mask: Ipv4Addr,
+    pub(crate) network_mask: Ipv4Addr,
     /// `network.group_mapping`: eCAL's v2 (default) or v1 topic-to-group hash.
-    pub group_mapping: GroupMapping,
+    pub(crate) group_mapping: GroupMapping,
     /// `network.ttl`: multicast TTL of network mode (hops through routers; 0 keeps it on the host).
-    pub network_ttl: u32,
+    pub(crate) network_ttl: u32,
     /// `network.interface`: interface (name or IPv4 address) to send and join groups on; `None`
     /// lets the routing table decide.
-    pub interface: Option<String>,
+    pub(crate) interface: Option<String>,
     /// `network.multicast_loopback`: this host's processes hear our multicast (`true`:
     /// registration always, data while a subscriber on this host is registered; `always`: data
     /// always too; `false`: never).
-    pub multicast_loopback: bool,
+    pub(crate) multicast_loopback: bool,
     /// `network.multicast_loopback = always`: data is looped back even with no same-host
     /// subscriber registered (for listeners on this host that do not register).
-    pub multicast_loopback_always: bool,
+    pub(crate) multicast_loopback_always: bool,
     /// `local.group`: broadcast address of local mode.
-    pub local_group: Ipv4Addr,
+    pub(crate) local_group: Ipv4Addr,
     /// `local.ttl`: TTL of local mode's datagrams.
-    pub local_ttl: u32,
+    pub(crate) local_ttl: u32,
     /// `ports.registration`: UDP port of registration samples (eCAL: 14000).
-    pub registration_port: u16,
+    pub(crate) registration_port: u16,
     /// `ports.data`: UDP port of data samples (eCAL: 14002).
-    pub data_port: u16,
+    pub(crate) data_port: u16,
     /// `udp.receive_buffer`: socket receive buffer asked of the OS in bytes (`SO_RCVBUF`); the
     /// OS may grant less, which the socket transport logs. The capture transport's buffer is
     /// `npcap.buffer_size`.
-    pub receive_buffer: usize,
+    pub(crate) receive_buffer: usize,
     /// `udp.max_datagram_size`: largest UDP payload sent, in bytes; longer messages are cut into
     /// eCAL fragments of this size (eCAL 6.1: 65 507).
-    pub max_datagram_size: usize,
+    pub(crate) max_datagram_size: usize,
     /// `udp.send_mode`: how data messages are cut into datagrams.
-    pub send_mode: SendMode,
+    pub(crate) send_mode: SendMode,
     /// `udp.frame_size`: UDP payload bytes of one datagram in `frames` mode; `None`: from the
     /// outgoing interface's MTU ([`crate::Transport::frame_payload_size`]).
-    pub frame_size: Option<usize>,
+    pub(crate) frame_size: Option<usize>,
     /// `reassembly.*`: bounds of eCAL message reassembly (time, message size, partial messages and
     /// bytes held).
-    pub reassembly: ReassemblyConfig,
+    pub(crate) reassembly: ReassemblyConfig,
     /// `registration.refresh_ms`: how often this process sends its registration (eCAL: 1 s).
-    pub registration_refresh: Duration,
+    pub(crate) registration_refresh: Duration,
     /// `registration.timeout_ms`: a remote entity or process not heard for this long is forgotten.
-    pub registration_timeout: Duration,
+    pub(crate) registration_timeout: Duration,
     /// `registration.max_table_bytes`: what the table of remote entities and processes may hold
     /// (their strings and descriptors, plus 512 bytes each); past it new or grown entries are
     /// ignored and counted (`registration_over_budget`).
-    pub registration_table_bytes: usize,
+    pub(crate) registration_table_bytes: usize,
     /// `registration.max_message_size`: the largest registration message reassembled (a
     /// sample with a large datatype descriptor spans several datagrams).
-    pub registration_max_message: usize,
+    pub(crate) registration_max_message: usize,
     /// `registration.max_buffered_bytes`: bytes held in partial registration messages, apart
     /// from the data channel's `reassembly.max_buffered_bytes` (a flood on one port cannot take
     /// the other's).
-    pub registration_buffered_bytes: usize,
+    pub(crate) registration_buffered_bytes: usize,
     /// `registration.loopback`: this process's own entities appear in its remote table (and its own
     /// publishers reach its own subscribers).
-    pub registration_loopback: bool,
+    pub(crate) registration_loopback: bool,
     /// `subscriber.drop_out_of_order`: a message older (by its publisher's clock) than one already
     /// delivered is dropped and counted, as eCAL does.
-    pub drop_out_of_order: bool,
+    pub(crate) drop_out_of_order: bool,
     /// `subscriber.queue_capacity`: messages a subscriber's queue holds for `recv` before the oldest
     /// is dropped (counted).
-    pub queue_capacity: usize,
+    pub(crate) queue_capacity: usize,
     /// Bytes a subscriber's queue holds at most (payload + [`QUEUE_ITEM_OVERHEAD`] per message).
-    pub queue_bytes: usize,
+    pub(crate) queue_bytes: usize,
     /// Longest wait of one datagram's send for the OS (`ENOBUFS`).
-    pub send_timeout: Duration,
+    pub(crate) send_timeout: Duration,
     /// `unit_name`: the node name monitors show; `None`: the program's name.
-    pub unit_name: Option<String>,
+    pub(crate) unit_name: Option<String>,
     /// `host_name`: the host name written into registration; `None`: the system's. eCAL treats equal
     /// host names as one host (local mode accepts only its own).
-    pub host_name: Option<String>,
+    pub(crate) host_name: Option<String>,
     /// Keys under `npcap.` (without the prefix), parsed and validated by the pcap transport,
     /// which owns them.
-    pub npcap: std::collections::BTreeMap<String, String>,
+    pub(crate) npcap: std::collections::BTreeMap<String, String>,
     /// The configuration file applied last, if any (reported in the process registration as
     /// eCAL's `config_file_path`).
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -365,6 +375,192 @@ impl Default for Config {
             npcap: std::collections::BTreeMap::new(),
             file: None,
         }
+    }
+}
+
+/// Reading the configuration: one getter per setting, named as the field it reads. Values are
+/// set only through the parser ([`Config::set`], [`Config::set_all`], files, the environment),
+/// so a `Config` always holds what the parser accepts.
+impl Config {
+    /// `transport`: which transport receives (sending always uses sockets).
+    pub fn transport(&self) -> TransportKind {
+        self.transport
+    }
+
+    /// `mode`: local (this host) or network (multicast, cross-host).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// `network.group`: base multicast address of network mode; topics map into the groups under
+    /// `network.mask` (see [`crate::topic_group`]).
+    pub fn network_group(&self) -> Ipv4Addr {
+        self.network_group
+    }
+
+    /// `network.mask`: how many multicast groups topics spread over (`255.255.255.240`: 16).
+    pub fn network_mask(&self) -> Ipv4Addr {
+        self.network_mask
+    }
+
+    /// `network.group_mapping`: eCAL's v2 (default) or v1 topic-to-group hash.
+    pub fn group_mapping(&self) -> GroupMapping {
+        self.group_mapping
+    }
+
+    /// `network.ttl`: multicast TTL of network mode (hops through routers; 0 keeps it on the host).
+    pub fn network_ttl(&self) -> u32 {
+        self.network_ttl
+    }
+
+    /// `network.interface`: interface (name or IPv4 address) to send and join groups on; `None`
+    /// lets the routing table decide.
+    pub fn interface(&self) -> Option<&str> {
+        self.interface.as_deref()
+    }
+
+    /// `network.multicast_loopback`: this host's processes hear our multicast (`true`:
+    /// registration always, data while a subscriber on this host is registered; `always`: data
+    /// always too; `false`: never).
+    pub fn multicast_loopback(&self) -> bool {
+        self.multicast_loopback
+    }
+
+    /// `network.multicast_loopback = always`: data is looped back even with no same-host
+    /// subscriber registered (for listeners on this host that do not register).
+    pub fn multicast_loopback_always(&self) -> bool {
+        self.multicast_loopback_always
+    }
+
+    /// `local.group`: broadcast address of local mode.
+    pub fn local_group(&self) -> Ipv4Addr {
+        self.local_group
+    }
+
+    /// `local.ttl`: TTL of local mode's datagrams.
+    pub fn local_ttl(&self) -> u32 {
+        self.local_ttl
+    }
+
+    /// `ports.registration`: UDP port of registration samples (eCAL: 14000).
+    pub fn registration_port(&self) -> u16 {
+        self.registration_port
+    }
+
+    /// `ports.data`: UDP port of data samples (eCAL: 14002).
+    pub fn data_port(&self) -> u16 {
+        self.data_port
+    }
+
+    /// `udp.receive_buffer`: socket receive buffer asked of the OS in bytes (`SO_RCVBUF`); the
+    /// OS may grant less, which the socket transport logs. The capture transport's buffer is
+    /// `npcap.buffer_size`.
+    pub fn receive_buffer(&self) -> usize {
+        self.receive_buffer
+    }
+
+    /// `udp.max_datagram_size`: largest UDP payload sent, in bytes; longer messages are cut into
+    /// eCAL fragments of this size (eCAL 6.1: 65 507).
+    pub fn max_datagram_size(&self) -> usize {
+        self.max_datagram_size
+    }
+
+    /// `udp.send_mode`: how data messages are cut into datagrams.
+    pub fn send_mode(&self) -> SendMode {
+        self.send_mode
+    }
+
+    /// `udp.frame_size`: UDP payload bytes of one datagram in `frames` mode; `None`: from the
+    /// outgoing interface's MTU ([`crate::Transport::frame_payload_size`]).
+    pub fn frame_size(&self) -> Option<usize> {
+        self.frame_size
+    }
+
+    /// `reassembly.*`: bounds of eCAL message reassembly (time, message size, partial messages and
+    /// bytes held).
+    pub fn reassembly(&self) -> &ReassemblyConfig {
+        &self.reassembly
+    }
+
+    /// `registration.refresh_ms`: how often this process sends its registration (eCAL: 1 s).
+    pub fn registration_refresh(&self) -> Duration {
+        self.registration_refresh
+    }
+
+    /// `registration.timeout_ms`: a remote entity or process not heard for this long is forgotten.
+    pub fn registration_timeout(&self) -> Duration {
+        self.registration_timeout
+    }
+
+    /// `registration.max_table_bytes`: what the table of remote entities and processes may hold
+    /// (their strings and descriptors, plus 512 bytes each); past it new or grown entries are
+    /// ignored and counted (`registration_over_budget`).
+    pub fn registration_table_bytes(&self) -> usize {
+        self.registration_table_bytes
+    }
+
+    /// `registration.max_message_size`: the largest registration message reassembled (a
+    /// sample with a large datatype descriptor spans several datagrams).
+    pub fn registration_max_message(&self) -> usize {
+        self.registration_max_message
+    }
+
+    /// `registration.max_buffered_bytes`: bytes held in partial registration messages, apart
+    /// from the data channel's `reassembly.max_buffered_bytes` (a flood on one port cannot take
+    /// the other's).
+    pub fn registration_buffered_bytes(&self) -> usize {
+        self.registration_buffered_bytes
+    }
+
+    /// `registration.loopback`: this process's own entities appear in its remote table (and its own
+    /// publishers reach its own subscribers).
+    pub fn registration_loopback(&self) -> bool {
+        self.registration_loopback
+    }
+
+    /// `subscriber.drop_out_of_order`: a message older (by its publisher's clock) than one already
+    /// delivered is dropped and counted, as eCAL does.
+    pub fn drop_out_of_order(&self) -> bool {
+        self.drop_out_of_order
+    }
+
+    /// `subscriber.queue_capacity`: messages a subscriber's queue holds for `recv` before the oldest
+    /// is dropped (counted).
+    pub fn queue_capacity(&self) -> usize {
+        self.queue_capacity
+    }
+
+    /// Bytes a subscriber's queue holds at most (payload + [`QUEUE_ITEM_OVERHEAD`] per message).
+    pub fn queue_bytes(&self) -> usize {
+        self.queue_bytes
+    }
+
+    /// Longest wait of one datagram's send for the OS (`ENOBUFS`).
+    pub fn send_timeout(&self) -> Duration {
+        self.send_timeout
+    }
+
+    /// `unit_name`: the node name monitors show; `None`: the program's name.
+    pub fn unit_name(&self) -> Option<&str> {
+        self.unit_name.as_deref()
+    }
+
+    /// `host_name`: the host name written into registration; `None`: the system's. eCAL treats equal
+    /// host names as one host (local mode accepts only its own).
+    pub fn host_name(&self) -> Option<&str> {
+        self.host_name.as_deref()
+    }
+
+    /// Keys under `npcap.` (without the prefix), parsed and validated by the pcap transport,
+    /// which owns them.
+    pub fn npcap(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.npcap
+    }
+
+    /// The configuration file applied last, if any (reported in the process registration as
+    /// eCAL's `config_file_path`).
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 }
 

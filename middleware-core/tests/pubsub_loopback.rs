@@ -227,7 +227,7 @@ fn duplicates_are_filtered_and_losses_counted() {
 fn hostile_datagrams_do_not_disturb_delivery() {
     let bus = LoopbackBus::new();
     let cfg = config();
-    let data_port = cfg.data_port;
+    let data_port = cfg.data_port();
     let a = node(&bus, cfg);
     let sub = a.subscriber::<Text>("victim").unwrap();
     let publ = a.publisher::<Text>("victim").unwrap();
@@ -447,7 +447,7 @@ fn a_stalled_send_does_not_block_other_senders_of_the_publisher() {
     let (release, release_rx) = channel();
     let release_rx = Arc::new(Mutex::new(release_rx));
     let stalled_tx = Mutex::new(stalled_tx);
-    let data_port = config().data_port;
+    let data_port = config().data_port();
     let (b, sn, rr) = (bus.clone(), Arc::clone(&stall_next), Arc::clone(&release_rx));
     let factory = move |ep: &Endpoint, sink: Arc<dyn DatagramSink>| -> Result<Box<dyn Transport>, TransportError> {
         let inner = b.open(ep, sink)?;
@@ -495,7 +495,7 @@ fn a_small_payload_in_a_huge_message_costs_its_own_size_in_the_queue() {
     let bus = LoopbackBus::new();
     let mut c = config();
     c.set("subscriber.queue_bytes", "4MiB").unwrap();
-    let data_port = c.data_port;
+    let data_port = c.data_port();
     let a = node(&bus, c);
     let sub = a.subscriber::<Raw>("padded").unwrap();
     for k in 1..=100i64 {
@@ -875,7 +875,7 @@ fn registration_is_bounded_in_bytes_apart_from_data() {
     let mut c = config();
     c.set_all([("registration.max_message_size", "1MiB"), ("registration.max_table_bytes", "2MiB")]).unwrap();
     c.set("mode", "network").unwrap();
-    let reg_port = c.registration_port;
+    let reg_port = c.registration_port();
     let a = node(&bus, c);
     let from: SocketAddr = "10.0.0.9:5000".parse().unwrap();
     let send = |id: i32, descriptor: usize| {

@@ -180,7 +180,7 @@ fn open_npcap(config: &Config, taps: &Taps, reason: String) -> Result<Node, Open
 /// # Errors
 /// As [`open_node`].
 pub fn open_node_with(config: Config, taps: &Taps) -> Result<Node, OpenError> {
-    match config.transport {
+    match config.transport() {
         TransportKind::Socket => open_socket(config, taps, String::new()),
         #[cfg(feature = "npcap")]
         TransportKind::Npcap => open_npcap(&config, taps, String::new()),
@@ -192,7 +192,7 @@ pub fn open_node_with(config: Config, taps: &Taps) -> Result<Node, OpenError> {
 
 #[cfg(feature = "npcap")]
 fn open_auto(config: Config, taps: &Taps) -> Result<Node, OpenError> {
-    let d = transport_udp_npcap::decide(config.mode, &transport_udp_npcap::availability(&config));
+    let d = transport_udp_npcap::decide(config.mode(), &transport_udp_npcap::availability(&config));
     let opened = if d.capture {
         open_npcap(&config, taps, format!("auto: {}", d.reason)).map_err(|e| e.to_string())
     } else {
@@ -221,8 +221,8 @@ fn open_auto(config: Config, taps: &Taps) -> Result<Node, OpenError> {
 #[cfg(feature = "npcap")]
 pub fn hearing_window(config: &Config) -> std::time::Duration {
     use std::time::Duration;
-    let most = transport_udp_npcap::hearing::deaf_after(config.registration_refresh) - Duration::from_secs(1);
-    (config.registration_refresh * 2 + Duration::from_millis(500)).clamp(Duration::from_secs(1), most)
+    let most = transport_udp_npcap::hearing::deaf_after(config.registration_refresh()) - Duration::from_secs(1);
+    (config.registration_refresh() * 2 + Duration::from_millis(500)).clamp(Duration::from_secs(1), most)
 }
 
 /// Waits until the node's capture has heard one of the node's own registration datagrams

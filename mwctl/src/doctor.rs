@@ -47,23 +47,23 @@ pub struct Args {
 }
 
 fn host_name(config: &Config) -> String {
-    config.host_name.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    config.host_name().map_or_else(|| gethostname::gethostname().to_string_lossy().into_owned(), str::to_string)
 }
 
 /// The capture library and the permission to capture on the devices this config would use.
 fn capture_checks(config: &Config, out: &mut Vec<Check>) {
-    let needed = match config.transport {
+    let needed = match config.transport() {
         TransportKind::Npcap => Status::Fail,
         TransportKind::Auto => Status::Warn,
         TransportKind::Socket => Status::Info,
     };
-    let consequence = match config.transport {
+    let consequence = match config.transport() {
         TransportKind::Npcap => "the npcap transport cannot start",
         TransportKind::Auto => "transport auto falls back to sockets",
         TransportKind::Socket => "not needed: this config uses the socket transport",
     };
     let available = middleware::npcap::availability(config);
-    let decision = middleware::npcap::decide(config.mode, &available);
+    let decision = middleware::npcap::decide(config.mode(), &available);
     match &available.library {
         Ok((path, version)) => {
             let devices = available.devices.as_ref().map_or(0, Vec::len);
@@ -120,7 +120,7 @@ fn capture_checks(config: &Config, out: &mut Vec<Check>) {
 
 /// What `transport = auto` picks with this configuration, in the words the program logs.
 fn auto_choice(config: &Config, reason: &str, capture: bool, out: &mut Vec<Check>) {
-    if config.transport != TransportKind::Auto {
+    if config.transport() != TransportKind::Auto {
         return;
     }
     let text = if capture {
@@ -203,13 +203,13 @@ fn registration_check(node: &middleware::Node, seconds: f64, out: &mut Vec<Check
 
 /// Where the group routes, and whether that interface can carry multicast.
 fn route_checks(config: &Config, ifaces: &[InterfaceInfo], out: &mut Vec<Check>) {
-    if config.mode == Mode::Local {
+    if config.mode() == Mode::Local {
         let lo = ifaces.iter().find(|i| i.loopback);
         match lo {
             Some(i) if i.up => out.push(check(
                 "route",
                 Status::Ok,
-                format!("local mode: broadcast to {} on {}", config.local_group, i.name),
+                format!("local mode: broadcast to {} on {}", config.local_group(), i.name),
                 None,
             )),
             Some(i) => out.push(check(
@@ -225,12 +225,12 @@ fn route_checks(config: &Config, ifaces: &[InterfaceInfo], out: &mut Vec<Check>)
         }
         return;
     }
-    let group = config.network_group;
+    let group = config.network_group();
     let probe = UdpSocket::bind("0.0.0.0:0").and_then(|s| {
-        s.connect(SocketAddrV4::new(group, config.data_port))?;
+        s.connect(SocketAddrV4::new(group, config.data_port()))?;
         s.local_addr()
     });
-    let configured = config.interface.as_deref().map(middleware::socket::resolve_interface);
+    let configured = config.interface().as_deref().map(middleware::socket::resolve_interface);
     let src = match probe {
         Ok(SocketAddr::V4(a)) => *a.ip(),
         Ok(_) => Ipv4Addr::UNSPECIFIED,
@@ -281,7 +281,7 @@ fn route_checks(config: &Config, ifaces: &[InterfaceInfo], out: &mut Vec<Check>)
 
 /// Receive buffer asked for vs what the OS lets an unprivileged process have.
 fn buffer_check(config: &Config, out: &mut Vec<Check>) {
-    let want = config.receive_buffer;
+    let want = config.receive_buffer();
     let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max").ok().and_then(|s| s.trim().parse::<usize>().ok());
     match max {
         Some(max) if max < want => out.push(check(
@@ -369,26 +369,26 @@ fn listener(bind: Ipv4Addr, port: u16, join: Option<(Ipv4Addr, Ipv4Addr)>) -> st
 /// peers send to the group. Each socket is bound to its destination address, so each hears only
 /// its own mode.
 fn listen(config: &Config, seconds: f64) -> (Vec<Peer>, Vec<String>) {
-    let port = config.registration_port;
+    let port = config.registration_port();
     let me = (host_name(config), std::process::id() as i32);
     let mut errors = Vec::new();
     let iface = config
-        .interface
+        .interface()
         .as_deref()
         .and_then(|i| middleware::socket::resolve_interface(i).ok())
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
     let mut socks = Vec::new();
-    match listener(config.local_group, port, None) {
+    match listener(config.local_group(), port, None) {
         Ok(s) => socks.push(("local", s)),
-        Err(e) => errors.push(format!("cannot listen on {}:{port}: {e}", config.local_group)),
+        Err(e) => errors.push(format!("cannot listen on {}:{port}: {e}", config.local_group())),
     }
-    match listener(config.network_group, port, Some((config.network_group, iface))) {
+    match listener(config.network_group(), port, Some((config.network_group(), iface))) {
         Ok(s) => socks.push(("network", s)),
-        Err(e) => errors.push(format!("cannot listen on {}:{port}: {e}", config.network_group)),
+        Err(e) => errors.push(format!("cannot listen on {}:{port}: {e}", config.network_group())),
     }
     let mut peers: BTreeMap<(&'static str, String, i32), Peer> = BTreeMap::new();
     let mut reassemblers: Vec<Reassembler> =
-        socks.iter().map(|_| Reassembler::new(config.reassembly.clone())).collect();
+        socks.iter().map(|_| Reassembler::new(config.reassembly().clone())).collect();
     let end = Instant::now() + Duration::from_secs_f64(seconds.max(0.0));
     let mut buf = vec![0u8; 65536];
     while Instant::now() < end {
@@ -426,7 +426,7 @@ fn peer_checks(config: &Config, ifaces: &[InterfaceInfo], seconds: f64, out: &mu
     for e in errors {
         out.push(check("peers", Status::Warn, e, None));
     }
-    let mine = config.mode.to_string();
+    let mine = config.mode().to_string();
     let (same, other): (Vec<&Peer>, Vec<&Peer>) = peers.iter().partition(|p| p.mode == mine);
     let list =
         |v: &[&Peer]| v.iter().map(|p| format!("{}@{}", p.process_id, p.host_name)).collect::<Vec<_>>().join(", ");
@@ -437,7 +437,7 @@ fn peer_checks(config: &Config, ifaces: &[InterfaceInfo], seconds: f64, out: &mu
         None,
     ));
     if !other.is_empty() {
-        let other_mode = if config.mode == Mode::Local { "network" } else { "local" };
+        let other_mode = if config.mode() == Mode::Local { "network" } else { "local" };
         let status = if same.is_empty() { Status::Fail } else { Status::Warn };
         out.push(check(
             "mode",
@@ -532,10 +532,10 @@ pub fn checks(config: &Config, listen_seconds: f64) -> (Vec<Check>, Vec<Peer>) {
         Status::Info,
         format!(
             "transport {}, mode {}, group {}, interface {}, host name {:?}",
-            config.transport,
-            config.mode,
+            config.transport(),
+            config.mode(),
             config.destination(),
-            config.interface.as_deref().unwrap_or("(routing table)"),
+            config.interface().as_deref().unwrap_or("(routing table)"),
             host_name(config)
         ),
         None,

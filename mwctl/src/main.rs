@@ -83,7 +83,7 @@ pub struct Ctx {
 pub fn open(common: &CommonArgs, taps: &Taps) -> anyhow::Result<Ctx> {
     let mut config = common.load()?;
     // Tools see everything, their own registration included (useful on a lone host).
-    config.registration_loopback = true;
+    config.set("registration.loopback", "true")?;
     let node = open_node_with(config, taps)?;
     let transport = node.transport().to_string();
     Ok(Ctx { node, transport })

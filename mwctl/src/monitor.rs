@@ -262,7 +262,7 @@ impl Rates {
         self.last = Some((now, traffic, clocks));
         View {
             transport: ctx.transport.clone(),
-            mode: ctx.node.config().mode.to_string(),
+            mode: ctx.node.config().mode().to_string(),
             processes,
             entities,
             topics,

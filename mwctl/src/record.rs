@@ -221,7 +221,7 @@ impl Recorder {
             totals: Mutex::new(Totals::default()),
             raw: AtomicBool::new(false),
             destination: config.destination(),
-            ports: (config.registration_port, config.data_port),
+            ports: (config.registration_port(), config.data_port()),
             ttl: config.ttl().min(255) as u8,
             ip_id: Default::default(),
         })

@@ -118,7 +118,7 @@ pub struct Availability {
 /// Loads the library (if not yet) and lists the devices.
 #[must_use]
 pub fn availability(config: &Config) -> Availability {
-    let lib = NpcapConfig::from_entries(&config.npcap)
+    let lib = NpcapConfig::from_entries(&config.npcap())
         .map_err(|e| e.to_string())
         .and_then(|c| library(&c).map_err(|e| e.to_string()));
     match lib {
@@ -168,10 +168,10 @@ pub fn decide(mode: Mode, a: &Availability) -> Decision {
 /// mask), when it is all multicast (a mask shorter than /4 would let unicast traffic through
 /// the filter); otherwise `None`, and the filter lists the groups joined.
 fn topic_range(config: &Config) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    let (base, mask) = (config.network_group, config.network_mask);
+    let (base, mask) = (config.network_group(), config.network_mask());
     let multicast = base.is_multicast() && u32::from(mask) >> 28 == 0xf;
-    (config.mode == Mode::Network
-        && config.group_mapping == middleware_core::topic_group::GroupMapping::V2
+    (config.mode() == Mode::Network
+        && config.group_mapping() == middleware_core::topic_group::GroupMapping::V2
         && multicast)
         .then(|| (Ipv4Addr::from(u32::from(base) & u32::from(mask)), mask))
 }
@@ -203,13 +203,13 @@ impl NpcapFactory {
     /// Bad `npcap.*` option.
     pub fn new(config: &Config) -> Result<Self, middleware_core::config::ConfigError> {
         Ok(Self {
-            config: NpcapConfig::from_entries(&config.npcap)?,
-            mode: config.mode,
-            interface: config.interface.clone(),
+            config: NpcapConfig::from_entries(&config.npcap())?,
+            mode: config.mode(),
+            interface: config.interface().map(str::to_string),
             group: config.destination(),
             topic_range: topic_range(config),
-            multicast_loopback: config.multicast_loopback,
-            deaf_after: hearing::deaf_after(config.registration_refresh),
+            multicast_loopback: config.multicast_loopback(),
+            deaf_after: hearing::deaf_after(config.registration_refresh()),
             shared: Mutex::new(None),
             tap: None,
         })
@@ -693,11 +693,11 @@ mod tests {
     #[test]
     fn availability_reports_a_missing_library_and_a_bad_option_without_panicking() {
         let mut c = Config::default();
-        c.npcap.insert("library".into(), "/nonexistent/libpcap-availability.so".into());
+        c.set("npcap.library", "/nonexistent/libpcap-availability.so").unwrap();
         let a = availability(&c);
         assert!(a.library.as_ref().unwrap_err().contains("/nonexistent/libpcap-availability.so"), "{a:?}");
         assert_eq!(a.devices, Ok(vec![]));
-        c.npcap.insert("snaplen".into(), "12".into());
+        c.set("npcap.snaplen", "12").unwrap();
         assert!(availability(&c).library.unwrap_err().contains("npcap.snaplen"));
     }
 }

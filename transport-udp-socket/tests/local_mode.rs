@@ -114,8 +114,8 @@ fn garbage_on_the_data_port_is_counted_and_receiving_goes_on() {
         vec![b'E', b'C', b'A', b'L', 5, 0, 0, 0, 3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 4, 0, 0, 0];
     bad_name.extend_from_slice(&[0xff, 0xff, b's', 0]);
     for i in 0..20 {
-        attacker.send_to(&[0xde, 0xad, 0xbe, 0xef], ("127.0.0.1", c.data_port)).unwrap();
-        attacker.send_to(&bad_name, ("127.0.0.1", c.data_port)).unwrap();
+        attacker.send_to(&[0xde, 0xad, 0xbe, 0xef], ("127.0.0.1", c.data_port())).unwrap();
+        attacker.send_to(&bad_name, ("127.0.0.1", c.data_port())).unwrap();
         publ.send(&format!("m{i}")).unwrap();
     }
     for i in 0..20 {

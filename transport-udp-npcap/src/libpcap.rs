@@ -182,7 +182,7 @@ pub(crate) fn trusted_library(explicit: Option<&str>, privileged: bool) -> Optio
 }
 
 /// Loads the capture library: `explicit` (the `npcap.library` option) if given and the process
-/// is not privileged (see [`trusted_library`]), otherwise the platform's usual places (see
+/// is not privileged (a privileged process ignores it, see `trusted_library`), otherwise the platform's usual places (see
 /// `sys::library_candidates`). The result is cached.
 ///
 /// # Errors

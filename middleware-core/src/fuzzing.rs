@@ -114,8 +114,12 @@ fn split_agrees(message: &[u8]) {
     }
 }
 
+/// The remote tables' byte budget in [`registration`].
+const BUDGET: usize = 256 << 10;
+
 /// Registration samples (protobuf) into the remote table, as this host in network and local
-/// mode: never a panic, the table bounded. Each record is applied to two tables: one decodes and
+/// mode: never a panic, the table bounded in entries and bytes (the charged total always equal
+/// to the entries' own count, all of it given back when they expire). Each record is applied to two tables: one decodes and
 /// applies every sample, the other takes the node's fast path (a sample whose fingerprint matches
 /// the last one applied is only refreshed); both must end every step in the same state, and the
 /// fingerprint maps hold at most one entry per table entry.
@@ -126,8 +130,9 @@ pub fn registration(data: &[u8]) {
     } else {
         Acceptance { host_name: "here".into(), process_id: 1, network_mode: false, loopback: true }
     };
-    let mut plain = RemoteTable::default();
-    let mut fast = RemoteTable::default();
+    // A small byte budget, so that large descriptors reach it.
+    let mut plain = RemoteTable::with_budget(BUDGET);
+    let mut fast = RemoteTable::with_budget(BUDGET);
     let t0 = Instant::now();
     for (i, (ctl, body)) in records(data).enumerate() {
         // Records flagged by the control byte arrive twice in a row, as eCAL resends them.
@@ -145,6 +150,10 @@ pub fn registration(data: &[u8]) {
             let (fingerprints, fingerprint_of) = fast.fingerprint_entries();
             assert!(fingerprint_of <= fast.entities().count() + fast.processes().count());
             assert!(fingerprints <= fingerprint_of, "{fingerprints} fingerprints for {fingerprint_of} entries");
+            for t in [&plain, &fast] {
+                assert!(t.bytes() <= BUDGET, "{} bytes charged", t.bytes());
+                assert_eq!(t.bytes(), t.recount(), "the byte count drifted from the entries");
+            }
         }
     }
     for table in [&mut plain, &mut fast] {
@@ -152,6 +161,7 @@ pub fn registration(data: &[u8]) {
         table.expire(t0 + Duration::from_secs(3600), Duration::from_secs(10));
         assert_eq!((table.entities().count(), table.processes().count()), (0, 0), "everything expires");
         assert_eq!(table.fingerprint_entries(), (0, 0), "fingerprints expire with their entries");
+        assert_eq!(table.bytes(), 0, "every byte is given back");
     }
 }
 
@@ -168,6 +178,121 @@ fn assert_same(a: &RemoteTable, b: &RemoteTable) {
     };
     assert!(entities(a) == entities(b), "entities differ");
     assert!(processes(a) == processes(b), "processes differ");
+}
+
+/// Mutations of valid inputs (real captured traffic) for property tests: the tests draw the
+/// mutations, this applies them and frames the result for the bodies above.
+pub mod mutate {
+    /// One mutation of an input.
+    #[derive(Debug, Clone)]
+    pub enum Mutation {
+        /// Flip bit `bit` (0..8) of the byte at `at` (modulo the length).
+        Flip {
+            /// Byte position.
+            at: usize,
+            /// Bit.
+            bit: u8,
+        },
+        /// Keep the first `len` bytes (modulo the length + 1).
+        Truncate {
+            /// Bytes kept.
+            len: usize,
+        },
+        /// Overwrite 4 bytes at `at` with `value` (little endian), e.g. a header's id, count or
+        /// length.
+        Overwrite {
+            /// Position (modulo the length - 3).
+            at: usize,
+            /// The bytes written.
+            value: u32,
+        },
+        /// Replace everything from `at` with the tail of input `other` of the pool from `from`.
+        Splice {
+            /// Where this input is cut.
+            at: usize,
+            /// Which input gives the tail.
+            other: usize,
+            /// Where that tail begins.
+            from: usize,
+        },
+    }
+
+    /// `input` with `m` applied; `pool` gives the tails of splices.
+    pub fn apply(input: &[u8], m: &Mutation, pool: &[Vec<u8>]) -> Vec<u8> {
+        let mut v = input.to_vec();
+        match *m {
+            Mutation::Flip { at, bit } if !v.is_empty() => {
+                let i = at % v.len();
+                v[i] ^= 1 << (bit % 8);
+            }
+            Mutation::Truncate { len } => v.truncate(len % (v.len() + 1)),
+            Mutation::Overwrite { at, value } if v.len() >= 4 => {
+                let i = at % (v.len() - 3);
+                v[i..i + 4].copy_from_slice(&value.to_le_bytes());
+            }
+            Mutation::Splice { at, other, from } if !pool.is_empty() => {
+                let o = &pool[other % pool.len()];
+                let at = at % (v.len() + 1);
+                let from = from % (o.len() + 1);
+                v.truncate(at);
+                v.extend_from_slice(&o[from..]);
+            }
+            _ => {}
+        }
+        v
+    }
+
+    /// What happens to one picked input: its mutations, then sent once or more, or held back
+    /// and sent after the next one (reordered).
+    #[derive(Debug, Clone)]
+    pub struct Step {
+        /// Which input of the pool (modulo its length).
+        pub pick: usize,
+        /// Applied in order.
+        pub mutations: Vec<Mutation>,
+        /// Sent this many times (duplicates).
+        pub copies: u8,
+        /// Held back and sent after the next step's input.
+        pub late: bool,
+        /// The record's control byte (sender and clock advance in the bodies above).
+        pub ctl: u8,
+    }
+
+    /// The bodies' input framing: a control byte, a u16 length, the body (cut at 65 535 bytes).
+    pub fn record(out: &mut Vec<u8>, ctl: u8, body: &[u8]) {
+        let body = &body[..body.len().min(0xffff)];
+        out.push(ctl);
+        out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+        out.extend_from_slice(body);
+    }
+
+    /// The stream `steps` make of `pool`, framed for the bodies, after `prefix`.
+    pub fn stream(prefix: &[u8], steps: &[Step], pool: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = prefix.to_vec();
+        if pool.is_empty() {
+            return out;
+        }
+        let mut held: Option<(u8, Vec<u8>)> = None;
+        for s in steps {
+            let mut v = pool[s.pick % pool.len()].clone();
+            for m in &s.mutations {
+                v = apply(&v, m, pool);
+            }
+            for _ in 0..s.copies {
+                record(&mut out, s.ctl, &v);
+            }
+            if let Some((ctl, h)) = held.take() {
+                record(&mut out, ctl, &h);
+            }
+            if s.late {
+                held = Some((s.ctl, v));
+            }
+        }
+        if let Some((ctl, h)) = held {
+            record(&mut out, ctl, &h);
+        }
+        out
+    }
 }
 
 #[cfg(test)]

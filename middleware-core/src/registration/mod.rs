@@ -751,6 +751,13 @@ impl RemoteTable {
     pub(crate) fn fingerprint_entries(&self) -> (usize, usize) {
         (self.fingerprints.len(), self.fingerprint_of.len())
     }
+
+    /// The bytes charged, counted again from the entries (for the fuzz targets: the running
+    /// total must never drift from it).
+    pub(crate) fn recount(&self) -> usize {
+        self.entities.values().map(entity_cost).sum::<usize>()
+            + self.processes.values().map(process_cost).sum::<usize>()
+    }
 }
 
 #[cfg(test)]

@@ -146,5 +146,13 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<i32> {
     }
     let s = sub.stats();
     eprintln!("{n} messages ({} lost in sequence gaps, {} dropped by the queue)", s.sequence_gaps, s.queue_overflow);
+    if s.clock_jumps_held + s.clock_resyncs > 0 {
+        // A publisher's clock jumped far ahead (a burst of loss, or a forged sample) or the
+        // order filter had to follow a stream it had been shut out of (a forged clock).
+        eprintln!(
+            "order filter: {} clock jumps held until confirmed, {} resynchronisations to a publisher's stream",
+            s.clock_jumps_held, s.clock_resyncs
+        );
+    }
     Ok(if args.count.is_some_and(|c| n < c) { 1 } else { 0 })
 }

@@ -482,7 +482,8 @@ impl Applied {
                 if passing_all {
                     self.filter = PASS_ALL.to_string();
                 }
-                if new_spell || self.errors.is_multiple_of(100) {
+                // `%`, not `is_multiple_of`: the Windows build check's Debian Rust 1.85 lacks it.
+                if new_spell || self.errors % 100 == 0 {
                     if passing_all {
                         tracing::warn!(%device, error = %e, count = self.errors,
                             "updating the capture filter failed; capturing every frame until it can be installed \
@@ -504,7 +505,7 @@ impl Applied {
 
 /// Whether the `n`th occurrence of a repeated error is logged: the first and every 1000th.
 fn log_now(n: u64) -> bool {
-    n == 1 || n.is_multiple_of(1000)
+    n == 1 || n % 1000 == 0 // not `is_multiple_of`: Rust 1.85 (the Windows build check) lacks it
 }
 
 #[allow(clippy::too_many_arguments)]

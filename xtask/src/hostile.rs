@@ -93,7 +93,8 @@ enum Packet {
 /// The packets of round `i` of a case.
 fn round(case: &str, i: u64, rng: &mut Rng) -> anyhow::Result<Vec<Packet>> {
     let id = i as i32;
-    let port = |i: u64| if i.is_multiple_of(2) { DATA_PORT } else { REG_PORT };
+    // `%`, not `is_multiple_of`: the Windows build check's Debian Rust 1.85 lacks it.
+    let port = |i: u64| if i % 2 == 0 { DATA_PORT } else { REG_PORT };
     Ok(match case {
         "random_bytes" => {
             let n = (rng.next() % 1473) as usize;
@@ -171,7 +172,7 @@ fn round(case: &str, i: u64, rng: &mut Rng) -> anyhow::Result<Vec<Packet>> {
             // fragment where its second fragment goes. Every 16th round: another source
             // leaves half a datagram, then reuses the identification for a complete one.
             let mut v = vec![Packet::Ip(ipv4(VICTIM, (i % 65_536) as u16, 1480, true, &rng.bytes(8)))];
-            if i.is_multiple_of(16) {
+            if i % 16 == 0 {
                 let ip_id = (i / 16 % 60_000) as u16 + 1;
                 let old = udp(&rng.bytes(2952));
                 let new = udp(&rng.bytes(2000));

@@ -272,24 +272,25 @@ pub mod mutate {
         if pool.is_empty() {
             return out;
         }
-        let mut held: Option<(u8, Vec<u8>)> = None;
+        let mut held: Option<(u8, Vec<u8>, u8)> = None;
         for s in steps {
             let mut v = pool[s.pick % pool.len()].clone();
             for m in &s.mutations {
                 v = apply(&v, m, pool);
             }
-            for _ in 0..s.copies {
-                record(&mut out, s.ctl, &v);
-            }
-            if let Some((ctl, h)) = held.take() {
-                record(&mut out, ctl, &h);
-            }
-            if s.late {
-                held = Some((s.ctl, v));
+            let mine = (s.ctl, v, s.copies);
+            // A late input waits until the next one is out (reordered).
+            let now = if s.late { held.replace(mine) } else { Some(mine) };
+            for (ctl, v, copies) in now.into_iter().chain(if s.late { None } else { held.take() }) {
+                for _ in 0..copies.max(1) {
+                    record(&mut out, ctl, &v);
+                }
             }
         }
-        if let Some((ctl, h)) = held {
-            record(&mut out, ctl, &h);
+        if let Some((ctl, v, copies)) = held {
+            for _ in 0..copies.max(1) {
+                record(&mut out, ctl, &v);
+            }
         }
         out
     }
@@ -298,6 +299,18 @@ pub mod mutate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_step_goes_out_after_the_next_one() {
+        use mutate::{stream, Step};
+        let pool = vec![vec![1u8], vec![2], vec![3]];
+        let step = |pick, late, copies| Step { pick, mutations: Vec::new(), copies, late, ctl: 0 };
+        let out = stream(&[], &[step(0, true, 1), step(1, false, 2), step(2, false, 1)], &pool);
+        let bodies: Vec<&[u8]> = records(&out).map(|(_, b)| b).collect();
+        assert_eq!(bodies, vec![&[2u8][..], &[2], &[1], &[3]]);
+        let out = stream(&[], &[step(0, true, 1)], &pool);
+        assert_eq!(records(&out).map(|(_, b)| b).collect::<Vec<_>>(), vec![&[1u8][..]]);
+    }
 
     #[test]
     fn records_cover_the_input_and_end() {

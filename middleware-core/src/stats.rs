@@ -13,9 +13,10 @@ impl Counter {
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
-    /// Adds `n`.
+    /// Adds `n`, saturating at `u64::MAX` (some additions come from the network: a sequence
+    /// gap, a byte count).
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_add(n)));
     }
     /// The current value.
     pub fn get(&self) -> u64 {

@@ -332,6 +332,7 @@ pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, drop_out_of_o
                     tracing::debug!(topic = %s.topic, publisher_id = sample.publisher_id, gap, "sequence gap");
                 }
             }
+            Verdict::Followed => {}
             Verdict::Held => {
                 s.clock_jumps_held.inc();
                 tracing::debug!(topic = %s.topic, publisher_id = sample.publisher_id, clock = sample.clock,
@@ -339,9 +340,16 @@ pub(crate) fn fan_out(subs: &[Arc<SubShared>], sample: DataSample, drop_out_of_o
             }
             Verdict::Resync => {
                 s.clock_resyncs.inc();
-                tracing::warn!(topic = %s.topic, publisher_id = sample.publisher_id, clock = sample.clock,
-                    "order filter resynchronised to a publisher's stream after a run of rejected samples \
-                     (a forged or replayed clock had raised its highest clock)");
+                // Forgeries can cause these at will: the first and every 1000th at warning level.
+                let n = s.clock_resyncs.get();
+                if n == 1 || n % 1000 == 0 {
+                    tracing::warn!(topic = %s.topic, publisher_id = sample.publisher_id, clock = sample.clock,
+                        resyncs = n, "order filter follows a publisher's stream it had shut out after a run of \
+                         rejected samples (a forged or replayed clock had raised its highest clock)");
+                } else {
+                    tracing::debug!(topic = %s.topic, publisher_id = sample.publisher_id, clock = sample.clock,
+                        resyncs = n, "order filter follows a publisher's stream it had shut out");
+                }
             }
         }
         let value: Vec<u8> = if i == last {

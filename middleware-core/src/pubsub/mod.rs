@@ -14,7 +14,7 @@ mod subscriber;
 pub mod tap;
 
 pub use codec::{Codec, CodecError, Proto, ProtoType, Raw, Text};
-pub use filter::{FilterTable, SeqFilter, Verdict, MAX_TRACKED_PUBLISHERS};
+pub use filter::{FilterTable, SeqFilter, Verdict, HELD, JUMP_CONFIRM, MAX_TRACKED_PUBLISHERS, RESYNC_AFTER};
 pub use node::{Node, NodeError, NodeOptions, NodeStats, Received, TransportChoice};
 pub use publisher::Publisher;
 pub use subscriber::Subscriber;

@@ -595,6 +595,10 @@ impl RemoteTable {
                     let old = self.processes.get(&key).map_or(0, process_cost);
                     let cost = process_cost(&record);
                     if !self.fits(old, cost) {
+                        // A known process stays alive on its old record (it is still there).
+                        if let Some(p) = self.processes.get_mut(&key) {
+                            p.last_seen = now;
+                        }
                         return Err(Rejected::OverBudget);
                     }
                     self.bytes = self.bytes - old + cost;
@@ -652,6 +656,10 @@ impl RemoteTable {
                 let old = self.entities.get(&id).map_or(0, entity_cost);
                 let cost = entity_cost(&record);
                 if !self.fits(old, cost) {
+                    // A known entity stays alive on its old record (it is still there).
+                    if let Some(e) = self.entities.get_mut(&id) {
+                        e.last_seen = now;
+                    }
                     return Err(Rejected::OverBudget);
                 }
                 self.bytes = self.bytes - old + cost;
@@ -994,9 +1002,13 @@ mod tests {
         let held = t.entities().count();
         assert_eq!(held, (1 << 20) / (60_000 + ENTRY_OVERHEAD + 2 * "floodNN".len() + 40));
         assert_eq!(over, 100 - held);
-        // A known entry that grows past the budget is refused and keeps its old record.
-        assert_eq!(t.on_sample(t0, &big(0, 900_000), &a), Err(Rejected::OverBudget));
+        // A known entry that grows past the budget is refused and keeps its old record, which
+        // its refusals keep alive.
+        let t1 = t0 + Duration::from_secs(8);
+        assert_eq!(t.on_sample(t1, &big(0, 900_000), &a), Err(Rejected::OverBudget));
         assert_eq!(t.entity(0).unwrap().datatype_descriptor.len(), 60_000);
+        assert_eq!(t.expire(t0 + Duration::from_secs(11), Duration::from_secs(10)).contains(&0), false);
+        assert_eq!(t.entity(0).unwrap().last_seen, t1);
         // Shrinking is always allowed; unregistration and expiry give the bytes back exactly.
         let before = t.bytes();
         t.on_sample(t0, &big(0, 10), &a).unwrap();

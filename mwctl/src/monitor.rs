@@ -146,19 +146,14 @@ impl RegistrationHealth {
 
     /// One line: counts, and the losses by cause when there are any.
     pub fn line(&self) -> String {
-        let mut t = format!(
-            "{} datagrams received, {} lost; table {:.1} MiB",
-            self.datagrams,
-            self.lost,
-            self.table_bytes as f64 / f64::from(1 << 20)
-        );
+        let mut t = format!("{} datagrams received, {} lost", self.datagrams, self.lost);
         if self.lost > 0 {
             t += &format!(
                 " ({} dropped by the OS or capture, {} incomplete, {} malformed, {} table full, {} over the byte budget)",
                 self.dropped_by_os, self.incomplete, self.malformed, self.table_full, self.over_budget
             );
         }
-        t
+        t + &format!("; remote table {:.1} MiB", self.table_bytes as f64 / f64::from(1 << 20))
     }
 }
 

@@ -647,9 +647,7 @@ impl Config {
             last = Origin::File(p);
         }
         let vars: Vec<(String, String)> = std::env::vars().collect();
-        if let Some((name, _)) = vars.iter().filter(|(n, _)| n.starts_with(ENV_PREFIX)).last() {
-            last = Origin::Env(name.clone());
-        }
+        last = env_origin(&vars).unwrap_or(last);
         c.apply_env_unchecked(vars)?;
         c.check_rules(&last)?;
         Ok(c)
@@ -703,10 +701,7 @@ impl Config {
     /// A variable with the prefix that names no key, a bad value, a rule between keys broken.
     pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let origin = match vars.iter().filter(|(n, _)| n.starts_with(ENV_PREFIX)).last() {
-            Some((name, _)) => Origin::Env(name.clone()),
-            None => Origin::Code,
-        };
+        let origin = env_origin(&vars).unwrap_or(Origin::Code);
         self.transaction(&origin, |c| c.apply_env_unchecked(vars))
     }
 
@@ -945,6 +940,11 @@ impl Config {
             Mode::Local => self.local_ttl,
         }
     }
+}
+
+/// Where a rule between keys broken by the environment is reported: its last `MW_` variable.
+fn env_origin(vars: &[(String, String)]) -> Option<Origin> {
+    vars.iter().filter(|(n, _)| n.starts_with(ENV_PREFIX)).last().map(|(n, _)| Origin::Env(n.clone()))
 }
 
 fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {

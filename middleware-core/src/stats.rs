@@ -13,10 +13,9 @@ impl Counter {
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
-    /// Adds `n`, saturating at `u64::MAX` (some additions come from the network: a sequence
-    /// gap, a byte count).
+    /// Adds `n`.
     pub fn add(&self, n: u64) {
-        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_add(n)));
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
     /// The current value.
     pub fn get(&self) -> u64 {
@@ -42,6 +41,7 @@ pub(crate) struct ChannelCounters {
 
 /// Snapshot of one channel's receive path.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct ChannelStats {
     /// What the transport moved and dropped below the eCAL layer.
     pub transport: TransportStats,
@@ -121,6 +121,7 @@ impl ChannelCounters {
 
 /// Per-subscriber delivery counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct SubscriberStats {
     /// Messages handed to the application.
     pub delivered: u64,

@@ -66,6 +66,7 @@ pub struct Received<T> {
 
 /// Snapshot of a node's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct NodeStats {
     /// The registration channel (port 14000): datagrams, decode errors, reassembly, transport.
     pub registration: ChannelStats,

@@ -321,6 +321,7 @@ pub enum Change {
 
 /// Why a registration sample was not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Rejected {
     /// Local mode accepts only this host's samples.
     ForeignHost,
@@ -476,9 +477,14 @@ impl RemoteTable {
         self.budget
     }
 
-    /// Whether replacing an entry costing `old` by one costing `new` stays within the budget.
-    fn fits(&self, old: usize, new: usize) -> bool {
-        self.bytes - old + new <= self.budget
+    /// Charges the replacement of an entry costing `old` (0: none) by one costing `new`, if that
+    /// stays within the budget; says whether it did.
+    fn charge(&mut self, old: usize, new: usize) -> bool {
+        let fits = self.bytes - old + new <= self.budget;
+        if fits {
+            self.bytes = self.bytes - old + new;
+        }
+        fits
     }
 
     /// The fingerprint of an encoded registration sample (its protobuf bytes), for
@@ -592,16 +598,13 @@ impl RemoteTable {
                         config_file_path: p.config_file_path.clone(),
                         last_seen: now,
                     };
-                    let old = self.processes.get(&key).map_or(0, process_cost);
-                    let cost = process_cost(&record);
-                    if !self.fits(old, cost) {
+                    if !self.charge(self.processes.get(&key).map_or(0, process_cost), process_cost(&record)) {
                         // A known process stays alive on its old record (it is still there).
                         if let Some(p) = self.processes.get_mut(&key) {
                             p.last_seen = now;
                         }
                         return Err(Rejected::OverBudget);
                     }
-                    self.bytes = self.bytes - old + cost;
                     self.processes.insert(key, record);
                     self.remember(Key::Process((p.host_name.clone(), p.process_id)), fingerprint);
                 }
@@ -624,12 +627,10 @@ impl RemoteTable {
                 }
                 let direction = if cmd == CmdType::RegPublisher { Direction::Publisher } else { Direction::Subscriber };
                 let dt = t.datatype_information.clone().unwrap_or_default();
-                let (prev, prev_topic) =
-                    self.entities.get(&id).map(|e| (e.samples, Some(e.topic_name.as_str()))).unwrap_or((0, None));
+                let prev = self.entities.get(&id).map_or(0, |e| e.samples);
                 if prev == 0 && self.entities.len() >= MAX_REMOTE_ENTITIES {
                     return Err(Rejected::TableFull);
                 }
-                let prev_topic = prev_topic.map(str::to_string);
                 let record = RemoteEntity {
                     entity_id: id,
                     direction,
@@ -653,23 +654,20 @@ impl RemoteTable {
                     samples: prev + 1,
                     last_seen: now,
                 };
-                let old = self.entities.get(&id).map_or(0, entity_cost);
-                let cost = entity_cost(&record);
-                if !self.fits(old, cost) {
+                if !self.charge(self.entities.get(&id).map_or(0, entity_cost), entity_cost(&record)) {
                     // A known entity stays alive on its old record (it is still there).
                     if let Some(e) = self.entities.get_mut(&id) {
                         e.last_seen = now;
                     }
                     return Err(Rejected::OverBudget);
                 }
-                self.bytes = self.bytes - old + cost;
-                if prev_topic.as_deref() != Some(t.topic_name.as_str()) {
-                    if let Some(old) = prev_topic {
-                        self.unindex(&old, id);
+                let old = self.entities.insert(id, record);
+                if old.as_ref().is_none_or(|o| o.topic_name != t.topic_name) {
+                    if let Some(o) = old {
+                        self.unindex(&o.topic_name, id);
                     }
                     self.by_topic.entry(t.topic_name.clone()).or_default().insert(id);
                 }
-                self.entities.insert(id, record);
                 self.remember(Key::Entity(id), fingerprint);
                 Ok(if prev == 0 { Change::New(id) } else { Change::Refreshed(id) })
             }
